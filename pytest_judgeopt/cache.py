@@ -1,0 +1,81 @@
+"""A persistent cache of model answers, shared by processes.
+
+SQLite in WAL mode gives what the cache must have for free: pytest-xdist workers read and
+write it at once, and a process killed mid-write leaves the last committed state, never a
+half-written entry. Entries hold answers and token counts only: no request headers, so no
+keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "answers.sqlite"
+MODES = ("use", "off", "refresh", "replay")
+
+
+def cache_key(request: dict[str, Any]) -> str:
+    """Everything that can change an answer, canonically serialised."""
+    text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Cache:
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / FILE_NAME
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+            self._db = db
+        return self._db
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._connect().execute("SELECT value FROM answers WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.put_many([(key, value)])
+
+    def put_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """One transaction for many answers: a commit is a disk sync, so batch them."""
+        now = time.time()
+        rows = [(k, json.dumps(v, ensure_ascii=False), now) for k, v in items]
+        with self._lock:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR REPLACE INTO answers (key, value, created) VALUES (?, ?, ?)", rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._connect().execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+    def close(self) -> None:
+        """Fold the write-ahead log into the main file, so a committed cache is one file."""
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:
+                pass  # another process holds the database; the last one to close folds the log in
+            self._db.close()
+            self._db = None

@@ -1,0 +1,26 @@
+"""The built-in dataset formats and metrics, registered as ordinary hook implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from .data import BUILTIN_LOADERS
+
+hookimpl = pluggy.HookimplMarker("pytest")
+BUILTIN_METRICS = ("spearman", "kendall", "pearson")
+
+
+@hookimpl(trylast=True)
+def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int, dict[str, Any]]] | None:
+    read = BUILTIN_LOADERS.get(format)
+    return read(path) if read else None
+
+
+@hookimpl
+def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None]:
+    # None marks a metric that stats.py computes natively (vectorised over bootstrap resamples)
+    return dict.fromkeys(BUILTIN_METRICS)

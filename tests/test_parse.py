@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_judgeopt.parse import FAILURE_KINDS, ParsedScore, parse_merged, parse_score, weighted_score
+
+FIVE = (1.0, 5.0)
+TEN = (1.0, 10.0)
+
+# (reply, scale, criterion, expected score or failure kind)
+SCORE_CASES = [
+    # JSON, fenced or not, with prose around it
+    ('{"coherence": 4}', FIVE, "coherence", 4),
+    ('{"score": 4}', FIVE, None, 4),
+    ('{"rating": "4"}', FIVE, None, 4),
+    ('{"coherence": {"score": 4, "reason": "Flows well."}}', FIVE, "coherence", 4),
+    ('{"coherence": {"score": 4, "reason": "Flows well."}}', FIVE, None, 4),
+    ('```json\n{"score": 3, "explanation": "Mostly clear."}\n```', FIVE, None, 3),
+    ('Here is my assessment:\n```json\n{"Coherence": 5}\n```\nLet me know if you need more.', FIVE, "coherence", 5),
+    ('{"Factual_Accuracy": 2, "fluency": 5}', FIVE, "factual accuracy", 2),
+    ('{"factual-accuracy score": 4}', FIVE, "Factual Accuracy", 4),
+    ('{"reasoning": "Uses {braces} and 3 examples }", "score": 4}', FIVE, None, 4),
+    ('{"coherence": 4, "fluency": 2}', FIVE, "fluency", 2),
+    ('{"coherence": 4, "fluency": 2}', FIVE, None, "no_score"),
+    ('{"coherence": 4, "fluency": 2}', FIVE, "relevance", "missing_criterion"),
+    ('{"coherence": "excellent", "score": 2}', FIVE, "coherence", "no_score"),
+    ('{"score": 7}', FIVE, None, "out_of_scale"),
+    ('{"score": "4/10"}', FIVE, None, "out_of_scale"),
+    ('{"score": null}', FIVE, None, "no_score"),
+    ('{"evaluation": "good"}', FIVE, None, "no_score"),
+    ('{"coherence" 4}', FIVE, None, "bad_json"),
+    ('```json\n{"score": 4, "reason": "cut off mid-sent', FIVE, None, 4),
+    ("{'score': 4}", FIVE, None, 4),
+    ('{"score": 4,}', FIVE, None, 4),
+    # the whole reply is the number
+    ("4", FIVE, None, 4),
+    ("4.5", FIVE, None, 4.5),
+    (" 3\n", FIVE, None, 3),
+    ("4.", FIVE, None, 4),
+    ("**4**", FIVE, None, 4),
+    ("Four", FIVE, None, 4),
+    ("1", FIVE, None, 1),
+    ("10", TEN, None, 10),
+    ("0", (0.0, 10.0), None, 0),
+    ("0.5", (0.0, 1.0), None, 0.5),
+    ("-1", (-1.0, 1.0), None, -1),
+    ("7", FIVE, None, "out_of_scale"),
+    ("0", FIVE, None, "out_of_scale"),
+    ("5.5", FIVE, None, "out_of_scale"),
+    # labelled
+    ("Rating: 4", FIVE, None, 4),
+    ("Score: 3/5", FIVE, None, 3),
+    ("**Score:** 4.5", FIVE, None, 4.5),
+    ("Score: 3.75", FIVE, None, 3.75),
+    ("Coherence: 4", FIVE, "coherence", 4),
+    ("coherence score = 2", FIVE, "coherence", 2),
+    ("coherence score = 2", FIVE, None, 2),
+    ("**Coherence**: 4\n\nThe text flows logically.", FIVE, "coherence", 4),
+    ("Final answer: 3", FIVE, None, 3),
+    ("The summary is concise and accurate.\n\nScore: 5", FIVE, None, 5),
+    ("Explanation: The summary covers 2 of the 3 main points.\nRating: 3", FIVE, None, 3),
+    ("Rating: [[4]]", TEN, None, 4),
+    ("<reasoning>Clear.</reasoning>\n<score>4</score>", FIVE, None, 4),
+    ("The score is 4.", FIVE, None, 4),
+    ("I give it a score of 4 because it is clear and has 2 minor issues.", FIVE, None, 4),
+    ("Score: four.", FIVE, None, 4),
+    ("Coherence: 4\nFluency: 2\nRelevance: 5", FIVE, "fluency", 2),
+    ("Coherence score: 4\nFluency score: 2", FIVE, None, "no_score"),
+    ("Initial score: 2. After reconsidering the ending, Final score: 4", FIVE, None, 4),
+    ("Score: 4/5\n\nRating: 4", FIVE, None, 4),
+    ("GPT-4 would call this fluent. Rating: 3", FIVE, None, 3),
+    ("I cannot verify every fact, but overall Score: 2", FIVE, None, 2),
+    ("Score: -2", (-3.0, 3.0), None, -2),
+    # n/m and "n out of m"
+    ("I would rate this a 4 out of 5.", FIVE, None, 4),
+    ("4/5", FIVE, None, 4),
+    ("4 out of 5", FIVE, None, 4),
+    ("I'd rate it four out of five.", FIVE, None, 4),
+    ("Score: 8/10", TEN, None, 8),
+    ("4/10", FIVE, None, "out_of_scale"),
+    ("Score: 4 out of 10", FIVE, None, "out_of_scale"),
+    ("3/5 of the facts are right, and 4/5 overall.", FIVE, None, "no_score"),
+    # scale echoes from the prompt are not scores
+    ("On a scale of 1 to 5, I give 4", FIVE, None, 4),
+    ("on a scale of 1 to 5, I rate it 4", FIVE, None, 4),
+    ("On a 1-5 scale this deserves a 2.", FIVE, None, 2),
+    ("Using the 5-point scale, I'd give it 3.", FIVE, None, 3),
+    ("Coherence (1-5): 3", FIVE, "coherence", 3),
+    ("I'd say somewhere between 3 and 4.", FIVE, None, "no_score"),
+    ("Score: 3-4", FIVE, None, "no_score"),
+    # a lone unlabelled number only when it is the reply's only number
+    ("This is a well-structured summary. I would give it a 4.", FIVE, None, 4),
+    ("As GPT-4 I would give this 3.", FIVE, None, 3),
+    ("The summary has 3 sentences and I give it 5", FIVE, None, "no_score"),
+    ("The summary has 12 sentences and I give it 4", FIVE, None, "no_score"),
+    ("Good summary, no errors.", FIVE, None, "no_score"),
+    ("This summary deserves a 9.", FIVE, None, "out_of_scale"),
+    ("Version 1.2.3 of the text is fine.", FIVE, None, "no_score"),
+    # empty and refusals
+    ("", FIVE, None, "empty"),
+    ("   \n\t", FIVE, None, "empty"),
+    (None, FIVE, None, "empty"),
+    ("I'm sorry, but I can't help with that.", FIVE, None, "refusal"),
+    ("As an AI language model, I cannot provide personal opinions on 2 texts.", FIVE, None, "refusal"),
+    ("I cannot evaluate this text because it is empty.", FIVE, None, "refusal"),
+    ("I’m unable to assess this summary.", FIVE, None, "refusal"),
+]
+
+
+def assert_parsed(result: ParsedScore, expected: float | str) -> None:
+    if isinstance(expected, str):
+        assert (result.score, result.failure, result.ok) == (None, expected, False), result
+        assert result.detail
+    else:
+        assert result.ok and result.failure is None, result
+        assert result.score == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("reply", "scale", "criterion", "expected"), SCORE_CASES)
+def test_parse_score(reply: str | None, scale: tuple[float, float], criterion: str | None, expected: float | str) -> None:
+    assert_parsed(parse_score(reply, scale, criterion), expected)
+
+
+def test_failure_details_explain() -> None:
+    assert parse_score("7", FIVE).detail == "7 is outside the scale [1, 5]"
+    assert "4/10" in parse_score("4/10", FIVE).detail
+
+
+def test_failure_kinds_and_parsed_score() -> None:
+    assert FAILURE_KINDS == ("empty", "refusal", "no_score", "out_of_scale", "missing_criterion", "bad_json")
+    assert ParsedScore(4.0, None).ok
+    assert not ParsedScore(None, "missing_criterion").ok
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ParsedScore(4.0, None).score = 5.0  # type: ignore[misc]
+
+
+TWO = {"coherence": FIVE, "fluency": FIVE}
+
+# (reply, scales, {criterion: expected score or failure kind})
+MERGED_CASES = [
+    ('{"coherence": 4, "fluency": 3}', TWO, {"coherence": 4, "fluency": 3}),
+    ('{"Coherence": "4", "FLUENCY": {"score": 3, "reason": "ok"}}', TWO, {"coherence": 4, "fluency": 3}),
+    ('{"scores": {"coherence": 4, "fluency": 3}, "reasoning": "short"}', TWO, {"coherence": 4, "fluency": 3}),
+    (
+        'Sure!\n```json\n{"reasoning": "uses {x} and }", "coherence": 5, "fluency": 2}\n```',
+        TWO,
+        {"coherence": 5, "fluency": 2},
+    ),
+    (
+        'Format: {"example": true}. Result: {"coherence": 4, "fluency": 3}',
+        TWO,
+        {"coherence": 4, "fluency": 3},
+    ),
+    ('{"factual_accuracy": 4}', {"Factual Accuracy": FIVE}, {"Factual Accuracy": 4}),
+    ('{"coherence_score": 8, "fluency": 3}', {"coherence": TEN, "fluency": FIVE}, {"coherence": 8, "fluency": 3}),
+    ('{"coherence": 4}', TWO, {"coherence": 4, "fluency": "missing_criterion"}),
+    ('{"coherence": 9, "fluency": 3}', TWO, {"coherence": "out_of_scale", "fluency": 3}),
+    ('{"coherence": "high", "fluency": true}', TWO, {"coherence": "no_score", "fluency": "no_score"}),
+    ('{"verdict": "good"}', TWO, {"coherence": "missing_criterion", "fluency": "missing_criterion"}),
+    ("Coherence: 4\nFluency: 3/5", TWO, {"coherence": 4, "fluency": 3}),
+    ("Coherence: 4\nThe fluency is fine.", TWO, {"coherence": 4, "fluency": "missing_criterion"}),
+    ('{"coherence": 4, "fluency": 3', TWO, {"coherence": 4, "fluency": 3}),
+    ("The text reads well.", TWO, {"coherence": "bad_json", "fluency": "bad_json"}),
+    ("", TWO, {"coherence": "empty", "fluency": "empty"}),
+    (None, TWO, {"coherence": "empty", "fluency": "empty"}),
+    ("I'm sorry, but I can't help with that.", TWO, {"coherence": "refusal", "fluency": "refusal"}),
+]
+
+
+@pytest.mark.parametrize(("reply", "scales", "expected"), MERGED_CASES)
+def test_parse_merged(reply: str | None, scales: dict[str, tuple[float, float]], expected: dict[str, float | str]) -> None:
+    result = parse_merged(reply, scales)
+    assert result.keys() == expected.keys()
+    for name, want in expected.items():
+        assert_parsed(result[name], want)
+
+
+def lp(p: float) -> float:
+    return math.log(p)
+
+
+WEIGHTED_CASES = [
+    ([("4", lp(0.6)), ("5", lp(0.3)), ("3", lp(0.1))], FIVE, 4.2),
+    ([(" 4", lp(0.5)), ("Score", lp(0.3)), ("9", lp(0.1)), ("5", lp(0.1))], FIVE, (0.5 * 4 + 0.1 * 5) / 0.6),
+    ([(" 4", lp(0.25)), ("4", lp(0.25)), ("2", lp(0.5))], FIVE, 3.0),
+    ([("4.5", lp(0.9)), ("3", lp(0.1))], FIVE, 3.0),
+    ([("5", -1000.0), ("1", -1000.0)], FIVE, 3.0),
+    ([("5", -math.inf), ("2", lp(0.2))], FIVE, 2.0),
+    ([("Score", lp(0.9)), ("7", lp(0.1))], FIVE, None),
+    ([], FIVE, None),
+]
+
+
+@pytest.mark.parametrize(("top_logprobs", "scale", "expected"), WEIGHTED_CASES)
+def test_weighted_score(top_logprobs: list[tuple[str, float]], scale: tuple[float, float], expected: float | None) -> None:
+    result = weighted_score(top_logprobs, scale)
+    if expected is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(expected)
+
+
+scales = st.tuples(st.integers(-20, 20), st.integers(0, 50)).map(lambda t: (float(t[0]), float(t[0] + t[1])))
+
+
+@given(scales, st.data())
+def test_any_integer_in_scale_parses(scale: tuple[float, float], data: st.DataObject) -> None:
+    n = data.draw(st.integers(int(scale[0]), int(scale[1])))
+    assert parse_score(str(n), scale) == ParsedScore(n, None)
+
+
+@given(scales, st.data())
+def test_any_integer_outside_scale_fails(scale: tuple[float, float], data: st.DataObject) -> None:
+    n = data.draw(st.integers(max_value=int(scale[0]) - 1) | st.integers(min_value=int(scale[1]) + 1))
+    result = parse_score(str(n), scale)
+    assert (result.score, result.failure) == (None, "out_of_scale")
+
+
+@given(st.text(), st.sampled_from([None, "coherence", "Factual Accuracy"]))
+def test_parse_score_never_raises(reply: str, criterion: str | None) -> None:
+    result = parse_score(reply, FIVE, criterion)
+    assert result.failure in (None, *FAILURE_KINDS)
+    assert result.ok == (result.score is not None)
+    if result.ok:
+        assert FIVE[0] <= result.score <= FIVE[1]
+
+
+@given(st.text(alphabet=st.sampled_from(list('{}[]":,0123456789 .-/abcdeiorstuw\n'))))
+def test_parse_score_never_raises_on_json_like_text(reply: str) -> None:
+    result = parse_score(reply, FIVE, "score")
+    assert result.ok == (result.score is not None)
+
+
+@given(st.text())
+def test_parse_merged_never_raises(reply: str) -> None:
+    result = parse_merged(reply, TWO)
+    assert result.keys() == TWO.keys()
+    assert all(r.ok or r.failure in FAILURE_KINDS for r in result.values())
+
+
+@given(st.lists(st.tuples(st.integers(-3, 12).map(str), st.floats(max_value=0.0, allow_nan=False))))
+def test_weighted_score_stays_in_scale(top_logprobs: list[tuple[str, float]]) -> None:
+    result = weighted_score(top_logprobs, FIVE)
+    if result is not None:
+        assert FIVE[0] - 1e-9 <= result <= FIVE[1] + 1e-9
