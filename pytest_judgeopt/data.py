@@ -53,7 +53,7 @@ class Splits:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # -sig: editors on Windows write a BOM
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -69,7 +69,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     csv.field_size_limit(MAX_FIELD_CHARS)
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: Excel writes a BOM before the header
         reader = csv.DictReader(handle)
         try:
             for row in reader:

@@ -9,32 +9,48 @@ takes seconds, and most pytest runs never judge anything.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .cache import MODES, Cache, cache_key
-from .spec import Model
+from .spec import CONNECTION_PARAMS, Model
 
 T = TypeVar("T")
 
-# Settings that say where and how to connect, not what to answer: left out of the cache key
-# (so a committed cache replays against any endpoint) and never written anywhere.
-CONNECTION_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "organization", "headers",
-                               "extra_headers", "timeout", "max_retries", "num_retries", "aws_access_key_id",
-                               "aws_secret_access_key", "vertex_credentials"})
-SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
+SECRET = re.compile(r"(\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
 RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
 
 
-def redact(text: str) -> str:
-    """Provider errors sometimes echo credentials; nothing we store or print may carry them."""
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Provider errors sometimes echo credentials; nothing we store or print may carry them.
+
+    ``secrets`` are the literal credentials a call sent: a provider may echo a key in a shape
+    no pattern recognises ("Incorrect API key provided: <key>"), so those are removed verbatim.
+    """
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
     return SECRET.sub("[redacted]", text)
+
+
+SECRET_NAMES = ("key", "token", "secret", "credential", "password", "authorization")
+
+
+def model_secrets(model: Model) -> list[str]:
+    """The credential values among a model's settings (and its headers), longest first (so no fragment of one is left)."""
+    settings = list(model.params)
+    for _, value in model.params:
+        if isinstance(value, dict):  # extra_headers: {"Authorization": ...}
+            settings.extend(value.items())
+    found = {value for name, value in settings  # strings only: max_tokens is a number, not a secret
+             if isinstance(value, str) and any(word in str(name).lower() for word in SECRET_NAMES)}
+    return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
 
 
 class CallError(Exception):
@@ -120,10 +136,13 @@ class LLM:
         self.usage: dict[str, Usage] = {}
         self.listeners: list[Callable[[str, str], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._semaphore: asyncio.Semaphore | None = None
         self._in_flight: dict[str, asyncio.Future[Reply]] = {}
-        self._pending_writes: list[tuple[str, dict[str, Any]]] = []
+        # answers not yet written, by key: looked up like the cache, so a question answered earlier in
+        # the same run() is not asked again before the flush
+        self._pending_writes: dict[str, dict[str, Any]] = {}
 
     # -- running async work from synchronous code -------------------------------------------
     def run(self, work: Awaitable[T]) -> T:
@@ -139,23 +158,29 @@ class LLM:
         with self._start_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="judgeopt-llm", daemon=True).start()
+                self._thread = threading.Thread(target=loop.run_forever, name="judgeopt-llm", daemon=True)
+                self._thread.start()
                 self._loop = loop
             return self._loop
 
     def close(self) -> None:
         self.flush()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._loop = None
+        with self._start_lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(cancel_pending(), loop).result(timeout=30)
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=30)
+            loop.close()
         if self.cache is not None:
             self.cache.close()
 
     def flush(self) -> None:
         """Write answers gathered since the last flush in one transaction."""
         if self._pending_writes and self.cache is not None:
-            items, self._pending_writes = self._pending_writes, []
-            self.cache.put_many(items)
+            items, self._pending_writes = self._pending_writes, {}
+            self.cache.put_many(list(items.items()))
 
     # -- the call --------------------------------------------------------------------------
     def total(self) -> Usage:
@@ -181,7 +206,9 @@ class LLM:
                          "logprobs": logprobs, "seed": seed})
         usage = self._usage(role)
         if self.cache_mode in ("use", "replay"):
-            stored = self.cache.get(key)
+            stored = self._pending_writes.get(key)
+            if stored is None:
+                stored = self.cache.get(key)
             if stored is not None:
                 usage.cache_hits += 1
                 self._notify("hit", role)
@@ -204,7 +231,7 @@ class LLM:
             del self._in_flight[key]
         future.set_result(reply)
         if self.cache_mode != "off":
-            self._pending_writes.append((key, reply.to_json()))
+            self._pending_writes[key] = reply.to_json()
             if len(self._pending_writes) >= 64:
                 self.flush()
         return reply
@@ -225,7 +252,7 @@ class LLM:
                     if kind not in RETRYABLE or attempt > self.retries:
                         usage.errors[kind] += 1
                         self._notify("error", role)
-                        raise CallError(kind, str(exc), attempt) from None
+                        raise CallError(kind, redact(str(exc), model_secrets(model)), attempt) from None
                     usage.retries += 1
                     await asyncio.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue
@@ -258,6 +285,14 @@ class LLM:
         response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
                                              drop_params=True, **kwargs)
         return to_reply(litellm, response)
+
+
+async def cancel_pending() -> None:
+    """End what litellm left running on our loop (its logging worker), so the loop closes cleanly."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def to_reply(litellm: Any, response: Any) -> Reply:
@@ -305,10 +340,44 @@ def classify(exc: BaseException) -> tuple[str, float | None]:
              (e.APIResponseValidationError, "bad_response"), (BadResponse, "bad_response"),
              (asyncio.TimeoutError, "timeout")]
     kind = next((name for cls, name in kinds if isinstance(exc, cls)), None)
+    if kind in (None, "server"):
+        # litellm reports a dropped connection and a body that is not JSON as InternalServerError
+        # (status 500); the exception it wraps tells what really happened
+        kind = underlying_kind(exc) or kind
     if kind is None:
         status = getattr(exc, "status_code", None)
-        kind = "server" if isinstance(status, int) and status >= 500 else ("bad_response" if isinstance(exc, e.APIError) else "unexpected")
+        if isinstance(status, int) and status in STATUS_KINDS:
+            kind = STATUS_KINDS[status]
+        elif isinstance(status, int) and 400 <= status < 600:
+            # e.g. a 403 arrives as a bare APIError; other 4xx will fail the same way again
+            kind = "server" if status >= 500 else "bad_request"
+        else:
+            kind = "bad_response" if isinstance(exc, e.APIError) else "unexpected"
     return kind, retry_after(exc)
+
+
+# Kinds for statuses litellm does not map to an exception class of their own.
+STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 429: "rate_limit"}
+
+
+def underlying_kind(exc: BaseException) -> str | None:
+    """The kind of the first telling exception below ``exc``, or None when the provider really answered with an error."""
+    import openai  # loaded with litellm, which is already in memory when a call has failed
+
+    seen = {id(exc)}
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, openai.APIStatusError):
+            return None  # an HTTP error status: the outer classification stands
+        if isinstance(cause, (openai.APITimeoutError, TimeoutError)):
+            return "timeout"
+        if isinstance(cause, (openai.APIConnectionError, ConnectionError)):
+            return "connection"
+        if isinstance(cause, json.JSONDecodeError):
+            return "bad_response"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def retry_after(exc: BaseException) -> float | None:

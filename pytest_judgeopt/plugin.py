@@ -106,7 +106,6 @@ class JudgeRun:
             from .cache import Cache
             from .llm import LLM
             from .session import Session
-            from .stats import register_metric
 
             config = self.config
             cache_dir = config.rootpath / setting(config, "judge_cache_dir")
@@ -116,13 +115,10 @@ class JudgeRun:
             metrics: dict[str, Any] = {}
             for contributed in config.hook.pytest_judgeopt_metrics():
                 metrics.update(contributed)
-            for name, function in metrics.items():
-                if function is not None:
-                    register_metric(name, function)
             self._session = Session(llm, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
                                     loader=lambda path, fmt: config.hook.pytest_judgeopt_load_records(path=path, format=fmt),
-                                    metrics=tuple(metrics))
+                                    metrics=metrics)
             self._session.base = config.rootpath
         return self._session
 

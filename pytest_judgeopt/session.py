@@ -7,11 +7,12 @@ fixture, a regression item and a script share loading, the answer cache and the 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .defaults import BUILTIN_METRICS
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .judge import CriterionResult, Judged, assess, judge_records
 from .llm import LLM
@@ -19,6 +20,7 @@ from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .spec import Model, Spec, SpecError, load_spec
 
 SPLITS = ("train", "val", "test")
+Metric = Callable[[Any, Any], "float | None"]
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,15 @@ class Loaded:
 
 class Session:
     def __init__(self, llm: LLM | None = None, *, model_override: str | None = None, default_model: str | None = None,
-                 sample: int | None = None, loader: Loader | None = None, metrics: Sequence[str] = ("spearman", "kendall", "pearson"),
+                 sample: int | None = None, loader: Loader | None = None, metrics: Mapping[str, Metric | None] | None = None,
                  progress: Callable[[str], None] | None = None):
         self.llm = llm or LLM()
         self.model_override = model_override or os.environ.get("JUDGEOPT_MODEL") or None
         self.default_model = default_model
         self.sample = sample
         self.loader = loader
-        self.metrics = tuple(metrics)
+        # name -> function for metrics added by hooks; None for those stats.py computes itself
+        self.metrics = dict(metrics) if metrics is not None else dict.fromkeys(BUILTIN_METRICS)
         self.progress = progress
         self.base = Path.cwd()
         self._loaded: dict[Path, Loaded] = {}
@@ -48,7 +51,7 @@ class Session:
         """Spec, data and splits; raises SpecError naming file, line and fix."""
         path = (self.base / path).resolve()
         if path not in self._loaded:
-            spec = load_spec(path, self.metrics)
+            spec = load_spec(path, tuple(self.metrics))
             dataset = load_dataset(spec, self.loader)
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split))
         return self._loaded[path]
@@ -93,6 +96,7 @@ class Session:
             if self.progress:
                 self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}) on {model.name}")
             judged: Judged = self.llm.run(judge_records(self.llm, model, spec, records, instructions, criteria=names, shape=shape))
+            self._register_metrics()
             results = {name: assess(spec, spec.criteria[name], judged.judgments[name], split=split, shape=shape,
                                     instruction=instructions[name], instruction_source=sources[name]) for name in names}
             self._evaluations[key] = results
@@ -102,6 +106,13 @@ class Session:
                 "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in results.values()],
             })
         return self._evaluations[key]
+
+    def _register_metrics(self) -> None:
+        from .stats import CUSTOM, register_metric  # scipy: only once something was judged
+
+        for name, function in self.metrics.items():
+            if function is not None and CUSTOM.get(name) is not function:
+                register_metric(name, function)
 
     def close(self) -> None:
         self.llm.close()

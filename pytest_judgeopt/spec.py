@@ -22,8 +22,15 @@ import yaml
 SCHEMA_FILE = "judge-spec.schema.json"
 ROLES = ("judge", "loss", "gradient", "optimizer", "diagnostics")
 MAX_SPEC_BYTES = 1_000_000
+MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nesting stays cheap to check
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Path_ = tuple[str | int, ...]
+# Model settings that say where and how to connect, not what to answer: left out of the
+# answer cache's key (a committed cache replays against any endpoint) and out of reports.
+CONNECTION_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "organization", "headers",
+                               "extra_headers", "timeout", "max_retries", "num_retries", "aws_access_key_id",
+                               "aws_secret_access_key", "vertex_credentials"})
 
 
 class SpecError(Exception):
@@ -59,8 +66,9 @@ class Model:
         return dict(self.params)
 
     def describe(self) -> str:
-        """The name with its non-secret settings, for reports and lock files."""
-        shown = {k: v for k, v in self.params if "key" not in k.lower() and "token" not in k.lower()}
+        """The name with the settings that change answers; no endpoints, no credentials."""
+        shown = {k: v for k, v in self.params if k not in CONNECTION_PARAMS and "key" not in k.lower()
+                 and "token" not in k.lower() and "secret" not in k.lower()}
         return self.name if not shown else f"{self.name} {json.dumps(shown, sort_keys=True)}"
 
 
@@ -167,13 +175,17 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = ("spearman", "kendall
 
 def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML and remember the line of every key and value, so errors can point at them."""
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError([problem(path, None, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")])
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError([problem(path, line, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]) from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            check_nodes(path, node)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -187,6 +199,45 @@ def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     if node is not None:
         record_lines(node, (), lines)
     return data, lines
+
+
+def check_nodes(path: Path, root: yaml.Node) -> None:
+    """Refuse what YAML would accept silently or what would hang the checks that follow: a key
+    written twice in one mapping (YAML keeps the last, so a criterion vanishes), an alias inside
+    its own anchor, and aliases that expand past MAX_SPEC_NODES values."""
+    duplicates: list[str] = []
+    open_: set[int] = set()
+    count = 0
+
+    def walk(node: yaml.Node, at: Path_) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_SPEC_NODES:
+            raise SpecError([problem(path, node.start_mark.line + 1, dotted(at),
+                                     f"over {MAX_SPEC_NODES:,} values once aliases are expanded",
+                                     "write the values out instead of nesting aliases")])
+        if id(node) in open_:
+            raise SpecError([problem(path, node.start_mark.line + 1, dotted(at), "an alias refers to itself",
+                                     "remove the *alias from inside its own &anchor")])
+        open_.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
+                if name in first and key.tag != MERGE_TAG:
+                    duplicates.append(problem(path, key.start_mark.line + 1, dotted(at + (name,)),
+                                              f"'{name}' is written twice (first on line {first[name]}); YAML would keep only the last",
+                                              "remove or rename one of the two"))
+                first.setdefault(name, key.start_mark.line + 1)
+                walk(value, at + (name,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, at + (i,))
+        open_.discard(id(node))
+
+    walk(root, ())
+    if duplicates:
+        raise SpecError(duplicates)
 
 
 def record_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:
@@ -240,6 +291,10 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
     rule = error.validator
     sub = error.schema
     value = error.instance
+    if "propertyNames" in error.schema_path:  # the error is about a key, so point at the key
+        key = at + (str(value),)
+        return [problem(path, lines.get(key, line), dotted(key), f"'{value}' is not a valid criterion name",
+                        "use letters, digits, '_' and '-', starting with a letter; quote a name YAML reads as a number or true/false")]
     if rule == "additionalProperties":
         known = sorted(sub.get("properties", {}))
         out = []
@@ -279,10 +334,12 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
     if rule == "maxProperties":
         return [problem(path, line, where, f"{len(value):,} entries, over the limit of {sub['maxProperties']}",
                         "split the judge into several spec files")]
-    if rule == "propertyNames":
-        return [problem(path, line, where, f"'{value}' is not a valid criterion name",
-                        "use letters, digits, '_' and '-', starting with a letter")]
     if rule == "oneOf":
+        # inside a branch of the value's own kind (a model mapping, an interference mapping) the
+        # branch's error is the useful one: "missing key 'name'", not "unexpected a mapping"
+        inner = [e for e in error.context if e.relative_path or e.validator not in ("type", "const")]
+        if inner:
+            return [text for e in inner for text in explain(path, e, lines)]
         return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
     return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
 
@@ -309,17 +366,16 @@ def short(value: Any) -> str:
 
 def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], metrics: tuple[str, ...]) -> list[str]:
     """What the schema cannot express."""
-    out = []
+    # .nan passes every minimum and maximum, then breaks the split sizes or any threshold check
+    out = [problem(path, lines.get(at), dotted(at), f"{number} is not a finite number", "write a finite number")
+           for at, number in non_finite(data)]
+    if out:
+        return out
     for name, body in data["criteria"].items():
         low, high = body["scale"]
         if not low < high:
             out.append(problem(path, lines.get(("criteria", name, "scale")), f"criteria.{name}.scale",
                                f"the lowest score {low} is not below the highest {high}", "write [lowest, highest], e.g. [1, 5]"))
-        for number in (low, high):
-            if not math.isfinite(number):
-                out.append(problem(path, lines.get(("criteria", name, "scale")), f"criteria.{name}.scale",
-                                   f"{number} is not a finite number", "use finite numbers such as [1, 5]"))
-                break
     split = {**vars(Split()), **data.get("split", {})}
     total = split["train"] + split["val"] + split["test"]
     if abs(total - 1) > 1e-6:
@@ -349,12 +405,29 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
                            "give the data file's path relative to the spec file"))
     template = data.get("judge", {}).get("template")
     if template is not None:
-        unknown = template_fields(template) - set(data["dataset"]["inputs"]) - {"inputs", "criteria", "format"}
+        known = set(data["dataset"]["inputs"]) | {"inputs", "criteria", "format"}
+        unknown = template_fields(template) - known
+        fix = "use {inputs}, {criteria}, {format} or a name from dataset.inputs; write {{ and }} for literal braces"
         if unknown:
             out.append(problem(path, lines.get(("judge", "template")), "judge.template",
-                               f"unknown placeholder(s) {', '.join('{' + u + '}' for u in sorted(unknown))}",
-                               "use {inputs}, {criteria}, {format} or a name from dataset.inputs; write {{ and }} for literal braces"))
+                               f"unknown placeholder(s) {', '.join('{' + u + '}' for u in sorted(unknown))}", fix))
+        else:
+            try:  # {} or a bad !conversion or :format passes the names check, then fails on every judgment
+                template.format_map(dict.fromkeys(known, ""))
+            except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+                out.append(problem(path, lines.get(("judge", "template")), "judge.template",
+                                   f"the template cannot be filled in ({exc})", fix))
     return out
+
+
+def non_finite(value: Any, at: Path_ = ()) -> list[tuple[Path_, float]]:
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [(at, value)]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in non_finite(item, at + (key,))]
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in non_finite(item, at + (i,))]
+    return []
 
 
 def template_fields(template: str) -> set[str]:
@@ -385,7 +458,7 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
     interference = data.get("interference", {})
     return Spec(
         path=path,
-        name=data.get("name") or path.name.removesuffix(".yaml").removesuffix(".judge"),
+        name=data.get("name") or path.name.removesuffix(".yaml").removesuffix(".yml").removesuffix(".judge"),
         model=Model.parse(data["model"]) if "model" in data else None,
         models={role: Model.parse(value) for role, value in data.get("models", {}).items()},
         dataset=DatasetSpec(

@@ -78,3 +78,11 @@ def human_from_prompt(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]
         return json.dumps({c: record["scores"][c] for c in asked})
 
     return respond
+
+
+# Heavy modules the in-process pytester runs use, imported once here: pytester restores
+# sys.modules after each inner run, and numpy cannot be imported twice in one process.
+import pytest_judgeopt.stats  # noqa: E402,F401
+from pytest_judgeopt.llm import import_litellm  # noqa: E402
+
+import_litellm()

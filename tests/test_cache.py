@@ -1,0 +1,359 @@
+"""The answer cache: modes through the model client against the fake server, keys, and durability across processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_judgeopt.cache import FILE_NAME, Cache, cache_key
+from pytest_judgeopt.llm import LLM, CallError, Reply
+from pytest_judgeopt.spec import Model
+from tests import fake_llm
+from tests.fake_llm import FakeLLMServer
+
+MESSAGES = [{"role": "user", "content": "Rate the coherence of: the cat sat on the mat."}]
+ROOT = Path(__file__).resolve().parent.parent
+
+MakeLLM = Callable[..., LLM]
+
+
+@pytest.fixture
+def make_llm(tmp_path: Path) -> Iterator[MakeLLM]:
+    """Clients on the test's cache folder (one Cache object each, like separate sessions), closed after the test."""
+    made: list[LLM] = []
+
+    def make(mode: str = "use", directory: Path | None = None, **kwargs: Any) -> LLM:
+        llm = LLM(cache=Cache(directory or tmp_path / "cache"), cache_mode=mode, backoff=0.01, timeout=5.0, **kwargs)
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        llm.close()
+
+
+def server_model(server: FakeLLMServer) -> dict[str, Any]:
+    # imported when called: the writer processes below import this module, and conftest loads litellm (seconds)
+    from tests.conftest import server_model
+
+    return server_model(server)
+
+
+def model_for(server: FakeLLMServer, **params: Any) -> Model:
+    return Model.parse({**server_model(server), **params})
+
+
+def ask(llm: LLM, model: Model, messages: list[dict[str, str]] = MESSAGES, **kwargs: Any) -> Reply:
+    return llm.run(llm.complete(model, messages, **kwargs))
+
+
+def answering(server: FakeLLMServer, text: str) -> None:
+    server.responder = lambda body: text
+
+
+def entries(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every stored entry, parsed, read with a fresh connection (not through the cache under test)."""
+    db = sqlite3.connect(directory / FILE_NAME)
+    try:
+        return {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM answers")}
+    finally:
+        db.close()
+
+
+# -- modes --------------------------------------------------------------------------------
+
+
+def test_use_answers_a_repeated_question_from_the_cache(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    answering(fake_llm, "4")
+    llm = make_llm("use")
+    model = model_for(fake_llm)
+
+    first = ask(llm, model)
+    assert first.cached is False and len(fake_llm.chat_requests()) == 1
+
+    second = ask(llm, model)
+    assert second.cached is True and second.choices == first.choices
+    assert (second.prompt_tokens, second.completion_tokens) == (first.prompt_tokens, first.completion_tokens)
+    assert len(fake_llm.chat_requests()) == 1
+    usage = llm.usage["judge"]
+    assert (usage.calls, usage.cache_hits) == (1, 1)
+    assert usage.prompt_tokens == first.prompt_tokens  # a hit costs nothing
+
+
+def test_use_hits_within_one_run_before_the_flush(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    """A long run() (a whole optimisation step) must not ask the same question twice while its answers wait to be written."""
+    llm = make_llm("use")
+    model = model_for(fake_llm)
+
+    async def twice() -> tuple[Reply, Reply]:
+        return await llm.complete(model, MESSAGES), await llm.complete(model, MESSAGES)
+
+    first, second = llm.run(twice())
+
+    assert (first.cached, second.cached) == (False, True)
+    assert len(fake_llm.chat_requests()) == 1
+
+
+def test_use_across_sessions_and_logprobs_round_trip(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    tokens = [[("4", -0.2), ("3", -1.9)], [("/5", -0.05), ("/10", -3.1)]]
+    fake_llm.responder = lambda body: fake_llm_module_reply("4/5", tokens)
+    model = model_for(fake_llm)
+    first = ask(make_llm("use"), model, logprobs=2)
+    second_session = make_llm("use")
+
+    again = ask(second_session, model, logprobs=2)
+
+    assert again.cached is True and len(fake_llm.chat_requests()) == 1
+    assert again.choices == first.choices
+    assert again.choices[0].logprobs == [[("4", -0.2), ("3", -1.9)], [("/5", -0.05), ("/10", -3.1)]]
+
+
+def fake_llm_module_reply(content: str, logprobs: list[list[tuple[str, float]]]) -> fake_llm.Reply:
+    return fake_llm.Reply(content, logprobs=logprobs)
+
+
+def test_off_always_calls_and_writes_nothing(fake_llm: FakeLLMServer, make_llm: MakeLLM, tmp_path: Path) -> None:
+    llm = make_llm("off")
+    model = model_for(fake_llm)
+
+    replies = [ask(llm, model) for _ in range(3)]
+    llm.close()
+
+    assert [r.cached for r in replies] == [False] * 3
+    assert len(fake_llm.chat_requests()) == 3
+    path = tmp_path / "cache" / FILE_NAME
+    assert not path.exists() or entries(path.parent) == {}
+
+
+def test_refresh_calls_again_and_overwrites(fake_llm: FakeLLMServer, make_llm: MakeLLM, tmp_path: Path) -> None:
+    model = model_for(fake_llm)
+    answering(fake_llm, "old")
+    seed_llm = make_llm("use")
+    ask(seed_llm, model)
+    seed_llm.close()
+
+    answering(fake_llm, "new")
+    refresh = make_llm("refresh")
+    replies = [ask(refresh, model), ask(refresh, model)]
+    refresh.close()
+
+    assert [(r.choices[0].text, r.cached) for r in replies] == [("new", False), ("new", False)]
+    assert len(fake_llm.chat_requests()) == 3
+    stored = entries(tmp_path / "cache")
+    assert len(stored) == 1 and next(iter(stored.values()))["choices"][0]["text"] == "new"
+
+    answering(fake_llm, "never asked")
+    reuse = ask(make_llm("use"), model)
+    assert (reuse.choices[0].text, reuse.cached) == ("new", True)
+    assert len(fake_llm.chat_requests()) == 3
+
+
+def test_replay_hit_needs_no_server_and_miss_fails(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    model = model_for(fake_llm)
+    answering(fake_llm, "5")
+    ask(make_llm("use"), model)
+    fake_llm.reset()
+
+    replay = make_llm("replay")
+    hit = ask(replay, model)
+    assert (hit.choices[0].text, hit.cached) == ("5", True)
+
+    with pytest.raises(CallError) as caught:
+        ask(replay, model, [{"role": "user", "content": "a question never asked"}], role="optimizer")
+    assert caught.value.kind == "replay_miss"
+
+    assert fake_llm.chat_requests() == []
+    assert replay.usage["optimizer"].errors["replay_miss"] == 1 and replay.usage["optimizer"].calls == 0
+    assert replay.usage["judge"].cache_hits == 1
+
+
+def test_replay_answers_with_the_server_gone(make_llm: MakeLLM) -> None:
+    with FakeLLMServer() as server:
+        answering(server, "2")
+        model = model_for(server)
+        ask(make_llm("use"), model)
+    # the server is stopped: a replayed answer cannot have come from it
+    assert ask(make_llm("replay"), model).choices[0].text == "2"
+
+
+# -- what the key depends on --------------------------------------------------------------
+
+
+def test_key_depends_on_what_changes_the_answer_only(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    llm = make_llm("use")
+    base = {"model": model_for(fake_llm), "messages": MESSAGES, "temperature": 0.0, "max_tokens": 256, "n": 1,
+            "logprobs": 0, "seed": None}
+
+    def call(**changes: Any) -> Reply:
+        args = {**base, **changes}
+        return llm.run(llm.complete(args.pop("model"), args.pop("messages"), **args))
+
+    call()
+    variants = {
+        "model": {"model": Model.parse({**server_model(fake_llm), "name": "openai/fake-judge-2"})},
+        "messages": {"messages": [{"role": "user", "content": "Rate the fluency of: the cat sat on the mat."}]},
+        "role": {"messages": [{"role": "system", "content": MESSAGES[0]["content"]}]},
+        "temperature": {"temperature": 0.7},
+        "max_tokens": {"max_tokens": 64},
+        "n": {"n": 2},
+        "logprobs": {"logprobs": 3},
+        "seed": {"seed": 7},
+        "top_p": {"model": model_for(fake_llm, top_p=0.9)},
+        "response_format": {"model": model_for(fake_llm, response_format={"type": "json_object"})},
+    }
+    for name, changes in variants.items():
+        before = len(fake_llm.chat_requests())
+        reply = call(**changes)
+        assert (reply.cached, len(fake_llm.chat_requests()) - before) == (False, 1), f"{name} did not change the key"
+
+    # and each variant is now its own hit
+    for name, changes in variants.items():
+        assert call(**changes).cached is True, name
+    assert len(fake_llm.chat_requests()) == 1 + len(variants)
+
+
+def test_key_ignores_endpoint_and_credentials(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    answering(fake_llm, "4")
+    ask(make_llm("use"), model_for(fake_llm))
+
+    with FakeLLMServer() as other:
+        answering(other, "from the other endpoint")
+        elsewhere = Model.parse({"name": "openai/fake-judge", "api_base": other.base_url, "api_key": "sk-other-key-0000",
+                                 "timeout": 12, "extra_headers": {"X-Team": "b"}})
+        reply = ask(make_llm("use"), elsewhere)
+        replayed = ask(make_llm("replay"), elsewhere)
+        assert other.chat_requests() == []
+
+    assert (reply.choices[0].text, reply.cached) == ("4", True)
+    assert (replayed.choices[0].text, replayed.cached) == ("4", True)
+    assert len(fake_llm.chat_requests()) == 1
+
+
+def test_cache_key_is_canonical() -> None:
+    a = {"model": "m", "messages": [{"role": "user", "content": "héllo"}], "params": {"temperature": 0.0, "top_p": 1}}
+    b = {"params": {"top_p": 1, "temperature": 0.0}, "messages": [{"content": "héllo", "role": "user"}], "model": "m"}
+    assert cache_key(a) == cache_key(b)
+    assert len(cache_key(a)) == 64 and cache_key(a) != cache_key({**a, "model": "m2"})
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+def test_entries_survive_close_and_reopen(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    value = {"choices": [{"text": "ünïcode ✓", "finish_reason": "stop", "logprobs": [[["a", -0.5]]]}], "cost": None}
+    cache.put("k1", value)
+    cache.put_many([("k2", {"x": 2}), ("k3", {"x": 3})])
+    cache.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE_NAME]  # the log was folded in: one file to commit
+
+    reopened = Cache(tmp_path)
+    assert reopened.get("k1") == value and reopened.get("k3") == {"x": 3} and reopened.get("nope") is None
+    assert len(reopened) == 3
+    reopened.put("k1", {"x": "replaced"})
+    assert reopened.get("k1") == {"x": "replaced"} and len(reopened) == 3
+    reopened.close()
+
+
+def test_put_many_is_one_transaction(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    statements: list[str] = []
+    cache._connect().set_trace_callback(statements.append)
+
+    cache.put_many([(f"k{i}", {"i": i}) for i in range(50)])
+
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT", "ROLLBACK")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert sum(s.startswith("INSERT") for s in statements) == 50
+    cache.close()
+
+
+def test_put_many_failure_writes_nothing(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    bad_key: Any = object()  # sqlite cannot bind it: fails after the first rows were inserted
+
+    with pytest.raises(sqlite3.Error):
+        cache.put_many([("good-1", {"x": 1}), ("good-2", {"x": 2}), (bad_key, {"x": 3})])
+
+    assert cache.get("good-1") is None and len(cache) == 0
+    cache.put("after", {"x": 4})  # no transaction was left open
+    cache.close()
+    assert entries(tmp_path) == {"after": {"x": 4}}
+
+
+def write_entries(directory: str, worker: int, count: int, start: Any) -> None:
+    """One process of the concurrent-writers test: ``count`` separate commits, begun when the other process is ready."""
+    start.wait()
+    cache = Cache(directory)
+    for i in range(count):
+        cache.put(f"w{worker}-{i}", {"worker": worker, "i": i, "text": f"answer {i} " * 20})
+    cache.close()
+
+
+def test_two_processes_write_at_once(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")  # no fork of a process that runs event-loop and server threads
+    start = context.Barrier(2)
+    workers = [context.Process(target=write_entries, args=(str(tmp_path), w, 200, start)) for w in range(2)]
+    for worker in workers:
+        worker.start()  # both open a cache that does not exist yet, at the same moment (the barrier)
+    for worker in workers:
+        worker.join(60)
+
+    assert [w.exitcode for w in workers] == [0, 0]
+    stored = entries(tmp_path)
+    assert len(stored) == 400
+    assert all(stored[f"w{w}-{i}"] == {"worker": w, "i": i, "text": f"answer {i} " * 20}
+               for w in range(2) for i in range(200))
+    cache = Cache(tmp_path)
+    assert len(cache) == 400 and cache.get("w1-199")["i"] == 199
+    cache.close()
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from pytest_judgeopt.cache import Cache
+
+    cache = Cache(sys.argv[1])
+    i = 0
+    while True:
+        batch = [(f"k{i + j}", {"i": i + j, "blob": "x" * (100 + (i + j) % 4000)}) for j in range(25)]
+        cache.put_many(batch)
+        if i == 0:
+            print("writing", flush=True)
+        i += 25
+""")
+
+
+def test_kill_during_writes_leaves_a_readable_cache(tmp_path: Path) -> None:
+    with subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "writing\n", writer.stderr
+            time.sleep(0.3)
+            assert writer.poll() is None, "the writer stopped by itself"
+        finally:
+            writer.kill()  # SIGKILL: no chance to finish a transaction or fold the log in
+            writer.wait(10)
+    assert writer.returncode == -9
+
+    cache = Cache(tmp_path)
+    db = cache._connect()
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    keys = [key for (key,) in db.execute("SELECT key FROM answers")]
+    assert len(keys) >= 25 and len(keys) % 25 == 0  # whole batches only
+    for key in keys:
+        value = cache.get(key)
+        assert value is not None and f"k{value['i']}" == key and value["blob"] == "x" * (100 + value["i"] % 4000)
+    assert sorted(int(k[1:]) for k in keys) == list(range(len(keys)))  # no gap: commits land in order
+    cache.put("after-crash", {"ok": True})
+    assert cache.get("after-crash") == {"ok": True}
+    cache.close()

@@ -1,0 +1,74 @@
+"""The real path on the embedded SmolLM2 model: slow (seconds per test), run in CI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "summeval" / "summeval.judge.yaml"
+
+pytestmark = pytest.mark.embedded
+
+
+def test_example_judged_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
+    from pytest_judgeopt.cache import Cache
+    from pytest_judgeopt.llm import LLM
+    from pytest_judgeopt.session import Session
+
+    session = Session(LLM(cache=Cache(tmp_path)), sample=1)
+    try:
+        results = session.evaluate(EXAMPLE)
+        usage = session.llm.total()
+    finally:
+        session.close()
+    assert set(results) == {"coherence", "consistency", "fluency", "relevance"}
+    assert session.evaluations[0]["model"] == "local/smollm2"
+    n = results["coherence"].n
+    assert n == 8  # one document of the test split, 8 summaries
+    assert usage.calls == 4 * n and usage.prompt_tokens > 4 * n * 100
+    for result in results.values():
+        assert len(result.judgments) == n
+        for judgment in result.judgments:
+            assert judgment.reply is not None  # a real model answered every call
+            assert (judgment.score is None) == (judgment.failure is not None)
+            if judgment.score is not None:
+                assert 1 <= judgment.score <= 5
+    assert any(j.score is not None for r in results.values() for j in r.judgments)
+
+    again = Session(LLM(cache=Cache(tmp_path)), sample=1)
+    try:
+        again.evaluate(EXAMPLE)
+        assert again.llm.total().calls == 0
+    finally:
+        again.close()
+
+
+def test_overlapping_calls_are_serialised(tmp_path: Path) -> None:
+    """Two overlapping calls into one llama.cpp model abort the process; the lock must prevent it."""
+    script = textwrap.dedent("""
+        import asyncio, threading
+        from pytest_judgeopt.llm import LLM
+        from pytest_judgeopt.local_model import generate
+        from pytest_judgeopt.spec import Model
+
+        messages = [{"role": "user", "content": "Say a number from 1 to 5."}]
+        threads = [threading.Thread(target=generate, args=(messages, {"max_tokens": 4})) for _ in range(3)]
+        for t in threads:
+            t.start()
+        llm = LLM(concurrency=8)
+        async def many():
+            return await asyncio.gather(*[llm.complete(Model("local/smollm2"), messages, max_tokens=4, seed=i)
+                                          for i in range(6)])
+        replies = llm.run(many())
+        for t in threads:
+            t.join()
+        llm.close()
+        print("calls", sum(1 for r in replies if r.choices[0].text is not None))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "calls 6" in done.stdout

@@ -1,0 +1,477 @@
+"""The model client against the local fake server: real litellm HTTP requests, scripted answers and faults.
+
+Nothing here mocks litellm; every call goes over HTTP to ``FakeLLMServer`` on 127.0.0.1, and
+assertions count what reached the server. Retry waits are kept short (``backoff=0.01``,
+Retry-After of tenths of a second, timeouts of half a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_judgeopt.cache import Cache
+from pytest_judgeopt.llm import LLM, CallError, Reply, model_secrets, redact
+from pytest_judgeopt.spec import Model
+from tests import fake_llm
+from tests.conftest import server_model
+from tests.fake_llm import FakeLLMServer, Fault
+
+MESSAGES = [
+    {"role": "system", "content": "You grade summaries from 1 to 5."},
+    {"role": "user", "content": "Grade this summary: the cat sat on the mat."},
+]
+
+MakeLLM = Callable[..., LLM]
+
+
+@pytest.fixture
+def make_llm() -> Iterator[MakeLLM]:
+    """LLM clients with short waits by default, all closed after the test."""
+    made: list[LLM] = []
+
+    def make(**kwargs: Any) -> LLM:
+        settings: dict[str, Any] = {"backoff": 0.01, "timeout": 5.0, "retries": 2, **kwargs}
+        llm = LLM(**settings)
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        llm.close()
+
+
+def model_for(server: FakeLLMServer, **params: Any) -> Model:
+    return Model.parse({**server_model(server), **params})
+
+
+def ask(llm: LLM, model: Model, messages: list[dict[str, str]] = MESSAGES, **kwargs: Any) -> Reply:
+    return llm.run(llm.complete(model, messages, **kwargs))
+
+
+def ask_many(llm: LLM, model: Model, message_lists: list[list[dict[str, str]]], **kwargs: Any) -> list[Any]:
+    """Overlapping calls; failures come back as exception objects, not raised."""
+
+    async def gather() -> list[Any]:
+        return await asyncio.gather(*(llm.complete(model, m, **kwargs) for m in message_lists), return_exceptions=True)
+
+    return llm.run(gather())
+
+
+def expected_tokens(text: str) -> int:
+    return -(-len(text) // 4)
+
+
+# -- ordinary answers ---------------------------------------------------------------------
+
+
+def test_call_returns_scripted_text_and_counts_call_and_tokens(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    fake_llm.responder = lambda body: "4 - coherent and fluent"
+    llm = make_llm()
+
+    reply = ask(llm, model_for(fake_llm), role="judge")
+
+    assert [c.text for c in reply.choices] == ["4 - coherent and fluent"]
+    assert reply.choices[0].finish_reason == "stop" and reply.choices[0].logprobs is None
+    assert reply.cached is False
+    prompt_tokens = expected_tokens("".join(m["content"] for m in MESSAGES))
+    assert (reply.prompt_tokens, reply.completion_tokens) == (prompt_tokens, expected_tokens("4 - coherent and fluent"))
+    usage = llm.usage["judge"]
+    assert (usage.calls, usage.retries, usage.cache_hits, sum(usage.errors.values())) == (1, 0, 0, 0)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (reply.prompt_tokens, reply.completion_tokens)
+    assert llm.total().calls == 1
+    # what reached the "model": the name without the provider prefix, our parameters, the key as a header
+    [request] = fake_llm.requests
+    body = request["body"]
+    assert body["model"] == "fake-judge" and body["messages"] == MESSAGES
+    assert body["temperature"] == 0.0 and body["max_tokens"] == 256
+    assert "n" not in body and "logprobs" not in body and "seed" not in body
+    assert request["headers"]["authorization"] == "Bearer sk-test-not-a-real-key"
+
+
+def test_n_returns_that_many_choices_in_one_request(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    answers = iter(["1", "2", "3"])
+    fake_llm.responder = lambda body: next(answers)
+    llm = make_llm()
+
+    reply = ask(llm, model_for(fake_llm), n=3, temperature=0.7)
+
+    assert [c.text for c in reply.choices] == ["1", "2", "3"]
+    [body] = fake_llm.chat_requests()
+    assert body["n"] == 3 and body["temperature"] == 0.7
+    assert llm.usage["judge"].calls == 1
+
+
+def test_logprobs_come_back_per_token_chosen_first(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    tokens = [[("4", -0.1), ("5", -2.5), ("3", -3.0)], [(".", -0.01), ("!", -4.6), ("?", -6.0)]]
+    fake_llm.responder = lambda body: fake_llm_reply("4.", tokens)
+    llm = make_llm()
+
+    reply = ask(llm, model_for(fake_llm), logprobs=2)
+
+    [body] = fake_llm.chat_requests()
+    assert body["logprobs"] is True and body["top_logprobs"] == 2
+    # two alternatives asked for: the chosen token first, then the other one of the top two
+    assert reply.choices[0].logprobs == [[("4", -0.1), ("5", -2.5)], [(".", -0.01), ("!", -4.6)]]
+    assert all(isinstance(entry, tuple) for position in reply.choices[0].logprobs for entry in position)
+
+
+def fake_llm_reply(content: str, logprobs: list[list[tuple[str, float]]]) -> fake_llm.Reply:
+    return fake_llm.Reply(content, logprobs=logprobs)
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+def test_429_honours_retry_after(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    arrivals: list[float] = []
+
+    def respond(body: dict[str, Any]) -> str | Fault:
+        arrivals.append(time.monotonic())
+        return Fault("status", 429, retry_after=0.3) if len(arrivals) == 1 else "5"
+
+    fake_llm.responder = respond
+    llm = make_llm(backoff=0.01)
+
+    reply = ask(llm, model_for(fake_llm))
+
+    assert reply.choices[0].text == "5"
+    assert len(arrivals) == 2 and len(fake_llm.chat_requests()) == 2
+    assert 0.3 <= arrivals[1] - arrivals[0] < 2.0  # the server's wait, not our 0.01 s backoff
+    usage = llm.usage["judge"]
+    assert (usage.calls, usage.retries, sum(usage.errors.values())) == (1, 1, 0)
+
+
+def test_429_without_retry_after_backs_off(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    arrivals: list[float] = []
+
+    def respond(body: dict[str, Any]) -> str | Fault:
+        arrivals.append(time.monotonic())
+        return Fault("status", 429) if len(arrivals) <= 2 else "5"
+
+    fake_llm.responder = respond
+    llm = make_llm(backoff=0.1)
+
+    reply = ask(llm, model_for(fake_llm))
+
+    assert reply.choices[0].text == "5" and len(arrivals) == 3
+    # exponential with jitter: first wait in [0.05, 0.1], second in [0.1, 0.2]
+    assert arrivals[1] - arrivals[0] >= 0.05 and arrivals[2] - arrivals[1] >= 0.1
+    assert llm.usage["judge"].retries == 2
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors_are_retried(fake_llm: FakeLLMServer, make_llm: MakeLLM, status: int) -> None:
+    fake_llm.faults = [Fault("status", status)]
+    llm = make_llm()
+
+    reply = ask(llm, model_for(fake_llm))
+
+    assert reply.choices[0].text == "3"
+    assert len(fake_llm.chat_requests()) == 2
+    assert (llm.usage["judge"].retries, llm.usage["judge"].calls) == (1, 1)
+
+
+def test_server_error_after_all_retries(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    fake_llm.faults = [Fault("status", 503)] * 3
+    llm = make_llm(retries=2)
+
+    with pytest.raises(CallError) as caught:
+        ask(llm, model_for(fake_llm))
+
+    assert caught.value.kind == "server" and caught.value.attempts == 3
+    assert len(fake_llm.chat_requests()) == 3
+
+
+def test_connection_reset_is_retried(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    fake_llm.faults = [Fault("reset")]
+    llm = make_llm()
+
+    reply = ask(llm, model_for(fake_llm))
+
+    assert reply.choices[0].text == "3"
+    assert len(fake_llm.chat_requests()) == 2 and llm.usage["judge"].retries == 1
+
+
+def test_connection_reset_is_a_connection_error(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    fake_llm.faults = [Fault("reset")]
+    llm = make_llm(retries=0)
+
+    with pytest.raises(CallError) as caught:
+        ask(llm, model_for(fake_llm))
+
+    assert caught.value.kind == "connection"
+    assert llm.usage["judge"].errors == Counter({"connection": 1})
+
+
+def test_hang_times_out_after_every_attempt(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    fake_llm.faults = [Fault("hang", seconds=5.0)] * 3
+    llm = make_llm(timeout=0.5, retries=2)
+
+    started = time.monotonic()
+    with pytest.raises(CallError) as caught:
+        ask(llm, model_for(fake_llm))
+    elapsed = time.monotonic() - started
+
+    assert caught.value.kind == "timeout" and caught.value.attempts == 3
+    assert len(fake_llm.chat_requests()) == 3
+    assert 1.5 <= elapsed < 4.0  # three half-second timeouts, not one five-second hang
+    assert llm.usage["judge"].errors == Counter({"timeout": 1})
+    assert llm.usage["judge"].retries == 2 and llm.usage["judge"].calls == 0
+
+
+def test_hang_then_answer(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    fake_llm.faults = [Fault("hang", seconds=5.0)]
+    llm = make_llm(timeout=0.5, retries=2)
+
+    reply = ask(llm, model_for(fake_llm))
+
+    assert reply.choices[0].text == "3" and len(fake_llm.chat_requests()) == 2
+
+
+@pytest.mark.parametrize("fault", ["not_json", "empty_choices"])
+def test_unusable_bodies_are_retried_then_bad_response(fake_llm: FakeLLMServer, make_llm: MakeLLM, fault: str) -> None:
+    fake_llm.faults = [Fault(fault)] * 3
+    llm = make_llm(retries=2)
+
+    with pytest.raises(CallError) as caught:
+        ask(llm, model_for(fake_llm))
+
+    assert caught.value.kind == "bad_response" and caught.value.attempts == 3
+    assert len(fake_llm.chat_requests()) == 3
+    assert llm.usage["judge"].errors == Counter({"bad_response": 1})
+
+
+@pytest.mark.parametrize("fault", ["not_json", "empty_choices"])
+def test_unusable_body_then_answer(fake_llm: FakeLLMServer, make_llm: MakeLLM, fault: str) -> None:
+    fake_llm.faults = [Fault(fault)]
+    llm = make_llm(retries=2)
+
+    assert ask(llm, model_for(fake_llm)).choices[0].text == "3"
+    assert len(fake_llm.chat_requests()) == 2
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, "bad_request"), (401, "auth"), (403, "auth"), (404, "not_found"),
+                                              (422, "bad_request")])
+def test_client_errors_are_not_retried(fake_llm: FakeLLMServer, make_llm: MakeLLM, status: int, kind: str) -> None:
+    fake_llm.faults = [Fault("status", status)]
+    llm = make_llm(retries=3)
+
+    with pytest.raises(CallError) as caught:
+        ask(llm, model_for(fake_llm))
+
+    assert caught.value.kind == kind and caught.value.attempts == 1
+    assert len(fake_llm.chat_requests()) == 1
+    assert llm.usage["judge"].retries == 0
+
+
+def test_errors_are_counted_per_kind_and_role(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    llm = make_llm(retries=0)
+    model = model_for(fake_llm)
+    script = [(Fault("status", 401), "judge"), (Fault("status", 404), "judge"), (Fault("status", 401), "judge"),
+              (Fault("status", 500), "optimizer"), (None, "optimizer")]
+    for fault, role in script:
+        fake_llm.faults = [] if fault is None else [fault]
+        try:
+            ask(llm, model, [{"role": "user", "content": f"{role} {fault}"}], role=role)
+        except CallError:
+            pass
+
+    assert llm.usage["judge"].errors == Counter({"auth": 2, "not_found": 1})
+    assert llm.usage["optimizer"].errors == Counter({"server": 1})
+    assert (llm.usage["judge"].calls, llm.usage["optimizer"].calls) == (0, 1)
+    assert llm.total().errors == Counter({"auth": 2, "not_found": 1, "server": 1})
+    assert llm.total().to_json()["errors"] == {"auth": 2, "not_found": 1, "server": 1}
+
+
+# -- overlap, limits and sharing ----------------------------------------------------------
+
+
+def distinct_messages(count: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": f"question {i}"}] for i in range(count)]
+
+
+def test_concurrency_limit_is_respected(make_llm: MakeLLM) -> None:
+    with FakeLLMServer(latency=0.2) as server:
+        llm = make_llm(concurrency=4)
+        started = time.monotonic()
+        replies = ask_many(llm, model_for(server), distinct_messages(20))
+        elapsed = time.monotonic() - started
+
+        assert all(isinstance(r, Reply) for r in replies)
+        assert len(server.chat_requests()) == 20
+        assert 2 <= server.max_in_flight <= 4
+        assert elapsed >= 20 / 4 * 0.2 * 0.9  # five waves of 0.2 s at least
+
+
+def test_calls_overlap_up_to_the_limit(make_llm: MakeLLM) -> None:
+    with FakeLLMServer(latency=0.2) as server:
+        llm = make_llm(concurrency=20)
+        ask(llm, model_for(server), [{"role": "user", "content": "warm up"}])  # litellm's first call is slow
+        server.reset()
+        started = time.monotonic()
+        replies = ask_many(llm, model_for(server), distinct_messages(20))
+        elapsed = time.monotonic() - started
+
+        assert all(isinstance(r, Reply) for r in replies)
+        assert len(server.chat_requests()) == 20
+        assert elapsed < 20 * 0.2 / 4  # serial would take 4 s
+        assert server.max_in_flight >= 10
+
+
+def test_identical_concurrent_calls_share_one_request(make_llm: MakeLLM) -> None:
+    with FakeLLMServer(latency=0.2) as server:
+        llm = make_llm()
+        replies = ask_many(llm, model_for(server), [MESSAGES] * 5)
+
+        assert len(server.chat_requests()) == 1
+        assert all(isinstance(r, Reply) for r in replies) and {r.choices[0].text for r in replies} == {"3"}
+        assert llm.usage["judge"].calls == 1
+
+
+def test_identical_concurrent_calls_share_one_failure(make_llm: MakeLLM) -> None:
+    with FakeLLMServer(latency=0.2) as server:
+        server.faults = [Fault("status", 400)]
+        llm = make_llm()
+        replies = ask_many(llm, model_for(server), [MESSAGES] * 5)
+
+        assert len(server.chat_requests()) == 1
+        assert all(isinstance(r, CallError) and r.kind == "bad_request" for r in replies)
+        # the failure is over, so asking again asks again
+        assert ask(llm, model_for(server)).choices[0].text == "3"
+        assert len(server.chat_requests()) == 2
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("Incorrect API key provided: sk-proj-AbC123xyz_789-QQ.", "sk-proj-AbC123xyz_789-QQ"),
+    ("headers: {'Authorization': 'Bearer abc.def-ghi_jkl'}", "abc.def-ghi_jkl"),
+    ("call failed with api_key=hunter2secret and more", "hunter2secret"),
+    ('{"api_key": "zzTopSecret99", "model": "x"}', "zzTopSecret99"),
+    ("API-KEY: plainvalue42", "plainvalue42"),
+])
+def test_redact_removes_keys(text: str, secret: str) -> None:
+    cleaned = redact(text)
+    assert secret not in cleaned and "[redacted]" in cleaned
+
+
+@pytest.mark.parametrize("text", [
+    "litellm.BadRequestError: OpenAIException - max_tokens must be at least 1 (task-skip)",
+    "InternalServerError: disk-quota-exceeded on risk-assessment-cluster",
+])
+def test_redact_leaves_ordinary_text(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_redact_removes_given_secrets_verbatim() -> None:
+    assert redact("key was plain.secret-value_1 and more", ["plain.secret-value_1"]) == "key was [redacted] and more"
+
+
+def test_model_secrets_finds_keys_and_auth_headers() -> None:
+    model = Model.parse({"name": "openai/x", "api_key": "abc123-key", "api_base": "http://127.0.0.1:1/v1",
+                         "max_completion_tokens": 100000, "extra_headers": {"Authorization": "Basic dXNlcjpwYXNz",
+                                                                            "X-Team": "research"}})
+    assert sorted(model_secrets(model)) == ["Basic dXNlcjpwYXNz", "abc123-key"]
+
+
+def echo_authorization_on_401(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the fake server's 401 body repeat the request's credentials, as careless providers do."""
+    original = fake_llm._Handler._fail
+
+    def fail(handler: Any, fault: Fault, body: dict) -> None:
+        if fault.kind == "status" and fault.status == 401:
+            auth = handler.headers.get("Authorization", "")
+            key = auth.removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {key}. You sent Authorization: {auth}"
+            handler._send_json(401, fake_llm._error(message, "invalid_request_error", 401))
+        else:
+            original(handler, fault, body)
+
+    monkeypatch.setattr(fake_llm._Handler, "_fail", fail)
+
+
+@pytest.mark.parametrize("key", ["sk-PLANTED-zq81-do-not-leak", "planted.zq81-do-not-leak"])
+def test_call_error_never_carries_the_api_key(fake_llm: FakeLLMServer, make_llm: MakeLLM,
+                                              monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+                                              key: str) -> None:
+    echo_authorization_on_401(monkeypatch)
+    fake_llm.faults = [Fault("status", 401)]
+    llm = make_llm()
+
+    with pytest.raises(CallError) as caught:
+        ask(llm, model_for(fake_llm, api_key=key))
+
+    assert fake_llm.requests[0]["headers"]["authorization"] == f"Bearer {key}"  # the key really was sent
+    error = caught.value
+    assert error.kind == "auth" and "Incorrect API key provided" in str(error)  # the provider's words survive
+    for text in (str(error), repr(error), *map(str, error.args)):
+        assert key not in text and "zq81" not in text
+    out, err = capfd.readouterr()
+    assert key not in out and key not in err
+
+
+def test_api_key_is_never_written_to_the_cache(fake_llm: FakeLLMServer, make_llm: MakeLLM, tmp_path: Path) -> None:
+    key = "sk-PLANTED-cachecheck-4242"
+    fake_llm.responder = lambda body: "answer-marker-7f3"
+    llm = make_llm(cache=Cache(tmp_path), cache_mode="use")
+    model = model_for(fake_llm, api_key=key, api_base=fake_llm.base_url, top_p=0.9)
+
+    ask(llm, model)
+    ask(llm, model, [{"role": "user", "content": "a second question"}], logprobs=1)
+    llm.flush()
+
+    def stored() -> bytes:
+        return b"".join(path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file())
+
+    for data in (stored(), (llm.close(), stored())[1]):  # with the write-ahead log, then folded in
+        assert b"answer-marker-7f3" in data  # the answers are there, so the search is meaningful
+        assert key.encode() not in data and b"cachecheck" not in data
+        assert fake_llm.base_url.encode() not in data
+
+
+# -- the background loop ------------------------------------------------------------------
+
+
+def test_run_from_several_threads(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    llm = make_llm()
+    model = model_for(fake_llm)
+    results: list[str | None] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        reply = ask(llm, model, [{"role": "user", "content": f"thread {i}"}])
+        with lock:
+            results.append(reply.choices[0].text)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert results == ["3"] * 6 and len(fake_llm.chat_requests()) == 6
+    assert llm.usage["judge"].calls == 6
+
+
+def test_unknown_cache_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="cache mode"):
+        LLM(cache_mode="sometimes")
+
+
+def test_usage_json_shape(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    llm = make_llm()
+    ask(llm, model_for(fake_llm), role="optimizer")
+    data = llm.usage["optimizer"].to_json()
+    assert data["calls"] == 1 and data["prompt_tokens"] > 0 and data["completion_tokens"] == 1
+    assert data["cost_usd"] is None  # no price known for a fake model: unknown, not zero
+    json.dumps(data)

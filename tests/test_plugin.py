@@ -1,0 +1,226 @@
+"""The plugin end to end: spec files in, real litellm HTTP calls to a scripted server, verdicts out."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import pytest
+
+from tests.conftest import human_from_prompt, make_records, server_model, spec_text
+from tests.fake_llm import Fault, FakeLLMServer
+
+RECORDS = make_records()
+
+
+def write(pytester: pytest.Pytester, server: FakeLLMServer | None, **spec_args: Any) -> None:
+    (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    model = server_model(server) if server is not None else None
+    (pytester.path / "toy.judge.yaml").write_text(spec_text(model, **spec_args))
+
+
+def reversed_scores(body: dict[str, Any]) -> str:
+    """A judge that ranks every sample upside down."""
+    answer = human_from_prompt(RECORDS)(body)
+    criterion, score = answer.split(": ")
+    return f"{criterion}: {6 - float(score):g}"
+
+
+def test_agreeing_judge_passes_every_criterion(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*toy.judge.yaml::coherence PASSED*", "*toy.judge.yaml::fluency PASSED*",
+                                 "*judge agreement*", "*coherence*spearman*1.000*pass*"])
+    test_ids = {r["id"] for r in RECORDS if r["group"] in {"d0", "d1", "d2", "d3", "d4", "d5"}}
+    asked = {re.search(r"<summary>\n(.*?)\n</summary>", b["messages"][-1]["content"], re.S).group(1)
+             for b in fake_llm.chat_requests()}
+    assert asked <= {r["summary"] for r in RECORDS if r["id"] in test_ids}
+    assert len(fake_llm.chat_requests()) == 2 * len(asked)  # one call per sample per criterion
+
+
+def test_disagreeing_judge_fails_with_measurements(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = reversed_scores
+    write(pytester, fake_llm)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "toy::coherence failed on the test split" in out
+    assert re.search(r"spearman -1\.000 is below min_rho 0\.50 by 1\.500", out)
+    assert "largest disagreements:" in out and "human 5, judge 1" in out
+    assert "Traceback" not in out
+
+
+def test_second_identical_run_makes_no_model_calls(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    pytester.runpytest().assert_outcomes(passed=2)
+    first = len(fake_llm.chat_requests())
+    assert first > 0
+    fake_llm.reset()
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+    assert fake_llm.chat_requests() == []
+    result.stdout.fnmatch_lines([f"*model calls: 0 made, {first} from cache*"])
+
+
+def test_replay_mode_gates_on_committed_answers_without_a_model(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    pytester.runpytest().assert_outcomes(passed=2)
+    fake_llm.stop()  # no model at all from here on
+    pytester.runpytest("--judge-cache=replay").assert_outcomes(passed=2)
+    spec = pytester.path / "toy.judge.yaml"
+    spec.write_text(spec.read_text().replace("Rate the fluency from 1 to 5.", "Rate how fluent the summary reads."))
+    result = pytester.runpytest("--judge-cache=replay")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*answers are not in the cache and the cache mode is replay*--judge-cache=use*"])
+
+
+def test_refresh_mode_asks_again(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    pytester.runpytest().assert_outcomes(passed=2)
+    first = len(fake_llm.chat_requests())
+    pytester.runpytest("--judge-cache=refresh").assert_outcomes(passed=2)
+    assert len(fake_llm.chat_requests()) == 2 * first
+
+
+def test_call_failures_are_reported_never_scored(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = lambda body: Fault("status", status=500)
+    write(pytester, fake_llm)
+    result = pytester.runpytest("--judge-retries=1", "-o", "judge_timeout=5")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert re.search(r"judgments failed \(100%\)", out)
+    assert "call_server" in out
+    assert "sk-test-not-a-real-key" not in out
+
+
+def test_unparseable_replies_count_as_failures(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = lambda body: "I'm sorry, but I can't help with that."
+    write(pytester, fake_llm, extra="judge: {max_parse_failure_rate: 0.2}\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*above the allowed 20%*", "*failed judgments:*(refusal *)*"])
+
+
+def test_lower_bound_gate_is_stricter_than_point(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    truthful = human_from_prompt(RECORDS)
+
+    def respond(body: dict[str, Any]) -> str:
+        """Right on most samples, upside down on two: rho about 0.5 on 8 samples, with a wide interval."""
+        criterion, score = truthful(body).split(": ")
+        sample, article = map(int, re.search(r"Summary (\d+) of article (\d+)", body["messages"][-1]["content"]).groups())
+        flip = sample in (0, 1) and article % 2 == 0
+        return f"{criterion}: {6 - float(score) if flip else float(score):g}"
+
+    fake_llm.responder = respond
+    write(pytester, fake_llm, min_rho=0.3)
+    pytester.runpytest().assert_outcomes(passed=2)
+    (pytester.path / "toy.judge.yaml").write_text(
+        spec_text(server_model(fake_llm), min_rho=0.3, extra="correlation: {gate: lower_bound}\n"))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*the interval's lower end * is below min_rho 0.30*"])
+
+
+def test_junit_properties_carry_the_numbers(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    pytester.runpytest("--junitxml=out.xml").assert_outcomes(passed=2)
+    tree = ET.parse(pytester.path / "out.xml")
+    case = next(c for c in tree.iter("testcase") if c.get("name") == "coherence")
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert float(props["judge_rho"]) == pytest.approx(1.0)
+    assert props["judge_min_rho"] == "0.5"
+    assert int(props["judge_n"]) == 8  # 2 of the 6 documents are in the test split
+    assert props["judge_parse_failures"] == "0"
+    assert float(props["judge_ci_low"]) <= float(props["judge_rho"]) <= float(props["judge_ci_high"])
+
+
+def test_report_records_split_ids(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    pytester.runpytest("--judge-report=out").assert_outcomes(passed=2)
+    results = json.loads((pytester.path / "out" / "results.json").read_text())
+    ids = results["evaluations"][0]["split_ids"]
+    assert sorted(ids["train"] + ids["val"] + ids["test"]) == sorted(r["id"] for r in RECORDS)
+    groups = {name: {i.split("-")[0] for i in part} for name, part in ids.items()}
+    assert not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    assert "sk-test-not-a-real-key" not in (pytester.path / "out" / "results.json").read_text()
+
+
+def test_sample_option_judges_fewer_documents(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    pytester.runpytest("--judge-sample=1")
+    assert len(fake_llm.chat_requests()) == 2 * 4  # one document of 4 samples, 2 criteria
+
+
+def test_judge_fixture_evaluates_another_instruction(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm)
+    pytester.makepyfile(test_mine="""
+        def test_instruction(judge):
+            result = judge.evaluate("toy.judge.yaml", "coherence", instruction="Rate the coherence, strictly.")
+            assert result.rho == 1.0
+            assert result.n == 8
+            assert result.instruction == "Rate the coherence, strictly."
+            assert set(result.predictions) and result.failures == {}
+            low, high = result.interval
+            assert low <= result.rho <= high
+    """)
+    pytester.runpytest("test_mine.py").assert_outcomes(passed=1)
+    assert any("Rate the coherence, strictly." in b["messages"][-1]["content"] for b in fake_llm.chat_requests())
+
+
+def test_hooks_add_a_format_and_a_metric(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    write(pytester, fake_llm, data="data.rows", extra="correlation: {method: neg_mae}\n", min_rho=-0.1)
+    (pytester.path / "data.rows").write_text("\n".join(json.dumps(r) for r in RECORDS))
+    pytester.makeconftest("""
+        import json
+        import numpy as np
+
+        def pytest_judgeopt_load_records(path, format):
+            if format != "rows":
+                return None
+            return ((i + 1, json.loads(line)) for i, line in enumerate(path.read_text().splitlines()))
+
+        def pytest_judgeopt_metrics():
+            return {"neg_mae": lambda judge, human: -float(np.mean(np.abs(judge - human)))}
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*coherence*neg_mae*0.000*pass*"])
+
+
+def test_model_resolution_order(monkeypatch: pytest.MonkeyPatch, make_project: Any) -> None:
+    from pytest_judgeopt.llm import LLM
+    from pytest_judgeopt.session import Session
+
+    with_model = make_project("openai/from-spec")
+    without = make_project(None, folder=with_model.parent / "other")
+    monkeypatch.delenv("JUDGEOPT_MODEL", raising=False)
+    llm = LLM()
+    assert Session(llm, model_override="cli/model").model_for(Session(llm).load(with_model).spec).name == "cli/model"
+    monkeypatch.setenv("JUDGEOPT_MODEL", "env/model")
+    assert Session(llm).model_for(Session(llm).load(with_model).spec).name == "env/model"
+    monkeypatch.delenv("JUDGEOPT_MODEL")
+    session = Session(llm, default_model="ini/model")
+    assert session.model_for(session.load(with_model).spec).name == "openai/from-spec"
+    assert session.model_for(session.load(without).spec).name == "ini/model"
+    plain = Session(llm)
+    assert plain.model_for(plain.load(without).spec).name == "local/smollm2"
+
+
+def test_usage_errors_for_bad_option_values(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--judge-cache=sometimes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--judge-cache must be one of use, off, refresh, replay*"])
+    result = pytester.runpytest("--judge-concurrency=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
