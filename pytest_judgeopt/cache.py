@@ -18,12 +18,33 @@ from typing import Any
 
 FILE_NAME = "answers.sqlite"
 MODES = ("use", "off", "refresh", "replay")
+BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 
 
 def cache_key(request: dict[str, Any]) -> str:
     """Everything that can change an answer, canonically serialised."""
     text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def enable_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL, waiting out other processes doing the same.
+
+    When two processes open a new cache at once (xdist workers starting), sqlite answers
+    "database is locked" to the journal-mode change at once, without calling the busy handler,
+    so the connection's timeout does not cover it; the mode is persistent, so once set it stays.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"could not switch the cache to WAL mode within {BUSY_TIMEOUT:g} s")
+        time.sleep(0.01)
 
 
 class Cache:
@@ -35,8 +56,8 @@ class Cache:
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            enable_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
             self._db = db

@@ -74,8 +74,8 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             for row in reader:
                 yield reader.line_num, row
-        except csv.Error as exc:
-            raise SpecError([problem(path, reader.line_num, "", f"unreadable CSV ({exc})",
+        except csv.Error as exc:  # DictReader.line_num lags until a row succeeds; its reader's is current
+            raise SpecError([problem(path, reader.reader.line_num, "", f"unreadable CSV ({exc})",
                                      f"fields are limited to {MAX_FIELD_CHARS:,} characters; check quoting")]) from None
 
 

@@ -93,6 +93,7 @@ class Reply:
 class Usage:
     """What one role's calls cost; tokens and dollars count calls that reached a model."""
 
+    requests: int = 0  # every complete() asked for: calls + cache hits + shared + failed
     calls: int = 0
     cache_hits: int = 0
     retries: int = 0
@@ -103,12 +104,19 @@ class Usage:
     cost_unknown: int = 0
 
     def add(self, other: Usage) -> None:
-        for name in ("calls", "cache_hits", "retries", "prompt_tokens", "completion_tokens", "cost", "cost_unknown"):
+        for name in ("requests", "calls", "cache_hits", "retries", "prompt_tokens", "completion_tokens", "cost", "cost_unknown"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
 
+    def minus(self, earlier: Usage) -> Usage:
+        """What was spent since ``earlier``, a copy of this same counter taken before."""
+        out = Usage(errors=self.errors - earlier.errors)
+        for name in ("requests", "calls", "cache_hits", "retries", "prompt_tokens", "completion_tokens", "cost", "cost_unknown"):
+            setattr(out, name, getattr(self, name) - getattr(earlier, name))
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return {"calls": self.calls, "cache_hits": self.cache_hits, "retries": self.retries,
+        return {"requests": self.requests, "calls": self.calls, "cache_hits": self.cache_hits, "retries": self.retries,
                 "errors": dict(sorted(self.errors.items())), "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "cost_usd": None if self.cost_unknown and not self.cost else round(self.cost, 6)}
@@ -135,6 +143,7 @@ class LLM:
         self.max_wait = max_wait
         self.usage: dict[str, Usage] = {}
         self.listeners: list[Callable[[str, str], None]] = []
+        self.budget: Any = None  # anything with .exceeded(total Usage) -> bool; checked before each model call
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -205,6 +214,7 @@ class LLM:
         key = cache_key({"model": model.name, "messages": messages, "params": answer_params, "n": n,
                          "logprobs": logprobs, "seed": seed})
         usage = self._usage(role)
+        usage.requests += 1
         if self.cache_mode in ("use", "replay"):
             stored = self._pending_writes.get(key)
             if stored is None:
@@ -243,6 +253,9 @@ class LLM:
         role = next((r for r, u in self.usage.items() if u is usage), "judge")
         attempt = 0
         async with self._semaphore:
+            if self.budget is not None and self.budget.exceeded(self.total()):
+                usage.errors["budget"] += 1
+                raise CallError("budget", "the call budget is spent")
             while True:
                 attempt += 1
                 try:

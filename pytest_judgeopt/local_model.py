@@ -10,6 +10,7 @@ next to each other and llama.cpp reuses the evaluated prefix).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import threading
 from pathlib import Path
@@ -49,7 +50,17 @@ def load() -> Any:
         except ImportError:
             raise LocalModelUnavailable(INSTALL_HINT) from None
         _llama = Llama(model_path=str(gguf_path()), n_ctx=CONTEXT_TOKENS, n_threads=None, verbose=False)
+        atexit.register(unload)
     return _llama
+
+
+def unload() -> None:
+    """Free the model before interpreter shutdown tears down the llama.cpp bindings it needs."""
+    global _llama
+    with _llama_lock:
+        if _llama is not None:
+            _llama.close()
+            _llama = None
 
 
 def generate(messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["FAILURE_KINDS", "ParsedScore", "parse_merged", "parse_score", "weighted_score"]
+__all__ = ["FAILURE_KINDS", "ParsedScore", "json_objects", "parse_merged", "parse_score", "weighted_score"]
 
 FAILURE_KINDS: tuple[str, ...] = ("empty", "refusal", "no_score", "out_of_scale", "missing_criterion", "bad_json")
 
@@ -112,7 +112,7 @@ def parse_score(reply: str | None, scale: tuple[float, float], criterion: str | 
     """
     if reply is None or not reply.strip():
         return ParsedScore(None, "empty", "the reply is empty")
-    objects = _json_objects(reply)
+    objects = json_objects(reply)
     for obj in objects:
         verdict = _object_verdict(obj, criterion, scale)
         if verdict is not None:
@@ -135,7 +135,7 @@ def parse_merged(reply: str | None, scales: dict[str, tuple[float, float]]) -> d
     """
     if reply is None or not reply.strip():
         return {name: ParsedScore(None, "empty", "the reply is empty") for name in scales}
-    obj = _scores_object(_json_objects(reply), scales)
+    obj = _scores_object(json_objects(reply), scales)
     if obj is not None:
         return {name: _merged_entry(obj, name, scale) for name, scale in scales.items()}
     text = _RANGE.sub("~", reply)
@@ -179,7 +179,7 @@ def _integer_token(token: str) -> int | None:
     return int(text) if re.fullmatch(r"-?\d{1,9}", text) else None
 
 
-def _json_objects(text: str) -> list[dict]:
+def json_objects(text: str) -> list[dict]:
     """Every top-level JSON object in the text; scanning each "{" survives braces inside strings."""
     objects: list[dict] = []
     start = text.find("{")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from .interference import InterferenceResult
     from .judge import CriterionResult
     from .session import Session
 
@@ -42,6 +43,25 @@ def positive_float(text: str) -> float:
     return value
 
 
+def optimize_mode(text: str) -> str:
+    from .spec import mode_problem
+
+    mode = text.upper()
+    problem = mode_problem(mode)
+    if problem:
+        raise pytest.UsageError(f"--judge-mode: {problem}; use ST, SSS, SSC, SCC or CCC")
+    return mode
+
+
+def budget(text: str) -> Any:
+    from .optimize import Budget
+
+    try:
+        return Budget.parse(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--judge-budget: {exc}") from None
+
+
 def cache_mode(text: str) -> str:
     if text not in CACHE_MODES:
         raise pytest.UsageError(f"--judge-cache must be one of {', '.join(CACHE_MODES)}, not {text!r}")
@@ -63,6 +83,11 @@ OPTIONS = [
     ("--judge-sample", "judge_sample", positive_int, None,
      "judge only N groups (documents) of each split, chosen by the split seed: quick, document-whole runs."),
     ("--judge-report", "judge_report", str, None, "write results.json to this folder."),
+    ("--judge-mode", "judge_mode", optimize_mode, None,
+     "decomposition mode for --judge-optimize: ST, SSS, SSC, SCC, CCC (default: the spec's optimize.mode, else SSS)."),
+    ("--judge-steps", "judge_steps", positive_int, None, "optimization steps (default: the spec's optimize.steps)."),
+    ("--judge-budget", "judge_budget", budget, None,
+     "cap an optimization: calls=N and/or usd=X (e.g. calls=500,usd=2); it stops cleanly, keeping the best so far."),
 ]
 
 
@@ -71,6 +96,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, name, kind, default, help_ in OPTIONS:
         group.addoption(flag, dest=name, metavar=name.removeprefix("judge_").upper(), type=kind, default=None, help=help_)
         parser.addini(name, help=f"{help_} (ini twin of {flag})", default=None if default is None else str(default))
+    group.addoption("--judge-optimize", dest="judge_optimize", nargs="?", const="run", default=None,
+                    choices=("run", "study"), metavar="study",
+                    help="improve each spec's instructions and write <spec>.lock.yaml for review; "
+                         "--judge-optimize=study compares the five modes instead (writes nothing).")
     parser.addini("judge_spec_glob", type="args", default=["*.judge.yaml"],
                   help="file name patterns of judge spec files (default *.judge.yaml).")
 
@@ -99,6 +128,7 @@ class JudgeRun:
     def __init__(self, config: pytest.Config):
         self.config = config
         self._session: Session | None = None
+        self.studies: list[Any] = []
 
     @property
     def session(self) -> Session:
@@ -115,10 +145,12 @@ class JudgeRun:
             metrics: dict[str, Any] = {}
             for contributed in config.hook.pytest_judgeopt_metrics():
                 metrics.update(contributed)
-            self._session = Session(llm, model_override=config.getoption("judge_model"),
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            progress = None if reporter is None or hasattr(config, "workerinput") else reporter.write_line
+            self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
                                     loader=lambda path, fmt: config.hook.pytest_judgeopt_load_records(path=path, format=fmt),
-                                    metrics=metrics)
+                                    metrics=metrics, state_dir=cache_dir)
             self._session.base = config.rootpath
         return self._session
 
@@ -154,7 +186,15 @@ class JudgeFile(pytest.File):
         except SpecError as exc:
             raise self.CollectError(str(exc)) from None
         for name, criterion in loaded.spec.criteria.items():
+            if name == next(iter(loaded.spec.criteria)):
+                optimize = self.config.getoption("judge_optimize")
+                if optimize == "run":
+                    yield OptimizeItem.from_parent(self, name="optimize", line=loaded.spec.line_of("optimize") or 1)
+                elif optimize == "study":
+                    yield StudyItem.from_parent(self, name="study", line=loaded.spec.line_of("optimize") or 1)
             yield CriterionItem.from_parent(self, name=name, criterion=name, line=criterion.line)
+        if loaded.spec.interference is not None:  # after the criteria, so their separate judgments are reused
+            yield MergedItem.from_parent(self, name="merged", line=loaded.spec.line_of("interference") or 1)
 
 
 class JudgeFailed(Exception):
@@ -200,6 +240,62 @@ class CriterionItem(pytest.Item):
         return self.path, self.line - 1, f"judge {self.path.name}::{self.criterion}"
 
 
+class InterferenceFailed(Exception):
+    """Merging the instructions into one prompt costs some criterion agreement; carries the comparison."""
+
+    def __init__(self, result: InterferenceResult):
+        super().__init__(", ".join(c.criterion for c in result.failed))
+        self.result = result
+
+
+class MergedItem(pytest.Item):
+    """The no-interference check of a spec: the merged prompt must not cost any criterion agreement."""
+
+    def __init__(self, *, line: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.line = line
+
+    def runtest(self) -> None:
+        result = self.config.stash[run_key].session.interference(self.path)
+        for key, value in interference_properties(result).items():
+            self.user_properties.append((key, value))
+        if not result.passed:
+            raise InterferenceFailed(result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, InterferenceFailed):
+            from .interference import describe
+
+            return describe(excinfo.value.result.to_json())
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.line - 1, f"judge {self.path.name}::merged"
+
+
+def known_failure(error: BaseException) -> str | None:
+    """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model)."""
+    from .llm import CallError
+    from .local_model import LocalModelUnavailable
+    from .spec import SpecError
+
+    if isinstance(error, (SpecError, CallError)):
+        return str(error)
+    if isinstance(error, LocalModelUnavailable):
+        return f"cannot run the embedded judge model: {error}"
+    return None
+
+
+def interference_properties(result: InterferenceResult) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, c in result.criteria.items():
+        out.update({f"interference_{name}_diff": c.diff, f"interference_{name}_low": c.low,
+                    f"interference_{name}_high": c.high, f"interference_{name}_verdict": c.verdict})
+    for shape, usage in (("separate", result.usage_separate), ("merged", result.usage_merged)):
+        out.update({f"interference_calls_{shape}": usage.calls, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
+    return out
+
+
 def junit_properties(result: CriterionResult) -> dict[str, Any]:
     a = result.agreement
     return {"judge_metric": a.method, "judge_level": a.level, "judge_rho": a.value, "judge_ci_low": a.low,
@@ -216,18 +312,85 @@ def judge(pytestconfig: pytest.Config) -> Session:
     return pytestconfig.stash[run_key].session
 
 
+class OptimizeItem(pytest.Item):
+    """``--judge-optimize``: improve the instructions, write the lock file; the criterion items then test it."""
+
+    def __init__(self, *, line: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.line = line
+
+    def runtest(self) -> None:
+        config = self.config
+        session = config.stash[run_key].session
+        result = session.optimize(self.path, setting(config, "judge_mode"), steps=setting(config, "judge_steps"),
+                                  budget=setting(config, "judge_budget"), write=True)
+        for name, outcome in result.outcomes.items():
+            self.user_properties.append((f"optimize_{name}_test_before", outcome.test_before.value))
+            self.user_properties.append((f"optimize_{name}_test_after", outcome.test_after.value))
+        problems = diagnostics_problems(result)
+        if problems:
+            raise OptimizationFailed("\n".join(problems))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        from .optimize import OptimizationBusy
+        from .spec import SpecError
+
+        if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, SpecError, ValueError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
+
+
+class StudyItem(OptimizeItem):
+    """``--judge-optimize=study``: every mode, several seeds, one table; writes no lock file."""
+
+    def runtest(self) -> None:
+        from .optimize import run_study
+
+        config = self.config
+        session = config.stash[run_key].session
+        config.stash[run_key].studies.append(run_study(session, self.path, steps=setting(config, "judge_steps"),
+                                                       budget=setting(config, "judge_budget")))
+
+
+class OptimizationFailed(Exception):
+    pass
+
+
+def diagnostics_problems(result: Any) -> list[str]:
+    """The spec's optional floors on gradient specificity and feedback adherence."""
+    settings = result.spec.optimize
+    problems = []
+    for name, outcome in result.outcomes.items():
+        for label, value, floor in (("gradient specificity", outcome.specificity, settings.min_specificity),
+                                    ("feedback adherence", outcome.adherence, settings.min_adherence)):
+            if floor is not None and (value is None or value < floor):
+                shown = "unmeasured" if value is None else f"{value:.1f}"
+                problems.append(f"{result.spec.name}::{name}: {label} {shown} is below the spec's minimum {floor:g}")
+    return problems
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     run = config.stash.get(run_key, None)
     if run is None or not run.started or hasattr(config, "workerinput"):
         return
-    evaluations = run.session.evaluations
-    if not evaluations:
-        return
-    from .report import summary_lines
+    from .report import optimization_lines, study_lines, summary_lines
 
-    terminalreporter.write_sep("=", "judge agreement")
-    for line in summary_lines(evaluations, run.session.llm, verbose=config.get_verbosity() >= 0):
-        terminalreporter.write_line(line)
+    session = run.session
+    verbose = config.get_verbosity() >= 0
+    sections = [("judge optimization", [line for result in session.optimizations for line in optimization_lines(result, verbose)]),
+                ("judge mode study", [line for study in run.studies for line in study_lines(study)])]
+    if session.evaluations or session.interferences:
+        sections.append(("judge agreement", list(summary_lines(session.evaluations, session.llm, verbose=verbose,
+                                                               interference=session.interferences))))
+    sections.append(("judge notes", [f"- {note}" for note in dict.fromkeys(session.notes)]))
+    for title, lines in sections:
+        if lines:
+            terminalreporter.write_sep("=", title)
+            for line in lines:
+                terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -238,7 +401,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if report and not hasattr(session.config, "workerinput"):
         folder = Path(report)
         folder.mkdir(parents=True, exist_ok=True)
-        results = {"version": 1, "evaluations": run.session.evaluations, "usage": {
+        results = {"version": 1, "evaluations": run.session.evaluations,
+                   "interference": run.session.interferences, "usage": {
             role: usage.to_json() for role, usage in sorted(run.session.llm.usage.items())}}
         tmp = folder / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

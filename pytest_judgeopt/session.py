@@ -14,10 +14,11 @@ from typing import Any
 
 from .defaults import BUILTIN_METRICS
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
-from .judge import CriterionResult, Judged, assess, judge_records
+from .interference import InterferenceResult, compare
+from .judge import CriterionResult, Judged, Usage, assess, judge_records
 from .llm import LLM
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
-from .spec import Model, Spec, SpecError, load_spec
+from .spec import Interference, Model, Spec, SpecError, load_spec
 
 SPLITS = ("train", "val", "test")
 Metric = Callable[[Any, Any], "float | None"]
@@ -33,7 +34,7 @@ class Loaded:
 class Session:
     def __init__(self, llm: LLM | None = None, *, model_override: str | None = None, default_model: str | None = None,
                  sample: int | None = None, loader: Loader | None = None, metrics: Mapping[str, Metric | None] | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, state_dir: str | Path = ".judgeopt"):
         self.llm = llm or LLM()
         self.model_override = model_override or os.environ.get("JUDGEOPT_MODEL") or None
         self.default_model = default_model
@@ -42,10 +43,19 @@ class Session:
         # name -> function for metrics added by hooks; None for those stats.py computes itself
         self.metrics = dict(metrics) if metrics is not None else dict.fromkeys(BUILTIN_METRICS)
         self.progress = progress
+        self.state_dir = Path(state_dir)
+        self.notes: list[str] = []  # things the user should know that are no test's failure (stale lock files, ...)
+        self.optimizations: list[Any] = []
+        self._in_force: dict[Path, tuple[dict[str, str], dict[str, str]]] = {}
+        self._recorded: set[tuple[Any, ...]] = set()
+        self._logprobs_missing: dict[tuple[Any, ...], int] = {}
         self.base = Path.cwd()
         self._loaded: dict[Path, Loaded] = {}
         self._evaluations: dict[tuple[Any, ...], dict[str, CriterionResult]] = {}
         self.evaluations: list[dict[str, Any]] = []
+        self._usages: dict[tuple[Any, ...], Usage] = {}  # what each memoised evaluation cost, cache hits included
+        self._interference: dict[tuple[Any, ...], InterferenceResult] = {}
+        self.interferences: list[dict[str, Any]] = []
 
     def load(self, path: str | Path) -> Loaded:
         """Spec, data and splits; raises SpecError naming file, line and fix."""
@@ -57,10 +67,15 @@ class Session:
         return self._loaded[path]
 
     def model_for(self, spec: Spec, role: str = "judge") -> Model:
-        """Resolution order: command line or JUDGEOPT_MODEL, the spec, the ini default, the embedded model."""
+        """Resolution order: command line or JUDGEOPT_MODEL, the spec, the ini default, the embedded model.
+
+        The optimizer's roles use the judge's model unless the spec's ``models:`` names one for them.
+        """
+        if role != "judge" and role in spec.models:
+            return spec.models[role]
         if self.model_override:
             return Model(self.model_override)
-        return spec.model_for(role) or Model(self.default_model or EMBEDDED_MODEL)
+        return spec.model_for("judge") or Model(self.default_model or EMBEDDED_MODEL)
 
     def records(self, loaded: Loaded, split: str) -> tuple[Any, ...]:
         if split not in SPLITS:
@@ -76,20 +91,21 @@ class Session:
             raise SpecError([f"{spec.path}: no criterion '{criterion}'. Fix: use one of {', '.join(spec.criteria)}"])
         if instruction is not None and criterion is None:
             raise ValueError("an instruction replaces one criterion's: name the criterion too")
-        instructions = {name: c.instruction for name, c in spec.criteria.items()}
-        sources = dict.fromkeys(spec.criteria, "spec")
+        instructions, sources = self.in_force(loaded)
+        instructions, sources = dict(instructions), dict(sources)
         if instruction is not None:
             instructions[criterion] = instruction
             sources[criterion] = "argument"
         names = [criterion] if instruction is not None else list(spec.criteria)
         results = self.evaluate_instructions(loaded, instructions, names, split=split,
-                                             shape=shape or spec.inference, sources=sources)
+                                             shape=shape or spec.inference, sources=sources, record=True)
         return results[criterion] if criterion is not None else results
 
     def evaluate_instructions(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], *, split: str,
-                              shape: str, sources: dict[str, str]) -> dict[str, CriterionResult]:
+                              shape: str, sources: dict[str, str], record: bool = False) -> dict[str, CriterionResult]:
+        """Judge and assess, memoized; ``record`` puts the result in the run's report (the items' own evaluations)."""
         spec = loaded.spec
-        key = (spec.path, split, shape, tuple(names), tuple(instructions[n] for n in names))
+        key = self._evaluation_key(loaded, instructions, names, split=split, shape=shape)
         if key not in self._evaluations:
             records = self.records(loaded, split)
             model = self.model_for(spec)
@@ -100,12 +116,57 @@ class Session:
             results = {name: assess(spec, spec.criteria[name], judged.judgments[name], split=split, shape=shape,
                                     instruction=instructions[name], instruction_source=sources[name]) for name in names}
             self._evaluations[key] = results
+            self._usages[key] = judged.usage
+            self._logprobs_missing[key] = judged.logprobs_missing
+        if record and key not in self._recorded:
+            self._recorded.add(key)
+            results = self._evaluations[key]
             self.evaluations.append({
-                "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape, "model": model.describe(),
-                "records": len(records), "usage": judged.usage.to_json(), "logprobs_missing": judged.logprobs_missing,
+                "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape,
+                "model": self.model_for(spec).describe(), "records": len(self.records(loaded, split)),
                 "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in results.values()],
+                "usage": self._usages[key].to_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
             })
         return self._evaluations[key]
+
+    def in_force(self, loaded: Loaded) -> tuple[dict[str, str], dict[str, str]]:
+        """The instructions ordinary runs test, and where each came from: the lock file while it
+        matches the spec and data, else the spec (with a note saying why the lock was not used)."""
+        from .lockfile import LockError, read_lock, spec_hash
+
+        spec = loaded.spec
+        if spec.path not in self._in_force:
+            instructions = {name: c.instruction for name, c in spec.criteria.items()}
+            sources = dict.fromkeys(spec.criteria, "spec")
+            try:
+                lock = read_lock(spec.path)
+            except LockError as exc:
+                lock = None
+                self.notes.append(f"{exc}; testing the spec's instructions")
+            if lock is not None:
+                if lock.spec_hash != spec_hash(spec) or lock.data_hash != loaded.dataset.digest:
+                    changed = "spec" if lock.spec_hash != spec_hash(spec) else "data"
+                    self.notes.append(f"{lock.path.name}: the {changed} changed since this lock was made, so the spec's "
+                                      f"instructions are tested; run pytest --judge-optimize to make a new lock")
+                else:
+                    if lock.edited:
+                        self.notes.append(f"{lock.path.name} was edited by hand; testing its instructions as edited")
+                    for name in spec.criteria:
+                        if name in lock.instructions:
+                            instructions[name], sources[name] = lock.instructions[name], "lock"
+            self._in_force[spec.path] = (instructions, sources)
+        return self._in_force[spec.path]
+
+    def optimize(self, path: str | Path, mode: str | None = None, *, seed: int | None = None, steps: int | None = None,
+                 budget: Any = None, write: bool = False) -> Any:
+        """Optimize a spec's instructions (``judge.optimize(spec, mode="SSS")``); ``write`` makes the lock file."""
+        from .optimize import optimize_spec
+
+        result = optimize_spec(self, self.load(path), mode, seed=seed, steps=steps, budget=budget, write=write)
+        self.optimizations.append(result)
+        if write:
+            self._in_force.pop(result.spec.path, None)
+        return result
 
     def _register_metrics(self) -> None:
         from .stats import CUSTOM, register_metric  # scipy: only once something was judged
@@ -116,3 +177,39 @@ class Session:
 
     def close(self) -> None:
         self.llm.close()
+
+    def instructions(self, loaded: Loaded) -> dict[str, str]:
+        """The instructions in force, per criterion (the lock file's while it matches, else the spec's)."""
+        return dict(self.in_force(loaded)[0])
+
+    def interference(self, path: str | Path, *, split: str = "test") -> InterferenceResult:
+        """Each criterion's agreement with the merged prompt against its separate prompt, on the same samples.
+
+        Both shapes go through evaluate_instructions, so they share the memo and the answer cache
+        with the regular items: when those judge with separate prompts, the check adds only the
+        merged calls. An explicit call runs even on a spec with ``interference: false`` (at the
+        default tolerance, unless the spec sets one): only a single criterion has nothing to merge.
+        """
+        loaded = self.load(path)
+        spec = loaded.spec
+        if len(spec.criteria) < 2:
+            raise ValueError(f"{spec.path}: the interference check needs two or more criteria to merge")
+        instructions, sources = self.in_force(loaded)  # the items' own, so separate judgments are theirs too
+        names = list(spec.criteria)
+        key = (spec.path, split, tuple(instructions[n] for n in names))
+        if key not in self._interference:
+            shapes = {shape: self.evaluate_instructions(loaded, instructions, names, split=split, shape=shape,
+                                                        sources=sources) for shape in ("separate", "merged")}
+            usage = {shape: self._usages[self._evaluation_key(loaded, instructions, names, split=split, shape=shape)]
+                     for shape in shapes}
+            result = compare(spec, spec.interference or Interference(), shapes["separate"], shapes["merged"],
+                             split=split, model=self.model_for(spec).describe(), records=len(self.records(loaded, split)),
+                             usage_separate=usage["separate"], usage_merged=usage["merged"])
+            self._interference[key] = result
+            self.interferences.append(result.to_json())
+        return self._interference[key]
+
+    def _evaluation_key(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], *, split: str,
+                        shape: str) -> tuple[Any, ...]:
+        """What makes two evaluations the same judgments: the memo's key, shared with the interference check."""
+        return (loaded.spec.path, split, shape, tuple(names), tuple(instructions[n] for n in names))

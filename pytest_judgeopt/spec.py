@@ -126,6 +126,45 @@ class Interference:
     confidence: float = 0.95
 
 
+OPTIMIZE_MODES = ("ST", "SSS", "SSC", "SCC", "CCC")
+PROMPT_NAMES = ("loss", "loss_combined", "gradient", "gradient_combined", "optimizer", "optimizer_combined",
+                "specificity", "adherence")
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str = "spearman"
+    rule: str = "per_criterion"
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class Optimize:
+    mode: str = "SSS"
+    steps: int = 4
+    batch_size: int = 3
+    seed: int = 0
+    temperature: float = 0.7
+    max_instruction_chars: int = 1200
+    max_tokens: int = 400
+    study_runs: int = 3
+    gate: Gate = Gate()
+    prompts: dict[str, Path] = field(default_factory=dict)
+    diagnostics: bool = False
+    min_specificity: float | None = None
+    min_adherence: float | None = None
+
+
+def mode_problem(mode: str) -> str | None:
+    """Why a decomposition mode is not one of the five, or None when it is."""
+    if mode in OPTIMIZE_MODES:
+        return None
+    if len(mode) == 3 and set(mode) <= {"S", "C"}:
+        return (f"'{mode}' combines a stage and then separates a later one, but a joint text cannot be split back "
+                "per criterion: once a stage is C, every later stage must be C")
+    return f"'{mode}' is not a decomposition mode"
+
+
 @dataclass(frozen=True)
 class Spec:
     path: Path
@@ -139,6 +178,7 @@ class Spec:
     inference: str
     interference: Interference | None
     criteria: dict[str, Criterion]
+    optimize: Optimize
     lines: dict[Path_, int] = field(repr=False, compare=False)
 
     def line_of(self, *path: str | int) -> int | None:
@@ -403,6 +443,14 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
     if not data_path.is_file():
         out.append(problem(path, lines.get(("dataset", "path")), "dataset.path", f"no such file: {data_path}",
                            "give the data file's path relative to the spec file"))
+    mode = data.get("optimize", {}).get("mode")
+    if mode is not None and mode_problem(mode):
+        out.append(problem(path, lines.get(("optimize", "mode")), "optimize.mode", mode_problem(mode),
+                           f"use one of {', '.join(OPTIMIZE_MODES)} (ST: each criterion alone; SSS: per criterion throughout)"))
+    for role, file in data.get("optimize", {}).get("prompts", {}).items():
+        if not (path.parent / file).is_file():
+            out.append(problem(path, lines.get(("optimize", "prompts", role)), f"optimize.prompts.{role}",
+                               f"no such file: {path.parent / file}", "give the template's path relative to the spec file"))
     template = data.get("judge", {}).get("template")
     if template is not None:
         known = set(data["dataset"]["inputs"]) | {"inputs", "criteria", "format"}
@@ -475,5 +523,23 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         inference=data.get("inference", "separate"),
         interference=None if interference is False or len(criteria) < 2 else Interference(**interference),
         criteria=criteria,
+        optimize=build_optimize(path, data.get("optimize", {})),
         lines=lines,
+    )
+
+
+def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
+    mode = data.get("mode", Optimize.mode)
+    gate = data.get("gate", {})
+    # a separate optimizer can accept each criterion on its own; a joint rewrite is all or nothing
+    rule = gate.get("rule", "per_criterion" if mode in ("ST", "SSS") else "no_regression")
+    diagnostics = data.get("diagnostics", {})
+    return Optimize(
+        mode=mode,
+        **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs") if k in data},
+        gate=Gate(metric=gate.get("metric", "spearman"), rule=rule, tolerance=gate.get("tolerance", 0.0)),
+        prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
+        diagnostics=diagnostics.get("enabled", False),
+        min_specificity=diagnostics.get("min_specificity"),
+        min_adherence=diagnostics.get("min_adherence"),
     )

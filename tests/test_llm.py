@@ -323,7 +323,7 @@ def test_calls_overlap_up_to_the_limit(make_llm: MakeLLM) -> None:
 
         assert all(isinstance(r, Reply) for r in replies)
         assert len(server.chat_requests()) == 20
-        assert elapsed < 20 * 0.2 / 4  # serial would take 4 s
+        assert elapsed < 20 * 0.2 / 2  # serial would take 4 s; overlapped about 0.2 s (slack for a loaded machine)
         assert server.max_in_flight >= 10
 
 

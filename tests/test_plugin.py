@@ -13,11 +13,14 @@ from tests.conftest import human_from_prompt, make_records, server_model, spec_t
 from tests.fake_llm import Fault, FakeLLMServer
 
 RECORDS = make_records()
+NO_MERGED_ITEM = "interference: false\n"
 
 
 def write(pytester: pytest.Pytester, server: FakeLLMServer | None, **spec_args: Any) -> None:
+    """The criterion items alone: the merged item (tests/test_interference.py) is off, so counts stay per criterion."""
     (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     model = server_model(server) if server is not None else None
+    spec_args["extra"] = spec_args.get("extra", "") + NO_MERGED_ITEM
     (pytester.path / "toy.judge.yaml").write_text(spec_text(model, **spec_args))
 
 
@@ -122,7 +125,7 @@ def test_lower_bound_gate_is_stricter_than_point(pytester: pytest.Pytester, fake
     write(pytester, fake_llm, min_rho=0.3)
     pytester.runpytest().assert_outcomes(passed=2)
     (pytester.path / "toy.judge.yaml").write_text(
-        spec_text(server_model(fake_llm), min_rho=0.3, extra="correlation: {gate: lower_bound}\n"))
+        spec_text(server_model(fake_llm), min_rho=0.3, extra="correlation: {gate: lower_bound}\n" + NO_MERGED_ITEM))
     result = pytester.runpytest()
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*the interval's lower end * is below min_rho 0.30*"])

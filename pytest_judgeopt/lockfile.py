@@ -1,0 +1,153 @@
+"""Lock files: optimized instructions written beside the spec, for a person to review and commit.
+
+Like a snapshot update, ``--judge-optimize`` never edits the spec: it writes
+``<spec stem>.lock.yaml``, and ordinary runs test the locked instructions while the spec and
+data they were made from are unchanged. A checksum over the content tells a file edited by
+hand from one we wrote, so a hand edit is never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .files import write_atomic
+from .spec import Spec
+
+if TYPE_CHECKING:
+    from .optimize import OptimizationResult
+
+VERSION = 1
+HEADER = """\
+# pytest-judgeopt lock file: judge instructions found by `pytest --judge-optimize`.
+# Review the diff, then commit this file. Ordinary runs use these instructions while the
+# spec_hash and data_hash below match the spec and its data. Thresholds (min_rho, ...) are
+# not part of the hash: tightening a gate keeps the lock in force.
+"""
+
+
+class LockError(Exception):
+    """A lock file we cannot use; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class Lock:
+    path: Path
+    instructions: dict[str, str]
+    spec_hash: str
+    data_hash: str
+    edited: bool
+    content: dict[str, Any]
+
+
+def lock_path(spec_path: Path) -> Path:
+    return spec_path.with_name(spec_path.name.removesuffix(".yaml").removesuffix(".yml") + ".lock.yaml")
+
+
+def spec_hash(spec: Spec) -> str:
+    """What the instructions were optimized for: criteria, prompts, data mapping, split. Not thresholds."""
+    relevant = {
+        "criteria": {c.name: {"instruction": c.instruction, "scale": list(c.scale)} for c in spec.criteria.values()},
+        "judge": {k: v for k, v in vars(spec.judge).items() if k != "max_parse_failure_rate"},
+        "dataset": {"id": spec.dataset.id, "group": spec.dataset.group, "inputs": spec.dataset.inputs,
+                    "scores": spec.dataset.scores},
+        "split": vars(spec.split),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def checksum(content: dict[str, Any]) -> str:
+    body = {k: v for k, v in content.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_lock(spec_path: Path) -> Lock | None:
+    path = lock_path(spec_path)
+    if not path.is_file():
+        return None
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise LockError(f"{path}: not readable YAML ({exc}). Fix: repair it, or delete it and run pytest --judge-optimize") from None
+    if not isinstance(content, dict) or not isinstance(content.get("criteria"), dict):
+        raise LockError(f"{path}: not a lock file (no `criteria` mapping). Fix: delete it and run pytest --judge-optimize")
+    version = content.get("version")
+    if version != VERSION:
+        raise LockError(f"{path}: lock format version {version!r}, this pytest-judgeopt reads version {VERSION}. "
+                        "Fix: run pytest --judge-optimize to write it again (or delete it)")
+    instructions = {}
+    for name, entry in content["criteria"].items():
+        text = entry.get("instruction") if isinstance(entry, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise LockError(f"{path}: criteria.{name}.instruction is missing or empty. Fix: restore it, or delete the lock file")
+        instructions[str(name)] = text.strip()
+    return Lock(path, instructions, str(content.get("spec_hash", "")), str(content.get("data_hash", "")),
+                content.get("checksum") != checksum(content), content)
+
+
+def lock_content(result: OptimizationResult, data_digest: str) -> dict[str, Any]:
+    spec = result.spec
+    criteria = {}
+    for name, outcome in result.outcomes.items():
+        data = outcome.to_json()
+        criteria[name] = {
+            "instruction": outcome.final,
+            "initial_instruction": outcome.initial,
+            "accepted_steps": outcome.accepted_steps,
+            "val": {"before": data["val_before"], "after": data["val_after"]},
+            "test": {"before": data["test_before"], "after": data["test_after"], "difference": data["test_diff"]},
+            "diagnostics": {"specificity": outcome.specificity, "adherence": outcome.adherence},
+        }
+    content = {
+        "version": VERSION,
+        "spec": spec.path.name,
+        "made": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "spec_hash": spec_hash(spec),
+        "data_hash": data_digest,
+        "mode": result.mode.name,
+        "seed": result.seed,
+        "models": result.models,
+        "steps_run": result.steps_run,
+        "stopped": result.stopped,
+        "gate": vars(spec.optimize.gate),
+        "split_sizes": result.split_sizes,
+        "criteria": criteria,
+    }
+    content["checksum"] = checksum(content)
+    return content
+
+
+def write_lock(result: OptimizationResult, data_digest: str) -> tuple[Path, str | None]:
+    """Write the lock atomically; returns the path written and a note when a hand-edited lock was kept."""
+    target = lock_path(result.spec.path)
+    note = None
+    try:
+        existing = read_lock(result.spec.path)
+    except LockError:
+        existing = None
+    if existing is not None and existing.edited:
+        new = target.with_name(target.name.removesuffix(".yaml") + ".new.yaml")
+        note = (f"{target} was edited by hand since pytest-judgeopt wrote it, so it was left as it is; the new "
+                f"result is in {new}. Compare them and keep one (rename {new.name} to {target.name} to take the new one)")
+        target = new
+    text = HEADER + yaml.safe_dump(lock_content(result, data_digest), sort_keys=False, allow_unicode=True, width=100)
+    write_atomic(target, text)
+    return target, note
+
+
+def instruction_diff(criterion: str, old: str, new: str) -> str:
+    lines = difflib.unified_diff(wrap(old), wrap(new), fromfile=f"{criterion} (before)", tofile=f"{criterion} (after)", lineterm="")
+    return "\n".join(lines)
+
+
+def wrap(text: str, width: int = 88) -> list[str]:
+    import textwrap
+
+    return [line for paragraph in text.splitlines() for line in (textwrap.wrap(paragraph, width) or [""])]

@@ -1,0 +1,395 @@
+"""data.py: reading records with human scores, every row problem at file:line:field, and group-whole splits."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_judgeopt import data as data_module
+from pytest_judgeopt.data import Record, Splits, load_dataset, sample_groups, split_dataset
+from pytest_judgeopt.spec import Spec, SpecError, Split, line_number, load_spec
+from tests.conftest import make_records, spec_text
+
+# spec_text(None) puts `dataset:` on line 2, `path:` on 3, `scores:` on 6, criteria coherence on 9, fluency on 13
+FLUENCY_LINE = 13
+
+
+def jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def project(folder: Path, data: str | bytes, *, data_name: str = "data.jsonl", scores: str | None = None) -> Spec:
+    target = folder / data_name
+    if isinstance(data, bytes):
+        target.write_bytes(data)
+    else:
+        target.write_text(data, encoding="utf-8")
+    text = spec_text(None, data=data_name)
+    if scores is not None:
+        text = text.replace("  scores: scores\n", f"  scores: {scores}\n")
+    (folder / "toy.judge.yaml").write_text(text)
+    return load_spec(folder / "toy.judge.yaml")
+
+
+def problems(spec: Spec, **kwargs: Any) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        load_dataset(spec, **kwargs)
+    return caught.value.problems
+
+
+def only(found: list[str]) -> str:
+    assert len(found) == 1, "\n".join(found)
+    return found[0]
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+def test_jsonl_records_keep_inputs_scores_groups_and_lines(tmp_path: Path) -> None:
+    rows = make_records(n_groups=3, per_group=2)
+    text = jsonl(rows[:2]) + "\n   \n" + jsonl(rows[2:])  # blank lines are skipped, line numbers are not
+    spec = project(tmp_path, text)
+    dataset = load_dataset(spec)
+    assert dataset.path == spec.dataset.path
+    assert dataset.digest == hashlib.sha256(text.encode()).hexdigest()
+    assert [r.id for r in dataset.records] == [r["id"] for r in rows]
+    assert [r.line for r in dataset.records] == [1, 2, 5, 6, 7, 8]
+    first = dataset.records[0]
+    assert first.group == "d0"
+    assert first.inputs == {"source": rows[0]["source"], "summary": rows[0]["summary"]}
+    assert first.human == rows[0]["scores"] and all(isinstance(v, float) for v in first.human.values())
+
+
+def test_ids_and_groups_are_text_and_scores_may_be_numeric_strings(tmp_path: Path) -> None:
+    rows = [{"id": 7, "group": 3, "source": "s", "summary": 12, "scores": {"coherence": "4", "fluency": 2}}]
+    record = load_dataset(project(tmp_path, jsonl(rows))).records[0]
+    assert (record.id, record.group, record.inputs["summary"], record.human) == ("7", "3", "12", {"coherence": 4.0, "fluency": 2.0})
+
+
+def test_without_dataset_group_each_record_is_its_own_group(tmp_path: Path) -> None:
+    spec = project(tmp_path, jsonl(make_records(2, 2)))
+    (tmp_path / "toy.judge.yaml").write_text(spec_text(None).replace("  group: group\n", ""))
+    records = load_dataset(load_spec(tmp_path / "toy.judge.yaml")).records
+    assert [r.group for r in records] == [r.id for r in records]
+
+
+def write_csv(rows: list[dict[str, Any]], encoding: str = "utf-8") -> bytes:
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode(encoding)
+
+
+def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": r["id"], "group": r["group"], "source": r["source"], "summary": r["summary"],
+             "coh": r["scores"]["coherence"], "flu": r["scores"]["fluency"]} for r in records]
+
+
+def test_csv_with_one_column_per_criterion(tmp_path: Path) -> None:
+    records = make_records(2, 3)
+    spec = project(tmp_path, write_csv(csv_rows(records)), data_name="data.csv", scores="{coherence: coh, fluency: flu}")
+    assert spec.dataset.format == "csv"
+    dataset = load_dataset(spec)
+    assert [r.id for r in dataset.records] == [r["id"] for r in records]
+    assert [r.line for r in dataset.records] == [2, 3, 4, 5, 6, 7]  # line 1 is the header
+    assert [r.human for r in dataset.records] == [r["scores"] for r in records]
+
+
+def test_csv_with_a_json_scores_column(tmp_path: Path) -> None:
+    records = make_records(2, 2)
+    rows = [{"id": r["id"], "group": r["group"], "source": r["source"], "summary": r["summary"],
+             "scores": json.dumps(r["scores"])} for r in records]
+    dataset = load_dataset(project(tmp_path, write_csv(rows), data_name="data.csv"))
+    assert [r.human for r in dataset.records] == [r["scores"] for r in records]
+
+
+def test_csv_saved_by_excel_with_a_bom_is_read(tmp_path: Path) -> None:
+    content = write_csv(csv_rows(make_records(1, 2)), encoding="utf-8-sig")
+    assert content.startswith(b"\xef\xbb\xbf")
+    spec = project(tmp_path, content, data_name="data.csv", scores="{coherence: coh, fluency: flu}")
+    assert [r.id for r in load_dataset(spec).records] == ["d0-s0", "d0-s1"]
+
+
+def test_csv_blank_score_cell_is_a_missing_score(tmp_path: Path) -> None:
+    rows = csv_rows(make_records(1, 3))
+    rows[1]["flu"] = ""
+    spec = project(tmp_path, write_csv(rows), data_name="data.csv", scores="{coherence: coh, fluency: flu}")
+    assert only(problems(spec)) == (f"{spec.dataset.path}:3: flu: no human score for 'fluency'. "
+                                    "Fix: add the score, or remove the record")
+
+
+def test_custom_loader_is_used_and_its_line_numbers_quoted(tmp_path: Path) -> None:
+    spec = project(tmp_path, jsonl(make_records(1, 1)))
+    row = dict(make_records(1, 1)[0], id="from-hook")
+    dataset = load_dataset(spec, loader=lambda path, fmt: [(42, row)] if fmt == "jsonl" else None)
+    assert [(r.id, r.line) for r in dataset.records] == [("from-hook", 42)]
+    bad = dict(row, scores={"coherence": 9, "fluency": 1})
+    assert ":42: scores.coherence:" in only(problems(spec, loader=lambda path, fmt: [(42, bad)]))
+
+
+@pytest.mark.parametrize("loader", [None, lambda path, fmt: None])
+def test_a_format_nobody_reads_points_at_dataset_path(tmp_path: Path, loader: Any) -> None:
+    spec = project(tmp_path, "id,x\n", data_name="data.txt")
+    assert only(problems(spec, loader=loader)) == (
+        f"{spec.path}:3: dataset.path: no loader reads '.txt' files. "
+        "Fix: use .jsonl or .csv, set `dataset.format`, or add a pytest_judgeopt_load_records hook")
+
+
+# -- rejecting rows: file, line, field and fix ----------------------------------------------------
+
+def broken(tmp_path: Path, change: Any, n: int = 6) -> tuple[Spec, list[str]]:
+    rows = make_records(2, n // 2)
+    change(rows)
+    spec = project(tmp_path, jsonl(rows))
+    return spec, problems(spec)
+
+
+def test_non_numeric_score(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[1]["scores"].update(coherence="high"))
+    assert only(found) == f'{spec.dataset.path}:2: scores.coherence: human score "high" is not a number. Fix: write a number'
+
+
+@pytest.mark.parametrize("value", [True, "NaN", [3], {"v": 3}])
+def test_scores_that_are_not_plain_numbers(tmp_path: Path, value: Any) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[4]["scores"].update(fluency=value))
+    assert only(found).startswith(f"{spec.dataset.path}:5: scores.fluency: human score ")
+    assert only(found).endswith("is not a number. Fix: write a number")
+
+
+def test_out_of_scale_score(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[3]["scores"].update(coherence=7))
+    assert only(found) == (f"{spec.dataset.path}:4: scores.coherence: human score 7 is outside the scale [1, 5]. "
+                           "Fix: fix the score, or change criteria.coherence.scale in toy.judge.yaml")
+
+
+def test_missing_score_in_one_row(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[2]["scores"].pop("fluency"))
+    assert only(found) == (f"{spec.dataset.path}:3: scores.fluency: no human score for 'fluency'. "
+                           "Fix: add the score, or remove the record")
+
+
+def test_duplicate_ids_name_both_lines(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[4].update(id=rows[1]["id"]))
+    assert only(found) == (f"{spec.dataset.path}:5: id: duplicate id 'd0-s1' (first on line 2). "
+                           "Fix: give every record a unique id")
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_missing_id(tmp_path: Path, value: Any) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[3].update(id=value) if value is not None else rows[3].pop("id"))
+    assert only(found) == (f"{spec.dataset.path}:4: id: the record has no id. "
+                           "Fix: give every record a `id` field, or set `dataset.id`")
+
+
+def test_missing_group(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[0].pop("group"))
+    assert only(found) == f"{spec.dataset.path}:1: group: the record has no group. Fix: give every record a `group` field"
+
+
+def test_missing_input_field(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: rows[5].pop("summary"))
+    assert only(found) == (f"{spec.dataset.path}:6: summary: missing input field for {{summary}}. "
+                           "Fix: add `summary` to every record, or map summary to another field in dataset.inputs")
+
+
+def test_criterion_no_record_scores_is_one_problem_at_the_criterion(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: [r["scores"].pop("fluency") for r in rows], n=20)
+    assert spec.criteria["fluency"].line == FLUENCY_LINE
+    assert only(found) == (
+        f"{spec.path}:{FLUENCY_LINE}: criteria.fluency: no record in data.jsonl has a human score for 'fluency' "
+        "(looked for `scores.fluency`). Fix: add the scores to the data, map the criterion in `dataset.scores`, "
+        "or fix the criterion's name")
+
+
+def test_criterion_no_column_scores_names_the_mapped_field(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in row.items() if k != "flu"} for row in csv_rows(make_records(1, 3))]
+    spec = project(tmp_path, write_csv(rows), data_name="data.csv", scores="{coherence: coh, fluency: flu}")
+    assert "(looked for `flu`)" in only(problems(spec))
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_empty_file(tmp_path: Path, text: str) -> None:
+    spec = project(tmp_path, text)
+    assert only(problems(spec)) == (f"{spec.dataset.path}: the data file holds no records. "
+                                    "Fix: add records with inputs and human scores")
+
+
+def test_invalid_json_line(tmp_path: Path) -> None:
+    rows = make_records(1, 4)
+    lines = jsonl(rows).splitlines(keepends=True)
+    lines[2] = '{"id": "x", "scores": {"coherence": 3,}\n'
+    spec = project(tmp_path, "".join(lines))
+    text = only(problems(spec))
+    assert text.startswith(f"{spec.dataset.path}:3: not valid JSON (")
+    assert text.endswith("Fix: write one JSON object per line")
+
+
+def test_json_line_that_is_not_an_object(tmp_path: Path) -> None:
+    spec = project(tmp_path, jsonl(make_records(1, 1)) + "[1, 2]\n")
+    assert only(problems(spec)) == f"{spec.dataset.path}:2: a line must hold a JSON object. Fix: write one {{...}} object per line"
+
+
+def test_field_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_module, "MAX_FIELD_CHARS", 100)
+    spec, found = broken(tmp_path, lambda rows: rows[2].update(source="x" * 101))
+    assert only(found) == (f"{spec.dataset.path}:3: source: 101 characters, over the 100 limit. "
+                           "Fix: shorten the text; a judge cannot read this much in one prompt")
+
+
+def test_csv_field_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = csv_rows(make_records(1, 3))
+    rows[1]["source"] = "x" * 101
+    monkeypatch.setattr(data_module, "MAX_FIELD_CHARS", 100)
+    spec = project(tmp_path, write_csv(rows), data_name="data.csv", scores="{coherence: coh, fluency: flu}")
+    text = only(problems(spec))
+    assert text.startswith(f"{spec.dataset.path}:3: unreadable CSV (")
+    assert "Fix: fields are limited to 100 characters" in text
+
+
+def test_every_row_problem_is_collected_but_only_ten_are_shown(tmp_path: Path) -> None:
+    def break_all(rows: list[dict[str, Any]]) -> None:
+        for row in rows[:15]:
+            row["scores"]["coherence"] = 0
+
+    spec, found = broken(tmp_path, break_all, n=20)
+    assert len(found) == data_module.MAX_PROBLEMS_SHOWN + 1
+    assert [line_number(p) for p in found[:10]] == list(range(1, 11))
+    assert found[-1] == "... and 5 more problems like these"
+
+
+def test_several_problems_in_one_row_are_all_reported(tmp_path: Path) -> None:
+    spec, found = broken(tmp_path, lambda rows: (rows[0].pop("source"), rows[0]["scores"].update(coherence=9)))
+    assert [p.split(": ", 2)[1] for p in found] == ["source", "scores.coherence"]
+    assert all(p.startswith(f"{spec.dataset.path}:1: ") for p in found)
+
+
+# -- splits ---------------------------------------------------------------------------------------
+
+def grouped(sizes: list[int]) -> list[Record]:
+    return [Record(f"g{g}-{i}", f"g{g}", {}, {}, 0) for g, size in enumerate(sizes) for i in range(size)]
+
+
+def groups_of(records: tuple[Record, ...]) -> set[str]:
+    return {r.group for r in records}
+
+
+def test_split_is_deterministic_for_a_seed() -> None:
+    records = grouped([3, 1, 2, 4, 1, 2, 3, 2, 1, 5] * 3)
+    fractions = Split(0.2, 0.2, 0.6, seed=11)
+    assert split_dataset(records, fractions) == split_dataset(list(records), fractions)
+    shuffled = records[:]
+    random.Random(0).shuffle(shuffled)
+    again = split_dataset(shuffled, fractions)
+    assert {k: sorted(v) for k, v in again.ids().items()} == {k: sorted(v) for k, v in split_dataset(records, fractions).ids().items()}
+
+
+def test_different_seeds_give_different_splits() -> None:
+    records = grouped([2] * 30)
+    trains = {tuple(split_dataset(records, Split(0.3, 0.2, 0.5, seed=seed)).ids()["train"]) for seed in range(5)}
+    assert len(trains) == 5
+
+
+@pytest.mark.parametrize("sizes", [[1], [2, 3], [1] * 7, [4, 1, 1, 2, 5, 3, 1, 2, 2, 1]])
+def test_every_record_lands_in_exactly_one_split_and_no_group_in_two(sizes: list[int]) -> None:
+    records = grouped(sizes)
+    splits = split_dataset(records, Split(0.4, 0.3, 0.3, seed=2))
+    every = splits.train + splits.val + splits.test
+    assert Counter(r.id for r in every) == Counter(r.id for r in records)
+    parts = [groups_of(splits.train), groups_of(splits.val), groups_of(splits.test)]
+    assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+@pytest.mark.parametrize("fractions", [Split(0.5, 0.49, 0.01), Split(0.99, 0.0, 0.01), Split(0.0, 0.99, 0.01),
+                                       Split(0.45, 0.45, 0.1)])
+def test_test_split_is_never_empty_when_its_fraction_is_positive(n: int, fractions: Split) -> None:
+    assert split_dataset(grouped([2] * n), fractions).test
+
+
+def test_split_sizes_follow_the_fractions_by_group() -> None:
+    splits = split_dataset(grouped([1, 5] * 10), Split(0.25, 0.25, 0.5, seed=3))
+    assert [len(groups_of(part)) for part in (splits.train, splits.val, splits.test)] == [5, 5, 10]
+
+
+def test_no_records_split_into_nothing() -> None:
+    assert split_dataset([], Split()) == Splits((), (), ())
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=60),
+       weights=st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(1, 20)),
+       seed=st.integers(0, 2**32 - 1), shuffle_seed=st.integers(0, 1000))
+def test_split_properties(sizes: list[int], weights: tuple[int, int, int], seed: int, shuffle_seed: int) -> None:
+    total = sum(weights)
+    fractions = Split(weights[0] / total, weights[1] / total, weights[2] / total, seed)
+    records = grouped(sizes)
+    splits = split_dataset(records, fractions)
+    parts = {name: getattr(splits, name) for name in ("train", "val", "test")}
+    # complete: every record exactly once
+    assert Counter(r.id for part in parts.values() for r in part) == Counter(r.id for r in records)
+    # disjoint by group
+    names = {name: groups_of(part) for name, part in parts.items()}
+    assert sum(len(g) for g in names.values()) == len(sizes)
+    # whole groups: a group's records all sit together
+    for part in parts.values():
+        assert Counter(r.group for r in part) == {g: sizes[int(g[1:])] for g in groups_of(part)}
+    # the test split is never empty, and each split is its fraction of the groups up to rounding
+    assert parts["test"]
+    for name, fraction in (("train", fractions.train), ("val", fractions.val)):
+        assert abs(len(names[name]) - fraction * len(sizes)) <= 1.5
+    # deterministic, whatever the order of the records
+    shuffled = records[:]
+    random.Random(shuffle_seed).shuffle(shuffled)
+    again = split_dataset(shuffled, fractions)
+    assert {n: groups_of(getattr(again, n)) for n in parts} == names
+    assert split_dataset(records, fractions) == splits
+
+
+def test_split_of_a_loaded_dataset_uses_the_spec_fractions(tmp_path: Path) -> None:
+    spec = project(tmp_path, jsonl(make_records(n_groups=8, per_group=3)))
+    splits = split_dataset(load_dataset(spec).records, spec.split)  # 0.25 / 0.25 / 0.5 of 8 documents
+    assert [len(groups_of(p)) for p in (splits.train, splits.val, splits.test)] == [2, 2, 4]
+    assert all(len(p) == 3 * len(groups_of(p)) for p in (splits.train, splits.val, splits.test))
+
+
+def test_splits_ids() -> None:
+    a, b, c, d = grouped([1, 1, 1, 1])
+    ids = Splits((b, a), (), (d, c)).ids()
+    assert ids == {"train": ["g1-0", "g0-0"], "val": [], "test": ["g3-0", "g2-0"]}
+    assert list(ids) == ["train", "val", "test"]
+
+
+# -- sample_groups --------------------------------------------------------------------------------
+
+SIZES = [3, 1, 4, 1, 5, 2, 2, 3, 1, 4, 2]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10])
+def test_sample_groups_keeps_exactly_n_whole_groups(n: int) -> None:
+    records = tuple(grouped(SIZES))
+    kept = sample_groups(records, n, seed=4)
+    assert len(groups_of(kept)) == n
+    assert Counter(r.group for r in kept) == {g: SIZES[int(g[1:])] for g in groups_of(kept)}
+    assert [r for r in records if r in kept] == list(kept)  # original order kept
+
+
+def test_sample_groups_is_deterministic_and_seeded() -> None:
+    records = tuple(grouped(SIZES))
+    assert sample_groups(records, 3, seed=1) == sample_groups(records, 3, seed=1)
+    assert len({frozenset(groups_of(sample_groups(records, 3, seed=s))) for s in range(6)}) > 1
+
+
+@pytest.mark.parametrize("n", [None, len(SIZES), len(SIZES) + 5])
+def test_sample_groups_keeps_everything_when_not_limiting(n: int | None) -> None:
+    records = tuple(grouped(SIZES))
+    assert sample_groups(records, n, seed=9) == records

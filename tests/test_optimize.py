@@ -1,0 +1,532 @@
+"""Optimization of the judge's instructions, end to end against the scripted server.
+
+Every model call goes over litellm's real HTTP path to ``FakeLLMServer``; a ``World`` answers
+each role from a script, and the assertions read the server's request log: what reached each
+role, how many calls a step made, which split's samples a prompt held. The scripted judge
+answers the human score only under a known instruction, so "optimization works" is a fact the
+test can check rather than a hope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_judgeopt.llm import LLM
+from pytest_judgeopt.optimize import get_mode, planned_calls
+from pytest_judgeopt.session import Session
+from tests.conftest import CRITERIA, make_records, server_model, spec_text
+from tests.fake_llm import Fault, FakeLLMServer
+
+MODES = ("ST", "SSS", "SSC", "SCC", "CCC")
+RECORDS = make_records(n_groups=12, per_group=3)  # split seed 1: 3 train, 3 val, 6 test documents
+INITIAL = {c: f"Rate the {c} from 1 to 5." for c in CRITERIA}
+SUMMARY = re.compile(r"<summary>\n(.*?)\n</summary>", re.S)
+SEPARATE_FORMAT = "Answer in this format and nothing else"
+MERGED_FORMAT = "Answer with one JSON object and nothing else"
+ROLE_MARKS = (  # most specific first: "...instructions" before "...instruction"
+    ("You review one score", "loss"),
+    ("You review the scores an automatic judge gave", "loss_c"),
+    ("Write feedback on the instructions", "gradient_c"),
+    ("Write feedback on the instruction", "gradient"),
+    ("Answer with the new instruction between <instruction>", "optimizer"),
+    ("Answer with one JSON object mapping each criterion", "optimizer_c"),
+    ("how specifically does this feedback", "specificity"),
+    ("how faithfully does the new instruction", "adherence"),
+)
+OPTIMIZER_ROLES = ("loss", "loss_c", "gradient", "gradient_c", "optimizer", "optimizer_c")
+
+Score = Callable[[dict[str, Any], str, str], float]  # (record, criterion, instruction) -> the judge's score
+
+
+def role_of(body: dict[str, Any]) -> str:
+    """Which role a request is for. Judge prompts are the only ones with a system message, so a
+    judge prompt that lost its output format is still recognised (and then caught by the asserts)."""
+    messages = body["messages"]
+    text = messages[-1]["content"]
+    if messages[0]["role"] == "system":
+        return "judge"
+    for mark, role in ROLE_MARKS:
+        if mark in text:
+            return role
+    raise AssertionError(f"a request no role's prompt matches: {text[:300]!r}")
+
+
+def judged_instructions(text: str) -> dict[str, str]:
+    """The criteria and instructions a judge prompt holds (separate or merged shape)."""
+    one = re.search(r"^Criterion: (\w+)\nInstruction: (.*)$", text, re.M)
+    if one:
+        return {one.group(1): one.group(2)}
+    return dict(re.findall(r"^- (\w+): (.*)$", text, re.M))
+
+
+def names_in(text: str) -> set[str]:
+    return {c for c in CRITERIA if c in text}
+
+
+def noise(record: dict[str, Any], criterion: str) -> float:
+    """A fixed pseudo-random score: agreement with the humans is poor but the same on every run."""
+    return float(int(hashlib.sha256(f"{record['id']}/{criterion}".encode()).hexdigest()[:8], 16) % 5 + 1)
+
+
+def human(record: dict[str, Any], criterion: str) -> float:
+    return float(record["scores"][criterion])
+
+
+def knows(good: dict[str, str], bad: dict[str, str] | None = None, base: Score | None = None) -> Score:
+    """The human score under a known good instruction; ``degraded`` under a known bad one; else ``base`` (noise)."""
+    bad = bad or {}
+
+    def score(record: dict[str, Any], criterion: str, instruction: str) -> float:
+        if good.get(criterion) == instruction:
+            return human(record, criterion)
+        if bad.get(criterion) == instruction:
+            return degraded(record, criterion)
+        return (base or (lambda r, c, i: noise(r, c)))(record, criterion, instruction)
+
+    return score
+
+
+def degraded(record: dict[str, Any], criterion: str) -> float:
+    """Worse than the human score but still related: the first sample of each document gets the middle score."""
+    return 3.0 if record["id"].endswith("-s0") else human(record, criterion)
+
+
+@dataclass
+class World:
+    """A deterministic scripted model for every role (so a resumed run sees what an uninterrupted one saw).
+
+    judge: ``score(record, criterion, instruction)``. loss and gradient: short texts naming only
+    their own criterion (S) or none (C), so the tests can see where a text travelled. optimizer:
+    ``proposals[c]``, a string or a function of the current instruction; None answers without an
+    instruction. diagnostics: ``diagnostics`` for both ratings. ``fail(role, text)`` returning True
+    answers that request with HTTP 500.
+    """
+
+    records: list[dict[str, Any]]
+    score: Score = field(default_factory=lambda: knows({}))
+    proposals: dict[str, str | Callable[[str], str] | None] = field(default_factory=dict)
+    diagnostics: str = "8 because the feedback is about this criterion only."
+    fail: Callable[[str, str], bool] = lambda role, text: False
+
+    def __post_init__(self) -> None:
+        self.by_summary = {r["summary"]: r for r in self.records}
+
+    def __call__(self, body: dict[str, Any]) -> str | Fault:
+        role = role_of(body)
+        text = body["messages"][-1]["content"]
+        if self.fail(role, text):
+            return Fault("status", 500)
+        if role == "judge":
+            record = self.by_summary[SUMMARY.search(text).group(1)]
+            asked = judged_instructions(text)
+            scores = {c: self.score(record, c, i) for c, i in asked.items()}
+            if SEPARATE_FORMAT in text:
+                (c, s), = scores.items()
+                return f"{c}: {s:g}"
+            return json.dumps(scores)
+        if role == "loss":
+            c = re.search(r'criterion "(\w+)"', text).group(1)
+            return f"The judge misread the {c} of this text."
+        if role == "loss_c":
+            return "The judge misread this text overall."
+        if role == "gradient":
+            c = re.search(r'criterion "(\w+)"', text).group(1)
+            return f"Change the {c} instruction: look closer."
+        if role == "gradient_c":
+            return "Change the instructions: look closer at every aspect."
+        if role == "optimizer":
+            c = re.search(r'criterion "(\w+)"', text).group(1)
+            current = re.search(r"<instruction>\n(.*?)\n</instruction>", text, re.S).group(1)
+            new = self.propose(c, current)
+            return "I would keep it as it is." if new is None else f"Here it is.\n<instruction>{new}</instruction>"
+        if role == "optimizer_c":
+            current = dict(re.findall(r"^- (\w+): (.*)$", text.split("Texts it rated")[0], re.M))
+            proposed = {c: self.propose(c, i) for c, i in current.items()}
+            if all(v is None for v in proposed.values()):
+                return "No changes are needed."
+            return json.dumps({c: v for c, v in proposed.items() if v is not None})
+        return self.diagnostics
+
+    def propose(self, criterion: str, current: str) -> str | None:
+        new = self.proposals.get(criterion, lambda i: i + " Be strict.")
+        return new(current) if callable(new) else new
+
+
+def strict_improves(record: dict[str, Any], criterion: str, instruction: str) -> float:
+    """Each "Be strict." the optimizer adds makes the judge agree more: noise, then the human score."""
+    return human(record, criterion) if "Be strict." in instruction else noise(record, criterion)
+
+
+def write_project(folder: Path, server: FakeLLMServer, *, records: list[dict[str, Any]] = RECORDS, optimize: str = "",
+                  **spec_args: Any) -> Path:
+    """A spec and its data; ``optimize`` is the body of the spec's optimize: block (one setting per line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    extra = "optimize:\n" + "".join(f"  {line}\n" for line in optimize.strip().splitlines()) if optimize.strip() else ""
+    spec = folder / "toy.judge.yaml"
+    spec.write_text(spec_text(server_model(server), extra=extra, **spec_args))
+    return spec
+
+
+def new_session(state: Path) -> Session:
+    return Session(LLM(retries=1, backoff=0.01, timeout=10.0), state_dir=state)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the request log
+
+
+@dataclass
+class Request:
+    index: int
+    role: str  # judge roles are refined by split: judge (train), gate (val), test
+    text: str
+    splits: set[str]
+    summaries: list[str]
+
+
+class Log:
+    """The server's request log, each request labelled with its role and the splits of the samples it holds."""
+
+    def __init__(self, server: FakeLLMServer, session: Session, spec: Path):
+        splits = session.load(spec).splits
+        self.split_of = {r.inputs["summary"]: name for name in ("train", "val", "test") for r in getattr(splits, name)}
+        self.requests = []
+        for i, body in enumerate(server.chat_requests()):
+            text = body["messages"][-1]["content"]
+            summaries = SUMMARY.findall(text)
+            in_splits = {self.split_of[s] for s in summaries}
+            role = role_of(body)
+            if role == "judge":
+                assert len(in_splits) == 1
+                role = {"train": "judge", "val": "gate", "test": "test"}[next(iter(in_splits))]
+            self.requests.append(Request(i, role, text, in_splits, summaries))
+
+    def steps(self) -> tuple[list[Request], list[list[Request]], list[Request]]:
+        """The initial gate, each step's requests, the test evaluation: a step starts at a run of train
+        judgments, and steps are sequential, so arrival order separates them."""
+        first_test = next(i for i, r in enumerate(self.requests) if r.role == "test")
+        loop, test = self.requests[:first_test], self.requests[first_test:]
+        starts = [i for i, r in enumerate(loop) if r.role == "judge" and (i == 0 or loop[i - 1].role != "judge")]
+        steps = [loop[a:b] for a, b in zip(starts, starts[1:] + [len(loop)])]
+        return loop[:starts[0]] if starts else loop, steps, test
+
+    @staticmethod
+    def count(requests: list[Request]) -> dict[str, int]:
+        """Calls by the roles of planned_calls: S and C variants of a role count as that role."""
+        out: Counter[str] = Counter()
+        for r in requests:
+            out[{"loss_c": "loss", "gradient_c": "gradient", "optimizer_c": "optimizer",
+                 "specificity": "diagnostics", "adherence": "diagnostics"}.get(r.role, r.role)] += 1
+        return dict(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# one two-step run per mode, shared by the tests of what each role sees and how many calls a step makes
+
+
+@dataclass
+class ModeRun:
+    mode: str
+    diagnostics: bool
+    result: Any
+    log: Log
+    session: Session
+    spec: Path
+
+
+@pytest.fixture(scope="module")
+def module_server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mode_run(module_server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], ModeRun]:
+    """Two steps of a mode with batch 2 on a world where every rewrite is proposed and the first is an
+    improvement, so both steps make every planned call and step 2's judge prompts carry new instructions."""
+    runs: dict[tuple[str, bool], ModeRun] = {}
+
+    def run(mode: str, diagnostics: bool) -> ModeRun:
+        if (mode, diagnostics) not in runs:
+            module_server.reset()
+            module_server.responder = World(RECORDS, score=strict_improves)
+            folder = tmp_path_factory.mktemp(f"{mode}-{diagnostics}")
+            spec = write_project(folder, module_server, optimize=f"steps: 2\nbatch_size: 2\n"
+                                                                 f"diagnostics: {{enabled: {str(diagnostics).lower()}}}")
+            session = new_session(folder / ".judgeopt")
+            try:
+                result = session.optimize(spec, mode)
+                log = Log(module_server, session, spec)
+            finally:
+                session.close()
+            runs[mode, diagnostics] = ModeRun(mode, diagnostics, result, log, session, spec)
+        return runs[mode, diagnostics]
+
+    return run
+
+
+@pytest.mark.parametrize("diagnostics", [False, True], ids=["plain", "diagnostics"])
+@pytest.mark.parametrize("mode", MODES)
+def test_calls_per_step_match_the_printed_formula(mode_run: Callable[[str, bool], ModeRun], mode: str,
+                                                  diagnostics: bool) -> None:
+    run = mode_run(mode, diagnostics)
+    k, b, v = len(CRITERIA), 2, 9
+    planned = planned_calls(get_mode(mode), k, b, v, diagnostics)
+    assert run.result.planned == planned
+    initial_gate, steps, test = run.log.steps()
+    assert len(steps) == 2 == run.result.steps_run
+    assert Log.count(initial_gate) == {"gate": k * v if mode == "ST" else v}
+    for number, (requests, record) in enumerate(zip(steps, run.result.history), 1):
+        measured = Log.count(requests)
+        assert measured == planned, f"step {number} of {mode}: the server saw {measured}, the formula says {planned}"
+        assert record.calls == planned  # the code's own counters agree with the server
+    shape = 2 * (k if mode == "ST" else 1) * 18  # the test split before and after, nothing else
+    assert Log.count(test) == {"test": shape}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_role_sees_only_what_its_stage_may_contain(mode_run: Callable[[str, bool], ModeRun], mode: str) -> None:
+    run = mode_run(mode, True)
+    m = get_mode(mode)
+    by_summary = {r["summary"]: r for r in RECORDS}
+    _, steps, _ = run.log.steps()
+    for number, (requests, record) in enumerate(zip(steps, run.result.history), 1):
+        instructions = dict(INITIAL) if number == 1 else {c: run.result.history[0].proposals[c] or INITIAL[c]
+                                                          for c in CRITERIA}
+        if number == 2:  # step 1 was accepted for every criterion in every mode
+            assert sorted(run.result.history[0].accepted) == sorted(CRITERIA)
+        roles = Counter(r.role for r in requests)
+        for r in requests:
+            if r.role == "loss":
+                (c,) = names_in(r.text)  # its own criterion and no other's name, instruction, score or critique
+                assert m.loss == "S"
+                assert not any(i in r.text for i in instructions.values())  # the loss model never sees the prompt
+                (summary,) = r.summaries
+                assert f"Human score for {c}: {human(by_summary[summary], c):g}" in r.text
+            elif r.role == "loss_c":
+                assert m.loss == "C" and names_in(r.text) == set(CRITERIA)
+                assert not any(i in r.text for i in instructions.values())
+            elif r.role == "gradient":
+                (c,) = names_in(r.text)
+                assert m.gradient == "S"
+                assert instructions[c] in r.text and f"The judge misread the {c} of this text." in r.text
+            elif r.role == "gradient_c":
+                assert m.gradient == "C" and names_in(r.text) == set(CRITERIA)
+                assert all(f"- {c}: {instructions[c]}" in r.text for c in CRITERIA)
+                critique = r.text.split("<critique>\n")[1].split("\n</critique>")[0]
+                if m.loss == "C":  # one critique about all criteria, not labelled with the first one's name
+                    assert critique.startswith("(about all criteria)") and not names_in(critique)
+                else:
+                    assert critique.splitlines()[0] == f"[{CRITERIA[0]}] The judge misread the {CRITERIA[0]} of this text."
+                    assert f"[{CRITERIA[1]}] The judge misread the {CRITERIA[1]} of this text." in critique
+            elif r.role == "optimizer":
+                (c,) = names_in(r.text)
+                assert m.optimizer == "S"
+                assert instructions[c] in r.text and f"Change the {c} instruction: look closer." in r.text
+            elif r.role == "optimizer_c":
+                assert m.optimizer == "C" and names_in(r.text) == set(CRITERIA)
+                assert all(f"- {c}: {instructions[c]}" in r.text for c in CRITERIA)
+                if m.gradient == "S":
+                    assert all(f"Change the {c} instruction" in r.text for c in CRITERIA)
+            elif r.role == "specificity":
+                assert len(names_in(r.text.split("<feedback>")[0])) == 1
+        train_judged = [r for r in requests if r.role == "judge"]
+        if m.judge_shape == "separate":  # once per sample per criterion, each prompt one criterion
+            assert Counter(s for r in train_judged for s in r.summaries) == dict.fromkeys(
+                {s for r in train_judged for s in r.summaries}, len(CRITERIA))
+            assert all(len(judged_instructions(r.text)) == 1 for r in train_judged)
+        else:  # once per sample, all criteria in one prompt
+            assert len({s for r in train_judged for s in r.summaries}) == len(train_judged) == 2
+            assert all(judged_instructions(r.text) == instructions for r in train_judged)
+        assert roles["optimizer" if m.optimizer == "S" else "optimizer_c"] == (len(CRITERIA) if m.optimizer == "S" else 1)
+    # every judge prompt keeps its output format, before and after the instructions changed
+    judge_requests = [r for r in run.log.requests if r.role in ("judge", "gate", "test")]
+    updated = [r for r in judge_requests if "Be strict." in r.text]
+    assert updated and len(updated) < len(judge_requests)
+    for r in judge_requests:
+        assert (SEPARATE_FORMAT if m.judge_shape == "separate" else MERGED_FORMAT) in r.text, r.text
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_val_and_test_samples_stay_out_of_the_optimizer_roles(mode_run: Callable[[str, bool], ModeRun], mode: str) -> None:
+    run = mode_run(mode, True)
+    requests = run.log.requests
+    for r in requests:
+        if r.role not in ("gate", "test"):
+            assert r.splits <= {"train"}, f"a {r.role} prompt holds {r.splits} samples"
+    assert {r.role for r in requests if "val" in r.splits} == {"gate"}
+    last_loop = max(r.index for r in requests if r.role != "test")
+    first_test = min(r.index for r in requests if r.role == "test")
+    assert last_loop < first_test  # the test split is judged only after the loop
+    assert run.session.llm.usage["gate"].requests == sum(r.role == "gate" for r in requests)
+
+
+# ---------------------------------------------------------------------------------------------
+# a world with a known answer: optimization finds it, the gate keeps it, the lock file carries it
+
+
+GOOD = {"coherence": "Count the facts", "fluency": "Check the grammar"}
+LOCK = "toy.judge.lock.yaml"
+
+
+def read_yaml(path: Path) -> Any:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def judge_texts(server: FakeLLMServer) -> list[str]:
+    return [b["messages"][-1]["content"] for b in server.chat_requests() if role_of(b) == "judge"]
+
+
+def test_optimization_finds_the_known_instruction_and_ordinary_runs_then_use_it(pytester: pytest.Pytester,
+                                                                                 fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    spec = write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)
+    pytester.runpytest("--judge-cache=off").assert_outcomes(failed=2, passed=1)  # noise (merged: no worse than separate)
+    spec_bytes = spec.read_bytes()
+
+    result = pytester.runpytest("--judge-optimize", "--judge-retries=1")
+    result.assert_outcomes(passed=4)  # the optimize item, then both criteria and the merged check on the new lock
+    result.stdout.fnmatch_lines(["*judge optimization*", "*toy: mode SSS, 1 steps*wrote*toy.judge.lock.yaml*",
+                                 "*+Count the facts*", "*+Check the grammar*"])
+    assert spec.read_bytes() == spec_bytes  # like a snapshot update: the spec is never edited
+    lock = read_yaml(pytester.path / LOCK)
+    for c in CRITERIA:
+        entry = lock["criteria"][c]
+        assert entry["instruction"] == GOOD[c] and entry["initial_instruction"] == INITIAL[c]
+        assert entry["accepted_steps"] == [1]
+        assert entry["val"]["after"] == 1.0 > entry["val"]["before"]
+        assert entry["test"]["after"]["value"] == 1.0 > entry["test"]["before"]["value"]
+
+    fake_llm.reset()
+    result = pytester.runpytest("--judge-cache=off")
+    result.assert_outcomes(passed=3)
+    texts = judge_texts(fake_llm)
+    assert texts and all(judged_instructions(t).items() <= GOOD.items() for t in texts)
+    assert "judge notes" not in result.stdout.str()
+
+
+def run_gate(tmp_path: Path, server: FakeLLMServer, mode: str, optimize: str = "") -> Any:
+    """One step on a world where coherence's rewrite is better and fluency's is worse than its start."""
+    good = {"coherence": GOOD["coherence"], "fluency": INITIAL["fluency"]}
+    server.responder = World(RECORDS, score=knows(good, bad={"fluency": "Rate loosely."}),
+                             proposals={"coherence": GOOD["coherence"], "fluency": "Rate loosely."})
+    spec = write_project(tmp_path / mode, server, optimize=f"steps: 1\nbatch_size: 2\n{optimize}")
+    session = new_session(tmp_path / mode / ".judgeopt")
+    try:
+        return session.optimize(spec, mode, write=True)
+    finally:
+        session.close()
+
+
+def test_the_gate_rolls_back_a_worse_rewrite_and_the_lock_keeps_the_old_instruction(
+        tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=knows(INITIAL, bad={c: "Rate loosely." for c in CRITERIA}),
+                               proposals=dict.fromkeys(CRITERIA, "Rate loosely."))
+    spec = write_project(tmp_path, fake_llm, optimize="steps: 2\nbatch_size: 2")
+    session = new_session(tmp_path / ".judgeopt")
+    try:
+        result = session.optimize(spec, "SSS", write=True)
+    finally:
+        session.close()
+    for step in result.history:
+        assert step.proposals == dict.fromkeys(CRITERIA, "Rate loosely.")
+        assert step.accepted == [] and step.rejected_reasons == dict.fromkeys(CRITERIA, "rejected by the val gate")
+    lock = read_yaml(tmp_path / LOCK)
+    assert {c: lock["criteria"][c]["instruction"] for c in CRITERIA} == INITIAL
+    assert all(lock["criteria"][c]["accepted_steps"] == [] for c in CRITERIA)
+
+
+def test_per_criterion_gate_keeps_one_gain_and_rejects_another_loss_in_sss(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    result = run_gate(tmp_path, fake_llm, "SSS")
+    (step,) = result.history
+    assert step.val_after["coherence"] > step.val_before["coherence"]
+    assert step.val_after["fluency"] < step.val_before["fluency"]
+    assert step.accepted == ["coherence"]
+    assert step.rejected_reasons == {"fluency": "rejected by the val gate"}
+    assert result.instructions == {"coherence": GOOD["coherence"], "fluency": INITIAL["fluency"]}
+    assert read_yaml(tmp_path / "SSS" / LOCK)["criteria"]["fluency"]["instruction"] == INITIAL["fluency"]
+
+
+@pytest.mark.parametrize("mode", ["SSC", "CCC"])
+def test_no_regression_gate_rejects_a_joint_rewrite_that_hurts_one_criterion(tmp_path: Path, fake_llm: FakeLLMServer,
+                                                                             mode: str) -> None:
+    """The spec says nothing of the gate rule; the mode chosen at run time makes the rewrite joint, so
+    the joint rule applies (not the per-criterion default of the spec's SSS)."""
+    result = run_gate(tmp_path, fake_llm, mode)
+    (step,) = result.history
+    assert step.val_after["coherence"] > step.val_before["coherence"]
+    assert step.val_after["fluency"] < step.val_before["fluency"]
+    assert step.accepted == []
+    assert step.rejected_reasons == dict.fromkeys(CRITERIA, "rejected by the val gate")
+    assert result.instructions == INITIAL
+    assert read_yaml(tmp_path / mode / LOCK)["gate"]["rule"] == "no_regression"
+
+
+@pytest.mark.parametrize("mode", ["SSC", "CCC"])
+def test_mean_gate_accepts_a_joint_rewrite_when_the_mean_improves(tmp_path: Path, fake_llm: FakeLLMServer,
+                                                                  mode: str) -> None:
+    result = run_gate(tmp_path, fake_llm, mode, "gate: {rule: mean}")
+    (step,) = result.history
+    before, after = step.val_before, step.val_after
+    assert after["fluency"] < before["fluency"] and sum(after.values()) > sum(before.values())
+    assert sorted(step.accepted) == sorted(CRITERIA)
+    assert result.instructions == {"coherence": GOOD["coherence"], "fluency": "Rate loosely."}
+
+
+# ---------------------------------------------------------------------------------------------
+# faults: an optimizer that answers without an instruction, a role whose calls keep failing
+
+
+@pytest.mark.parametrize("mode", ["SSS", "SSC"])
+def test_an_optimizer_reply_without_an_instruction_is_a_rejected_update(tmp_path: Path, fake_llm: FakeLLMServer,
+                                                                        mode: str) -> None:
+    fake_llm.responder = World(RECORDS, score=strict_improves, proposals=dict.fromkeys(CRITERIA))
+    spec = write_project(tmp_path, fake_llm, optimize="steps: 2\nbatch_size: 2")
+    session = new_session(tmp_path / ".judgeopt")
+    try:
+        result = session.optimize(spec, mode, write=True)
+    finally:
+        session.close()
+    assert result.steps_run == 2
+    for step in result.history:
+        assert step.accepted == [] and step.proposals == dict.fromkeys(CRITERIA)
+        assert step.rejected_reasons == dict.fromkeys(CRITERIA, "the optimizer's reply held no instruction")
+        assert "gate" not in step.calls  # nothing to gate
+    assert result.instructions == INITIAL
+    assert read_yaml(tmp_path / LOCK)["criteria"]["coherence"]["instruction"] == INITIAL["coherence"]
+
+
+def test_a_role_call_failing_on_every_retry_is_counted_and_the_run_completes(tmp_path: Path,
+                                                                            fake_llm: FakeLLMServer) -> None:
+    """Every coherence critique fails with HTTP 500 (first try and the one retry); fluency goes on."""
+    fake_llm.responder = World(RECORDS, score=strict_improves,
+                               fail=lambda role, text: role == "loss" and 'criterion "coherence"' in text)
+    spec = write_project(tmp_path, fake_llm, optimize="steps: 2\nbatch_size: 2")
+    session = new_session(tmp_path / ".judgeopt")
+    try:
+        result = session.optimize(spec, "SSS", write=True)
+        log = Log(fake_llm, session, spec)
+    finally:
+        session.close()
+    assert result.steps_run == 2
+    failed_losses = [r for r in log.requests if r.role == "loss" and names_in(r.text) == {"coherence"}]
+    assert len(failed_losses) == 2 * 2 * 2  # 2 steps x batch 2 x (first try + 1 retry)
+    for step in result.history:
+        assert step.failures == {"loss:server": 2}
+        assert step.rejected_reasons["coherence"] == "no feedback reached the optimizer"
+        assert step.proposals["coherence"] is None and step.proposals["fluency"]
+    assert result.usage["loss"]["errors"] == {"server": 4}
+    assert result.history[0].accepted == ["fluency"]
+    assert not any(r.role == "gradient" and "coherence" in names_in(r.text) for r in log.requests)
