@@ -67,10 +67,6 @@ class CriterionInterference:
     def passed(self) -> bool:
         return self.verdict in PASSING
 
-    @property
-    def drop(self) -> float | None:
-        return None if self.diff is None else -self.diff
-
     def to_json(self) -> dict[str, Any]:
         return {"criterion": self.criterion, "separate": self.separate, "merged": self.merged, "diff": self.diff,
                 "low": self.low, "high": self.high, "n": self.n, "judged": self.judged,
@@ -195,9 +191,8 @@ def failure_reasons(separate: CriterionResult, merged: CriterionResult) -> list[
                    "record them with --judge-cache=use (needs the model) and commit the cache")
     allowed = separate.criterion.max_parse_failure_rate
     failed, before = merged.failed_count, separate.failed_count
-    if n and failed / n > allowed and failed > before:
-        kinds = ", ".join(f"{k} {v}" for k, v in merged.failures.most_common())
-        out.append(f"{failed}/{n} merged judgments failed ({failed / n:.0%}: {kinds}), above the allowed "
+    if n and failed / n > allowed and failed > before:  # the kinds follow in the report's detail lines
+        out.append(f"{failed}/{n} merged judgments failed ({failed / n:.0%}), above the allowed "
                    f"{allowed:.0%}; separate prompts failed {before}/{len(separate.judgments)}")
     return out
 
@@ -224,10 +219,6 @@ def savings_line(usage: dict[str, dict[str, int]]) -> str:
             f"{m['completion_tokens']:,} completion tokens instead of {s['completion_tokens']:,}")
 
 
-def failed_text(failures: dict[str, int]) -> str:
-    return str(sum(failures.values()))
-
-
 def verdict_text(c: dict[str, Any]) -> str:
     kind = c["verdict"]
     if kind == "inconclusive":
@@ -248,7 +239,7 @@ def table_lines(result: dict[str, Any]) -> list[str]:
              f"{'failed s/m':>10}  verdict"]
     for c in result["criteria"]:
         interval = f"[{fmt(c['low'], sign=True)}, {fmt(c['high'], sign=True)}]" if c["low"] is not None else "-"
-        failed = f"{failed_text(c['failures_separate'])}/{failed_text(c['failures_merged'])}"
+        failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
         lines.append(f"  {c['criterion']:<16} {fmt(c['separate']):>8} {fmt(c['merged']):>7} "
                      f"{fmt(c['diff'], sign=True):>7} {interval:>17} {c['n']:>5} {failed:>10}  {verdict_text(c)}")
     lines.append(f"  {savings_line(result['usage'])}")

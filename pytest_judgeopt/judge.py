@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import Record
 from .llm import LLM, CallError, Choice
-from .parse import ParsedScore, parse_merged, parse_score, weighted_score
+from .parse import ParsedScore, json_objects, parse_merged, parse_score, weighted_score
 from .spec import Criterion, Model, Spec
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
         tasks = [ask(r, chosen) for r in records]
     else:  # record-major order: consecutive prompts share the inputs, which a local model reuses
         tasks = [ask(r, [c]) for r in records for c in chosen]
+    llm.expect(len(tasks), role)
     for record, group, reply in await asyncio.gather(*tasks):
         if isinstance(reply, CallError):
             for c in group:
@@ -145,10 +146,10 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
     per_choice: list[dict[str, ParsedScore]] = []
     for choice in choices:
         if shape == "merged":
-            per_choice.append(parse_merged(choice.text, {c.name: c.scale for c in group}))
+            per_choice.append(cut_off(choice, parse_merged(choice.text, {c.name: c.scale for c in group})))
         else:
             c = group[0]
-            parsed = parse_score(choice.text, c.scale, c.name)
+            parsed = cut_off(choice, {c.name: parse_score(choice.text, c.scale, c.name)})[c.name]
             if parsed.ok and logprobs and choice.logprobs:
                 parsed = weighted(parsed, choice.logprobs, c.scale)
             per_choice.append({c.name: parsed})
@@ -158,6 +159,23 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
         ok = [p.score for p in parsed if p.ok]
         out[c.name] = ParsedScore(sum(ok) / len(ok), None) if ok else parsed[0]
     return out
+
+
+def cut_off(choice: Choice, parsed: dict[str, ParsedScore]) -> dict[str, ParsedScore]:
+    """A reply cut off at max_tokens keeps only the scores it wrote out whole.
+
+    A JSON object that was cut is no source at all: a score read before the cut belongs to a
+    half-written answer. A cut reply without a score fails as ``truncated`` rather than
+    ``no_score``, so the report points at the fix (a larger ``judge.max_tokens``). A complete
+    score before the cut stands: ``max_tokens: 1`` with logprobs (G-Eval) is cut by design.
+    """
+    if choice.finish_reason != "length":
+        return parsed
+    text = choice.text or ""
+    half_json = "{" in text and not json_objects(text)
+    failure = ParsedScore(None, "truncated", "the reply was cut off at max_tokens before a complete score; "
+                                             "raise judge.max_tokens")
+    return {name: failure if half_json or not p.ok else p for name, p in parsed.items()}
 
 
 def weighted(parsed: ParsedScore, tokens: list[list[tuple[str, float]]], scale: tuple[float, float]) -> ParsedScore:

@@ -115,6 +115,17 @@ class Usage:
             setattr(out, name, getattr(self, name) - getattr(earlier, name))
         return out
 
+    def state(self) -> dict[str, Any]:
+        """Every counter as plain data (unlike to_json, nothing rounded or summarised), so counters of
+        several processes (pytest-xdist workers) add up to what one process would have counted."""
+        return {**{name: getattr(self, name) for name in ("requests", "calls", "cache_hits", "retries", "prompt_tokens",
+                                                          "completion_tokens", "cost", "cost_unknown")},
+                "errors": dict(self.errors)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Usage:
+        return cls(**{**state, "errors": Counter(state.get("errors", {}))})
+
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "calls": self.calls, "cache_hits": self.cache_hits, "retries": self.retries,
                 "errors": dict(sorted(self.errors.items())), "prompt_tokens": self.prompt_tokens,
@@ -142,7 +153,10 @@ class LLM:
         self.backoff = backoff
         self.max_wait = max_wait
         self.usage: dict[str, Usage] = {}
+        # called (event, role) as requests end: "hit", "call", "error", "shared" (answered by an identical
+        # request in flight), and "expect" when a caller announces requests (their number is in ``expected``)
         self.listeners: list[Callable[[str, str], None]] = []
+        self.expected: Counter[str] = Counter()
         self.budget: Any = None  # anything with .exceeded(total Usage) -> bool; checked before each model call
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -201,6 +215,11 @@ class LLM:
     def _usage(self, role: str) -> Usage:
         return self.usage.setdefault(role, Usage())
 
+    def expect(self, requests: int, role: str = "judge") -> None:
+        """Announce requests about to be made, so a progress display can show done out of total."""
+        self.expected[role] += requests
+        self._notify("expect", role)
+
     def _notify(self, event: str, role: str) -> None:
         for listener in self.listeners:
             listener(event, role)
@@ -228,7 +247,10 @@ class LLM:
             self._notify("error", role)
             raise CallError("replay_miss", f"no cached answer for a {role} call to {model.name} (cache mode is replay)")
         if key in self._in_flight:  # the same question is already being asked: share its answer
-            return await asyncio.shield(self._in_flight[key])
+            try:
+                return await asyncio.shield(self._in_flight[key])
+            finally:
+                self._notify("shared", role)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
@@ -255,6 +277,7 @@ class LLM:
         async with self._semaphore:
             if self.budget is not None and self.budget.exceeded(self.total()):
                 usage.errors["budget"] += 1
+                self._notify("error", role)
                 raise CallError("budget", "the call budget is spent")
             while True:
                 attempt += 1
@@ -317,12 +340,24 @@ def to_reply(litellm: Any, response: Any) -> Reply:
         message = getattr(choice, "message", None)
         out.append(Choice(getattr(message, "content", None), getattr(choice, "finish_reason", None), token_logprobs(choice)))
     usage = getattr(response, "usage", None)
-    try:
-        cost = litellm.completion_cost(completion_response=response)
-    except Exception:  # noqa: BLE001 - litellm raises when it has no price for the model
-        cost = None
+    cost = response_cost(litellm, response)
     return Reply(tuple(out), getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0,
                  cost if cost else (0.0 if cost == 0.0 else None))
+
+
+def response_cost(litellm: Any, response: Any) -> float | None:
+    """The price litellm stamped on the response while handling it; computed here only where it did not stamp one.
+
+    Pricing is about a tenth of litellm's CPU per call (more for a model it has no price for), and an
+    overlapped judge pass is CPU-bound on that work, so it is not done twice (benchmarks/ measured it).
+    """
+    hidden = getattr(response, "_hidden_params", None) or {}
+    if "response_cost" in hidden:
+        return hidden["response_cost"]
+    try:
+        return litellm.completion_cost(completion_response=response)
+    except Exception:  # noqa: BLE001 - litellm raises when it has no price for the model
+        return None
 
 
 def token_logprobs(choice: Any) -> list[list[tuple[str, float]]] | None:

@@ -34,7 +34,15 @@ HEADER = """\
 
 
 class LockError(Exception):
-    """A lock file we cannot use; the message says which file and what to do."""
+    """A lock file we cannot use; the message says which file and what to do.
+
+    ``outdated``: a lock of an older format, which we wrote and may write again; any other lock we cannot
+    read was made or broken by hand, since we write only valid ones, and is never replaced.
+    """
+
+    def __init__(self, message: str, outdated: bool = False):
+        super().__init__(message)
+        self.outdated = outdated
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def read_lock(spec_path: Path) -> Lock | None:
     version = content.get("version")
     if version != VERSION:
         raise LockError(f"{path}: lock format version {version!r}, this pytest-judgeopt reads version {VERSION}. "
-                        "Fix: run pytest --judge-optimize to write it again (or delete it)")
+                        "Fix: run pytest --judge-optimize to write it again (or delete it)", outdated=True)
     instructions = {}
     for name, entry in content["criteria"].items():
         text = entry.get("instruction") if isinstance(entry, dict) else None
@@ -127,15 +135,19 @@ def lock_content(result: OptimizationResult, data_digest: str) -> dict[str, Any]
 def write_lock(result: OptimizationResult, data_digest: str) -> tuple[Path, str | None]:
     """Write the lock atomically; returns the path written and a note when a hand-edited lock was kept."""
     target = lock_path(result.spec.path)
-    note = None
+    note = kept = None
     try:
         existing = read_lock(result.spec.path)
-    except LockError:
+    except LockError as exc:
         existing = None
+        if not exc.outdated:
+            kept = f"{target} cannot be read as a lock file (was it edited by hand?), so it was left as it is"
     if existing is not None and existing.edited:
+        kept = f"{target} was edited by hand since pytest-judgeopt wrote it, so it was left as it is"
+    if kept is not None:
         new = target.with_name(target.name.removesuffix(".yaml") + ".new.yaml")
-        note = (f"{target} was edited by hand since pytest-judgeopt wrote it, so it was left as it is; the new "
-                f"result is in {new}. Compare them and keep one (rename {new.name} to {target.name} to take the new one)")
+        note = (f"{kept}; the new result is in {new}. Compare them and keep one (rename {new.name} to {target.name} "
+                "to take the new one)")
         target = new
     text = HEADER + yaml.safe_dump(lock_content(result, data_digest), sort_keys=False, allow_unicode=True, width=100)
     write_atomic(target, text)

@@ -18,8 +18,8 @@ import json
 import random
 import re
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,28 @@ class Budget:
 
     def exceeded(self, usage: Usage) -> bool:
         return (self.calls is not None and usage.calls >= self.calls) or (self.usd is not None and usage.cost >= self.usd)
+
+
+class Allowance:
+    """A budget as one optimization spends it: counted from the run's start, not the session's (a second
+    spec, or a study's next run, gets its own cap), and a call counts when it is let through, not when it
+    returns, so calls in flight together cannot overshoot the cap."""
+
+    def __init__(self, budget: Budget, spent: Usage):
+        self.budget = budget
+        self.cost_before = spent.cost
+        self.admitted = 0
+
+    def over(self, total: Usage) -> bool:
+        return ((self.budget.calls is not None and self.admitted >= self.budget.calls)
+                or (self.budget.usd is not None and total.cost - self.cost_before >= self.budget.usd))
+
+    def exceeded(self, total: Usage) -> bool:
+        """The client's check before each model call (cache hits are not asked about): a call let through counts."""
+        if self.over(total):
+            return True
+        self.admitted += 1
+        return False
 
 
 class BudgetExceeded(Exception):
@@ -226,7 +248,7 @@ class Step:
     async def critiques(self, seen: Seen) -> dict[str, str | None]:
         """Per criterion (S) or one critique for all (C, under the key '*')."""
         if self.mode.loss == "S":
-            texts = await asyncio.gather(*[self.ask("loss", fill(
+            texts = await together(*[self.ask("loss", fill(
                 template(self.spec, "loss"), criterion=c, scale=scale_text(self.spec.criteria[c].scale),
                 sample=render_inputs(seen.record), judge_score=show(seen.scores[c]), human_score=f"{seen.record.human[c]:g}",
                 verdict=verdict(seen.scores[c], seen.record.human[c])), self.tokens(0.5)) for c in self.criteria])
@@ -246,7 +268,7 @@ class Step:
                     instruction=self.instructions[c], sample=render_inputs(seen.record), judge_reply=seen.own_reply(c, self.mode),
                     judge_score=show(seen.scores[c]), human_score=f"{seen.record.human[c]:g}", critique=clip(critiques[c])), self.tokens(1))
 
-            return dict(zip(self.criteria, await asyncio.gather(*[one(c) for c in self.criteria])))
+            return dict(zip(self.criteria, await together(*[one(c) for c in self.criteria])))
         if all(v is None for v in critiques.values()):
             return {"*": None}
         if "*" in critiques:
@@ -280,17 +302,18 @@ class Step:
         reasons: dict[str, str] = {}
         if self.mode.optimizer == "S":
             async def one(c: str) -> str | None:
-                notes = [g[c] for g in grads if g.get(c)]
+                # numbered before texts without feedback are dropped, so each note names the text it is about
+                notes = [(i, g[c]) for i, g in enumerate(grads, 1) if g.get(c)]
                 if not notes:
                     reasons[c] = "no feedback reached the optimizer"
                     return None
-                feedback = "\n\n".join(f"[text {i}] {clip(n)}" for i, n in enumerate(notes, 1))
+                feedback = "\n\n".join(f"[text {i}] {clip(n)}" for i, n in notes)
                 reply = await self.ask("optimizer", fill(
                     template(self.spec, "optimizer"), criterion=c, scale=scale_text(self.spec.criteria[c].scale),
                     instruction=self.instructions[c], batch=self.batch_text(seen, c), feedback=feedback, max_chars=limit), self.tokens(1.5))
                 return self.checked(c, tagged_instruction(reply), reasons)
 
-            return dict(zip(self.criteria, await asyncio.gather(*[one(c) for c in self.criteria]))), reasons
+            return dict(zip(self.criteria, await together(*[one(c) for c in self.criteria]))), reasons
         if self.mode.gradient == "S":
             notes = [f"[text {i}, {c}] {clip(g[c])}" for i, g in enumerate(grads, 1) for c in self.criteria if g.get(c)]
         else:
@@ -332,12 +355,12 @@ class Step:
             if proposals.get(c):
                 adh_reply = self.ask("diagnostics", fill(template(self.spec, "adherence"), old=self.instructions[c],
                                                          feedback=feedback, new=proposals[c]), 60)
-                specificity, adherence = await asyncio.gather(spec_reply, adh_reply)
+                specificity, adherence = await together(spec_reply, adh_reply)
             else:
                 specificity, adherence = await spec_reply, None
             return c, {"specificity": rating(specificity), "adherence": rating(adherence)}
 
-        return dict(await asyncio.gather(*[one(c) for c in self.criteria]))
+        return dict(await together(*[one(c) for c in self.criteria]))
 
 
 def tagged_instruction(reply: str | None) -> str | None:
@@ -437,11 +460,16 @@ class State:
                    data["finished"], data["stopped"])
 
 
-def run_key(spec: Spec, data_digest: str, mode: Mode, models: Mapping[str, Model], sample: int | None, seed: int) -> str:
-    """Everything a finished run depends on: the same key means the same run, which is not repeated."""
+def run_key(spec: Spec, data_digest: str, mode: Mode, models: Mapping[str, Model], sample: int | None, seed: int,
+            steps: int | None = None) -> str:
+    """Everything a finished run depends on: the same key means the same run, which is not repeated.
+
+    The step count is the one run (``--judge-steps`` may override the spec's): a finished 1-step run is
+    not the answer to a request for 4 steps, nor a 4-step run to a request for 1.
+    """
     settings = asdict(spec.optimize)
     settings["prompts"] = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in spec.optimize.prompts.items()}
-    settings.update(mode=mode.name, seed=seed)
+    settings.update(mode=mode.name, seed=seed, steps=steps or spec.optimize.steps)
     payload = {"spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(), "data": data_digest, "settings": settings,
                "models": {r: m.describe() for r, m in sorted(models.items())}, "sample": sample}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -512,7 +540,7 @@ class Optimization:
 
     def __init__(self, llm: LLM, spec: Spec, mode: Mode, models: Mapping[str, Model], *, train: Sequence[Record],
                  val: Sequence[Record], checkpoint: Path, key: str, seed: int, steps: int | None = None,
-                 budget: Budget | None = None, progress: Any = None):
+                 budget: Allowance | None = None, progress: Any = None):
         self.llm = llm
         self.spec = spec
         self.mode = mode
@@ -600,7 +628,7 @@ class Optimization:
             js = {c: judged.judgments[c][i] for c in criteria}
             seen.append(Seen(record, {c: js[c].reply for c in criteria}, {c: js[c].score for c in criteria}))
         self._check_budget()
-        grads = await asyncio.gather(*[step.feedback(s) for s in seen])
+        grads = await together(*[step.feedback(s) for s in seen])
         self._check_budget()
         proposals, reasons = await step.rewrite(seen, grads)
         proposed = [c for c in criteria if proposals.get(c)]
@@ -609,7 +637,7 @@ class Optimization:
         diagnostics: dict[str, dict[str, float | None]] = {}
         if proposed:
             self._check_budget()
-            gate_judged, diagnostics = await asyncio.gather(
+            gate_judged, diagnostics = await together(
                 self.judge(self.val, candidate, "gate", criteria=proposed if self.mode.judge_shape == "separate" else None),
                 step.diagnose(grads, proposals) if self.spec.optimize.diagnostics else _nothing())
             val_after.update({c: v for c, v in gate_values(gate_judged, self.spec.optimize.gate.metric).items() if c in proposed or
@@ -639,12 +667,24 @@ class Optimization:
         return 0 if usage is None else usage.requests
 
     def _check_budget(self) -> None:
-        if self.budget is not None and self.budget.exceeded(self.llm.total()):
+        if self.budget is not None and self.budget.over(self.llm.total()):
             raise BudgetExceeded("budget reached")
 
 
 async def _nothing() -> dict[str, dict[str, float | None]]:
     return {}
+
+
+async def together(*work: Awaitable[Any]) -> list[Any]:
+    """``asyncio.gather`` that, when one fails, waits for the rest before raising. After a budget stop the
+    siblings' next calls are refused by the budget still in force; left running, they would call the model
+    unbudgeted once the run had ended (cancelling them instead would cut litellm off mid-request)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,15 +699,15 @@ def optimize_spec(session: Any, loaded: Any, mode_name: str | None = None, *, se
 
     from .stats import paired_difference
 
-    spec: Spec = loaded.spec
-    mode = get_mode(mode_name or spec.optimize.mode)
+    mode = get_mode(mode_name or loaded.spec.optimize.mode)
+    spec: Spec = with_gate_rule(loaded.spec, mode)
     seed = spec.optimize.seed if seed is None else seed
     models = {role: session.model_for(spec, role) for role in ("judge", "loss", "gradient", "optimizer", "diagnostics")}
     train, val = session.records(loaded, "train"), session.records(loaded, "val")
     if not train or not val:
         raise ValueError(f"{spec.path}: optimization needs train and val samples (train {len(train)}, val {len(val)}); "
                          "give split.train and split.val fractions above 0")
-    key = run_key(spec, loaded.dataset.digest, mode, models, session.sample, seed)
+    key = run_key(spec, loaded.dataset.digest, mode, models, session.sample, seed, steps)
     checkpoint = session.state_dir / "runs" / f"{spec.path.name}-{mode.name}-{key[:16]}.json"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     progress = session.progress or (lambda text: None)
@@ -678,11 +718,12 @@ def optimize_spec(session: Any, loaded: Any, mode_name: str | None = None, *, se
         except BlockingIOError:
             raise OptimizationBusy(f"another process is optimizing {spec.path.name} in mode {mode.name} with these "
                                    "settings; wait for it to finish (its checkpoint is shared, so nothing is lost)") from None
+        allowance = None if budget is None else Allowance(budget, session.llm.total())
         run = Optimization(session.llm, spec, mode, models, train=train, val=val, checkpoint=checkpoint, key=key,
-                           seed=seed, steps=steps, budget=budget, progress=progress)
+                           seed=seed, steps=steps, budget=allowance, progress=progress)
         planned = run.planned()
         progress(plan_text(spec, mode, planned, run.steps, len(train), len(val), models["judge"]))
-        session.llm.budget = budget
+        session.llm.budget = allowance
         try:
             state, resumed_from = run.run()
         finally:
@@ -719,6 +760,16 @@ def optimize_spec(session: Any, loaded: Any, mode_name: str | None = None, *, se
         if result.lock_note:
             session.notes.append(result.lock_note)
     return result
+
+
+def with_gate_rule(spec: Spec, mode: Mode) -> Spec:
+    """The spec with the gate rule of the mode actually run, unless the spec names a rule: its default was
+    chosen from ``optimize.mode``, but ``--judge-mode`` and the study run other modes, and a joint rewrite
+    must not be accepted criterion by criterion, nor a separate one held back by another criterion's loss."""
+    if spec.line_of("optimize", "gate", "rule") is not None:
+        return spec
+    rule = "per_criterion" if mode.optimizer == "S" else "no_regression"
+    return replace(spec, optimize=replace(spec.optimize, gate=replace(spec.optimize.gate, rule=rule)))
 
 
 def plan_text(spec: Spec, mode: Mode, planned: Mapping[str, int], steps: int, train: int, val: int, judge: Model) -> str:

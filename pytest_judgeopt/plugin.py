@@ -10,6 +10,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import sys
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +132,11 @@ class JudgeRun:
         self.config = config
         self._session: Session | None = None
         self.studies: list[Any] = []
+        self.workers: dict[str, dict[str, Any]] = {}  # under xdist, on the controller: what each worker measured
+        self.started_at = time.monotonic()
+        self.live: Any = None  # the live progress status (progress.Progress), on a terminal only
+        self.current_item: pytest.Item | None = None  # while an item runs: messages put its line back after them
+        self.report_files: list[Path] = []
 
     @property
     def session(self) -> Session:
@@ -146,7 +154,10 @@ class JudgeRun:
             for contributed in config.hook.pytest_judgeopt_metrics():
                 metrics.update(contributed)
             reporter = config.pluginmanager.get_plugin("terminalreporter")
-            progress = None if reporter is None or hasattr(config, "workerinput") else reporter.write_line
+            progress = None if reporter is None or hasattr(config, "workerinput") else self.message
+            if self.live is not None:
+                self.live.expected = llm.expected
+                llm.listeners.append(self.live)
             self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
                                     loader=lambda path, fmt: config.hook.pytest_judgeopt_load_records(path=path, format=fmt),
@@ -158,6 +169,34 @@ class JudgeRun:
     def started(self) -> bool:
         return self._session is not None
 
+    def message(self, text: str) -> None:
+        """A line for the terminal while an item runs (what is judged, an optimization's plan and steps).
+
+        Items run with pytest capturing their output, which would swallow the line (and leave pytest's
+        writer believing it had written it), so capturing is suspended for it, as pytest's live logging does.
+        """
+        config = self.config
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or config.get_verbosity() < 0:
+            return
+        capman = config.pluginmanager.get_plugin("capturemanager")
+
+        def write(line: str) -> None:
+            with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
+                reporter.ensure_newline()
+                reporter.write(line)
+                item = self.current_item
+                if item is not None:  # put the running item's file name (or -v's test id) back, for its result
+                    reporter.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+                if reporter.currentfspath is None:
+                    reporter.write("\n")
+                reporter.flush()
+
+        if self.live is not None:
+            self.live.message(write, text)
+        else:
+            write(text)
+
 
 run_key = pytest.StashKey[JudgeRun]()
 
@@ -168,6 +207,52 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin("judgeopt-defaults"):
         config.pluginmanager.register(defaults, "judgeopt-defaults")
     config.stash[run_key] = JudgeRun(config)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """After pytest_configure, so the terminal reporter exists; before collection makes the judging session."""
+    run = session.config.stash.get(run_key, None)
+    if run is not None and run.live is None:
+        run.live = live_progress(session.config)
+
+
+def live_progress(config: pytest.Config) -> Any:
+    """The live status, when pytest writes to a terminal from this process: not when piped or captured (a CI
+    log, pytester), not on a pytest-xdist worker (its output is not a terminal; the controller shows xdist's
+    own progress), not on a dumb terminal. The terminal's descriptor is duplicated now, before items run
+    under pytest's capture, so the status reaches the terminal and never a test's captured output."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or hasattr(config, "workerinput") or not reporter.isatty or os.environ.get("TERM") == "dumb":
+        return None
+    writer = getattr(reporter, "_tw", None)
+    try:
+        fd = os.dup(getattr(writer, "_file", sys.stdout).fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    from .progress import Progress, TerminalStatus
+
+    status = TerminalStatus(fd, column=lambda: getattr(writer, "width_of_current_line", 0),
+                            width=lambda: getattr(writer, "fullwidth", 80), dim=bool(reporter.hasmarkup))
+    live = Progress(status.show, status.hide, {}, width=lambda: status.room() - 1)
+    live.terminal = status
+    return live
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """The status is drawn only while an item runs: pytest writes nothing then, and writes its result after."""
+    run = item.config.stash.get(run_key, None)
+    if run is None:
+        return (yield)
+    run.current_item = item
+    if run.live is not None:
+        run.live.begin()
+    try:
+        return (yield)
+    finally:
+        run.current_item = None
+        if run.live is not None:
+            run.live.end()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -289,10 +374,36 @@ def known_failure(error: BaseException) -> str | None:
 def interference_properties(result: InterferenceResult) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, c in result.criteria.items():
-        out.update({f"interference_{name}_diff": c.diff, f"interference_{name}_low": c.low,
-                    f"interference_{name}_high": c.high, f"interference_{name}_verdict": c.verdict})
+        out.update({f"interference_{name}_separate": c.separate, f"interference_{name}_merged": c.merged,
+                    f"interference_{name}_diff": c.diff, f"interference_{name}_low": c.low,
+                    f"interference_{name}_high": c.high, f"interference_{name}_n": c.n,
+                    f"interference_{name}_parse_failures": sum(c.failures_merged.values()),
+                    f"interference_{name}_verdict": c.verdict})
     for shape, usage in (("separate", result.usage_separate), ("merged", result.usage_merged)):
         out.update({f"interference_calls_{shape}": usage.calls, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
+    return out
+
+
+def optimize_properties(result: Any) -> dict[str, Any]:
+    """The optimize item's JUnit properties: per criterion val and test rho before and after (with the
+    test intervals and their paired difference) and the accepted steps; then the run's steps and cost."""
+    out: dict[str, Any] = {"optimize_mode": result.mode.name, "optimize_steps_run": result.steps_run}
+    for name, o in result.outcomes.items():
+        b, a, d = o.test_before, o.test_after, o.test_diff
+        out.update({f"optimize_{name}_val_before": o.val_before, f"optimize_{name}_val_after": o.val_after,
+                    f"optimize_{name}_test_before": b.value, f"optimize_{name}_test_before_low": b.low,
+                    f"optimize_{name}_test_before_high": b.high, f"optimize_{name}_test_after": a.value,
+                    f"optimize_{name}_test_after_low": a.low, f"optimize_{name}_test_after_high": a.high,
+                    f"optimize_{name}_test_n": a.n, f"optimize_{name}_test_diff": d.diff,
+                    f"optimize_{name}_test_diff_low": d.low, f"optimize_{name}_test_diff_high": d.high,
+                    f"optimize_{name}_accepted_steps": ",".join(map(str, o.accepted_steps))})
+    costs = [u["cost_usd"] for u in result.usage.values()]
+    out.update({"optimize_calls": sum(u["requests"] for u in result.usage.values()),
+                "optimize_calls_made": sum(u["calls"] for u in result.usage.values()),
+                "optimize_prompt_tokens": sum(u["prompt_tokens"] for u in result.usage.values()),
+                "optimize_completion_tokens": sum(u["completion_tokens"] for u in result.usage.values()),
+                "optimize_cost_usd": None if any(c is None for c in costs) else round(sum(costs), 6),
+                "optimize_wall_seconds": round(getattr(result, "wall_seconds", 0.0), 3)})
     return out
 
 
@@ -322,11 +433,12 @@ class OptimizeItem(pytest.Item):
     def runtest(self) -> None:
         config = self.config
         session = config.stash[run_key].session
+        started = time.monotonic()
         result = session.optimize(self.path, setting(config, "judge_mode"), steps=setting(config, "judge_steps"),
                                   budget=setting(config, "judge_budget"), write=True)
-        for name, outcome in result.outcomes.items():
-            self.user_properties.append((f"optimize_{name}_test_before", outcome.test_before.value))
-            self.user_properties.append((f"optimize_{name}_test_after", outcome.test_after.value))
+        result.wall_seconds = time.monotonic() - started
+        for key, value in optimize_properties(result).items():
+            self.user_properties.append((key, value))
         problems = diagnostics_problems(result)
         if problems:
             raise OptimizationFailed("\n".join(problems))
@@ -372,44 +484,103 @@ def diagnostics_problems(result: Any) -> list[str]:
     return problems
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    run = config.stash.get(run_key, None)
-    if run is None or not run.started or hasattr(config, "workerinput"):
-        return
-    from .report import optimization_lines, study_lines, summary_lines
+def measured(run: JudgeRun) -> dict[str, Any]:
+    """What this process measured, as plain data: under pytest-xdist each worker sends it to the
+    controller (``workeroutput``), which prints the summary and writes the report for all of them.
+    It is the JSON form throughout (per-sample predictions included), so the controller's summary,
+    results.json and index.html are made from exactly what a serial run would make them from."""
+    if not run.started:
+        return {}
+    from .report import optimization_json
 
     session = run.session
-    verbose = config.get_verbosity() >= 0
-    sections = [("judge optimization", [line for result in session.optimizations for line in optimization_lines(result, verbose)]),
-                ("judge mode study", [line for study in run.studies for line in study_lines(study)])]
-    if session.evaluations or session.interferences:
-        sections.append(("judge agreement", list(summary_lines(session.evaluations, session.llm, verbose=verbose,
-                                                               interference=session.interferences))))
-    sections.append(("judge notes", [f"- {note}" for note in dict.fromkeys(session.notes)]))
-    for title, lines in sections:
-        if lines:
+    return {"evaluations": session.evaluations, "interference": session.interferences,
+            "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
+            "optimizations": [optimization_json(result, getattr(result, "wall_seconds", None))
+                              for result in session.optimizations],
+            "studies": [study.to_json() for study in run.studies]}
+
+
+def gathered(run: JudgeRun) -> dict[str, Any]:
+    """This process's measurements and those its xdist workers sent, merged: what two workers both
+    measured is reported once, and everything is sorted, so the order workers finish in changes nothing."""
+    from .report import merge
+
+    return merge([measured(run)] + [run.workers[name] for name in sorted(run.workers)])
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's default ``--dist load``, except that a spec's items stay together on one worker,
+    in order, as in a serial run: the optimize item writes the lock its criterion items then test, and
+    ``::merged`` reuses the criteria's judgments (on another worker it would ask the model again).
+    Every other test is its own unit, as with ``load``; other ``--dist`` modes are left alone."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    patterns = config.getini("judge_spec_glob")
+
+    class SpecScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return file if any(fnmatch.fnmatch(file.rsplit("/", 1)[-1], p) for p in patterns) else nodeid
+
+    return SpecScheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist, on the controller: a worker finished; keep what it measured."""
+    output = getattr(node, "workeroutput", None) or {}
+    if "judgeopt" in output:
+        name = str(output.get("workerid") or getattr(getattr(node, "gateway", None), "id", len(node.config.stash[run_key].workers)))
+        node.config.stash[run_key].workers[name] = json.loads(output["judgeopt"])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Per spec, per criterion, the numbers that say whether to trust the judge; rich tables, coloured
+    only on a terminal without NO_COLOR; ``-q`` keeps one line per spec."""
+    run = config.stash.get(run_key, None)
+    if run is None or hasattr(config, "workerinput"):
+        return
+    found = gathered(run)
+    if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
+        return
+    from .report import render, summary_sections
+
+    color = bool(terminalreporter.isatty) and bool(terminalreporter.hasmarkup) and not os.environ.get("NO_COLOR")
+    width = getattr(getattr(terminalreporter, "_tw", None), "fullwidth", 80) if color else None
+    for title, blocks in summary_sections(found, verbosity=config.get_verbosity()):
+        if blocks:
             terminalreporter.write_sep("=", title)
-            for line in lines:
+            for line in render(blocks, color=color, width=width):
                 terminalreporter.write_line(line)
+    if run.report_files:
+        terminalreporter.write_sep("=", "judge report")
+        terminalreporter.write_line(f"wrote {', '.join(str(path) for path in run.report_files)}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(run_key, None)
-    if run is None or not run.started:
+    if run is None:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports for everyone
+        if run.started:
+            workeroutput["judgeopt"] = json.dumps(measured(run))
         return
     report = setting(session.config, "judge_report")
-    if report and not hasattr(session.config, "workerinput"):
-        folder = Path(report)
-        folder.mkdir(parents=True, exist_ok=True)
-        results = {"version": 1, "evaluations": run.session.evaluations,
-                   "interference": run.session.interferences, "usage": {
-            role: usage.to_json() for role, usage in sorted(run.session.llm.usage.items())}}
-        tmp = folder / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, folder / "results.json")
+    if report and (run.started or run.workers):
+        from .report import write_report
+
+        run.report_files = write_report(Path(report), gathered(run), root=session.config.rootpath,
+                                        run_seconds=time.monotonic() - run.started_at)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(run_key, None)
     if run is not None and run.started:
         run.session.close()
+    if run is not None and run.live is not None:
+        run.live.terminal.close()

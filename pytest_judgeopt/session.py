@@ -17,6 +17,7 @@ from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_da
 from .interference import InterferenceResult, compare
 from .judge import CriterionResult, Judged, Usage, assess, judge_records
 from .llm import LLM
+from .report import prediction_rows
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .spec import Interference, Model, Spec, SpecError, load_spec
 
@@ -126,6 +127,7 @@ class Session:
                 "model": self.model_for(spec).describe(), "records": len(self.records(loaded, split)),
                 "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in results.values()],
                 "usage": self._usages[key].to_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
+                "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
             })
         return self._evaluations[key]
 
@@ -206,7 +208,7 @@ class Session:
                              split=split, model=self.model_for(spec).describe(), records=len(self.records(loaded, split)),
                              usage_separate=usage["separate"], usage_merged=usage["merged"])
             self._interference[key] = result
-            self.interferences.append(result.to_json())
+            self.interferences.append({**result.to_json(), "predictions": prediction_rows(result.merged.values())})
         return self._interference[key]
 
     def _evaluation_key(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], *, split: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -26,6 +27,7 @@ MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nes
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Path_ = tuple[str | int, ...]
+CREDENTIAL_NAME = re.compile(r"key|secret|password|auth|credential|(^|_)token$", re.IGNORECASE)
 # Model settings that say where and how to connect, not what to answer: left out of the
 # answer cache's key (a committed cache replays against any endpoint) and out of reports.
 CONNECTION_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "organization", "headers",
@@ -43,8 +45,14 @@ class SpecError(Exception):
 
 def problem(file: Path, line: int | None, where: str, what: str, fix: str) -> str:
     location = f"{file}:{line}" if line else str(file)
-    key = f" {where}:" if where else ""
-    return f"{location}:{key} {what}. Fix: {fix}"
+    key = f" {one_line(where)}:" if where else ""
+    return f"{location}:{key} {one_line(what)}. Fix: {one_line(fix)}"
+
+
+def one_line(text: str) -> str:
+    """Names quoted from a file may hold line breaks or control characters; escaped, each problem
+    stays one line that starts with its file, as pytest prints it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,7 @@ class Model:
 
     def describe(self) -> str:
         """The name with the settings that change answers; no endpoints, no credentials."""
-        shown = {k: v for k, v in self.params if k not in CONNECTION_PARAMS and "key" not in k.lower()
-                 and "token" not in k.lower() and "secret" not in k.lower()}
+        shown = {k: v for k, v in self.params if k not in CONNECTION_PARAMS and not CREDENTIAL_NAME.search(k)}
         return self.name if not shown else f"{self.name} {json.dumps(shown, sort_keys=True)}"
 
 
@@ -221,24 +228,44 @@ def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise SpecError([problem(path, line, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]) from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            check_nodes(path, node)
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}", "fix the YAML syntax at that line")])
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
-        raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")])
-    finally:
-        loader.dispose()
+    # libyaml when present: the pure-Python parser takes seconds on a spec near the size limit. Its
+    # messages are worded differently, so a file it refuses is parsed again by the pure one for the message.
+    fast = getattr(yaml, "CSafeLoader", None)
+    for make_loader in ([fast] if fast else []) + [yaml.SafeLoader]:
+        try:
+            node, data = compose(path, text, make_loader)
+            break
+        except yaml.reader.ReaderError as exc:  # a control character: refused before parsing, without a mark
+            if make_loader is not yaml.SafeLoader:
+                continue
+            line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
+            shown = repr(chr(exc.character)) if isinstance(exc.character, int) else repr(exc.character)
+            raise SpecError([problem(path, line, "", f"the character {shown} is not allowed in YAML ({exc.reason})",
+                                     "remove it, or write it as an escape inside double quotes (\"\\x1f\")")]) from None
+        except yaml.MarkedYAMLError as exc:
+            if make_loader is not yaml.SafeLoader:
+                continue
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}", "fix the YAML syntax at that line")])
+        except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
+            raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")])
     lines: dict[Path_, int] = {}
     if node is not None:
         record_lines(node, (), lines)
     return data, lines
+
+
+def compose(path: Path, text: str, make_loader: Any) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (checked) and its data, with one loader."""
+    loader = make_loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            check_nodes(path, node)
+        return node, loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
 
 
 def check_nodes(path: Path, root: yaml.Node) -> None:

@@ -21,6 +21,7 @@ LEVELS = ("pooled", "group")
 
 MIN_PAIRS = 3
 MIN_GROUP_PAIRS = 2
+BOOTSTRAP_CELLS = 2_000_000  # resampled pairs held at once by the bootstrap (times 8 bytes, per array)
 
 _SCALAR = {
     "spearman": stats.spearmanr,
@@ -292,12 +293,15 @@ def _statistic(
 
 
 def _interval(
-    units: int, statistic: Statistic, confidence: float, resamples: int, seed: int
+    units: int, statistic: Statistic, confidence: float, resamples: int, seed: int, rows: int | None = None
 ) -> tuple[float | None, float | None, int]:
     """Percentile interval over the defined resamples: (low, high, resamples_dropped).
 
     Undefined resamples (e.g. a draw with constant scores) are dropped rather than
     counted as any value; if more than half are undefined the interval is not trusted.
+    Resamples are drawn in batches of at most BOOTSTRAP_CELLS resampled ``rows``, so memory stays
+    bounded on large datasets (all at once, 100,000 pairs took gigabytes); the draws, and so
+    the interval, are the same as in one batch.
     """
     if resamples == 0 or units < 2:
         return None, None, 0
@@ -307,10 +311,11 @@ def _interval(
         return statistic(np.asarray(idx, dtype=np.intp))
 
     options = {"vectorized": True, "confidence_level": confidence, "method": "percentile"}
+    batch = max(1, BOOTSTRAP_CELLS // max(1, rows or units))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap(
-            data, batched, n_resamples=resamples, rng=np.random.default_rng(seed), **options
+            data, batched, n_resamples=resamples, rng=np.random.default_rng(seed), batch=batch, **options
         )
     distribution = np.asarray(result.bootstrap_distribution)
     defined = distribution[np.isfinite(distribution)]
@@ -351,7 +356,7 @@ def agreement(
     dropped = 0
     if value is not None:
         units, statistic = _statistic(method, level, j, h, members)
-        low, high, dropped = _interval(units, statistic, confidence, resamples, seed)
+        low, high, dropped = _interval(units, statistic, confidence, resamples, seed, rows=len(j))
     n = len(j) if level == "pooled" or members is None else _pairs_in_used_groups(j, h, members)
     return Agreement(method, level, value, low, high, confidence, n, used, skipped, reason, dropped)
 
@@ -380,7 +385,7 @@ def paired_difference(
     units, stat_a = _statistic(method, level, ja, h, members)
     _, stat_b = _statistic(method, level, jb, h, members)
     low, high, dropped = _interval(
-        units, lambda idx: stat_b(idx) - stat_a(idx), confidence, resamples, seed
+        units, lambda idx: stat_b(idx) - stat_a(idx), confidence, resamples, seed, rows=len(h)
     )
     return PairedDifference(a, b, b - a, low, high, confidence, len(h), None, dropped)
 

@@ -82,6 +82,7 @@ def human_from_prompt(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]
 
 # Heavy modules the in-process pytester runs use, imported once here: pytester restores
 # sys.modules after each inner run, and numpy cannot be imported twice in one process.
+import hypothesis  # noqa: E402,F401  (re-imported per inner run otherwise: seconds each)
 import pytest_judgeopt.stats  # noqa: E402,F401
 from pytest_judgeopt.llm import import_litellm  # noqa: E402
 

@@ -72,3 +72,32 @@ def test_overlapping_calls_are_serialised(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "calls 6" in done.stdout
+
+
+def test_interference_check_on_the_embedded_model(tmp_path: Path) -> None:
+    """Both prompt shapes on the real model: the same samples, one merged call per sample against four."""
+    from pytest_judgeopt.cache import Cache
+    from pytest_judgeopt.llm import LLM
+    from pytest_judgeopt.session import Session
+
+    session = Session(LLM(cache=Cache(tmp_path)), sample=1)
+    try:
+        result = session.interference(EXAMPLE)
+    finally:
+        session.close()
+    names = {"coherence", "consistency", "fluency", "relevance"}
+    assert set(result.criteria) == set(result.separate) == set(result.merged) == names
+    n = result.records
+    assert n == 8  # one document of the test split
+    for name in names:
+        separate, merged = result.separate[name], result.merged[name]
+        assert [j.record_id for j in separate.judgments] == [j.record_id for j in merged.judgments]
+        assert len(separate.judgments) == n and merged.shape == "merged"
+        assert all(j.reply is not None for j in merged.judgments)  # a real model answered every merged call
+        c = result.criteria[name]
+        assert c.judged == n and c.n <= n
+        assert c.verdict in ("pass", "fail", "inconclusive", "undefined", "no baseline")
+        assert (c.diff is None) or abs(c.diff - (c.merged - c.separate)) < 1e-9
+    assert result.usage_merged.calls == n and result.usage_separate.calls == 4 * n
+    assert 0 < result.usage_merged.prompt_tokens < result.usage_separate.prompt_tokens
+    assert session.interferences == [result.to_json()]

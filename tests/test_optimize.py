@@ -138,9 +138,9 @@ class World:
             return f"The judge misread the {c} of this text."
         if role == "loss_c":
             return "The judge misread this text overall."
-        if role == "gradient":
+        if role == "gradient":  # names its text, so a test can check the optimizer is told which text it is about
             c = re.search(r'criterion "(\w+)"', text).group(1)
-            return f"Change the {c} instruction: look closer."
+            return f"Change the {c} instruction: look closer at {SUMMARY.search(text).group(1)}"
         if role == "gradient_c":
             return "Change the instructions: look closer at every aspect."
         if role == "optimizer":
@@ -332,7 +332,7 @@ def test_each_role_sees_only_what_its_stage_may_contain(mode_run: Callable[[str,
             elif r.role == "optimizer":
                 (c,) = names_in(r.text)
                 assert m.optimizer == "S"
-                assert instructions[c] in r.text and f"Change the {c} instruction: look closer." in r.text
+                assert instructions[c] in r.text and f"Change the {c} instruction: look closer at Summary" in r.text
             elif r.role == "optimizer_c":
                 assert m.optimizer == "C" and names_in(r.text) == set(CRITERIA)
                 assert all(f"- {c}: {instructions[c]}" in r.text for c in CRITERIA)
@@ -508,11 +508,12 @@ def test_an_optimizer_reply_without_an_instruction_is_a_rejected_update(tmp_path
     assert read_yaml(tmp_path / LOCK)["criteria"]["coherence"]["instruction"] == INITIAL["coherence"]
 
 
-def test_a_role_call_failing_on_every_retry_is_counted_and_the_run_completes(tmp_path: Path,
-                                                                            fake_llm: FakeLLMServer) -> None:
-    """Every coherence critique fails with HTTP 500 (first try and the one retry); fluency goes on."""
+@pytest.mark.parametrize("role", ["loss", "gradient"])
+def test_a_role_call_failing_on_every_retry_is_counted_and_the_run_completes(tmp_path: Path, fake_llm: FakeLLMServer,
+                                                                            role: str) -> None:
+    """Every coherence critique (or gradient) fails with HTTP 500, first try and the one retry; fluency goes on."""
     fake_llm.responder = World(RECORDS, score=strict_improves,
-                               fail=lambda role, text: role == "loss" and 'criterion "coherence"' in text)
+                               fail=lambda asked, text: asked == role and 'criterion "coherence"' in text)
     spec = write_project(tmp_path, fake_llm, optimize="steps: 2\nbatch_size: 2")
     session = new_session(tmp_path / ".judgeopt")
     try:
@@ -521,12 +522,361 @@ def test_a_role_call_failing_on_every_retry_is_counted_and_the_run_completes(tmp
     finally:
         session.close()
     assert result.steps_run == 2
-    failed_losses = [r for r in log.requests if r.role == "loss" and names_in(r.text) == {"coherence"}]
-    assert len(failed_losses) == 2 * 2 * 2  # 2 steps x batch 2 x (first try + 1 retry)
+    failed = [r for r in log.requests if r.role == role and names_in(r.text) == {"coherence"}]
+    assert len(failed) == 2 * 2 * 2  # 2 steps x batch 2 x (first try + 1 retry)
     for step in result.history:
-        assert step.failures == {"loss:server": 2}
+        assert step.failures == {f"{role}:server": 2}
         assert step.rejected_reasons["coherence"] == "no feedback reached the optimizer"
         assert step.proposals["coherence"] is None and step.proposals["fluency"]
-    assert result.usage["loss"]["errors"] == {"server": 4}
+    assert result.usage[role]["errors"] == {"server": 4}
     assert result.history[0].accepted == ["fluency"]
-    assert not any(r.role == "gradient" and "coherence" in names_in(r.text) for r in log.requests)
+    assert not any(r.role == "optimizer" and "coherence" in names_in(r.text) for r in log.requests)
+    assert read_yaml(tmp_path / LOCK)["criteria"]["fluency"]["accepted_steps"] == [1, 2]
+
+
+def feedback_labels(text: str) -> tuple[dict[int, str], dict[int, str]]:
+    """An optimizer prompt's batch (text number -> summary) and its feedback (text number -> the summary it is about)."""
+    batch, feedback = text.split("Feedback on the instruction")
+    texts = {int(i): summary for i, summary in re.findall(r"^\[text (\d+)\]\n.*?<summary>\n(.*?)\n</summary>", batch, re.M | re.S)}
+    notes = {int(i): summary for i, summary in re.findall(r"^\[text (\d+)\] Change the \w+ instruction: look closer at (.*)$",
+                                                        feedback, re.M)}
+    return texts, notes
+
+
+def test_feedback_keeps_the_number_of_its_text_when_another_texts_feedback_failed(tmp_path: Path,
+                                                                                   fake_llm: FakeLLMServer) -> None:
+    """The coherence critique of every first and second summary of a document fails: the optimizer must
+    still be told which text each remaining note is about, not have the notes renumbered from 1."""
+    fake_llm.responder = World(RECORDS, score=strict_improves, fail=lambda role, text: role == "loss" and (
+        'criterion "coherence"' in text and re.search(r"<summary>\nSummary [01] of", text) is not None))
+    spec = write_project(tmp_path, fake_llm, optimize="steps: 2\nbatch_size: 3")
+    session = new_session(tmp_path / ".judgeopt")
+    try:
+        session.optimize(spec, "SSS")
+        log = Log(fake_llm, session, spec)
+    finally:
+        session.close()
+    prompts = [r.text for r in log.requests if r.role == "optimizer" and names_in(r.text) == {"coherence"}]
+    shifted = 0
+    for text in prompts:
+        texts, notes = feedback_labels(text)
+        assert notes and all(texts[i] == summary for i, summary in notes.items()), (texts, notes)
+        shifted += sorted(notes) != list(range(1, len(notes) + 1))
+    assert shifted  # some batch had a failed text before a good one, so numbering from 1 would have been wrong
+
+
+# ---------------------------------------------------------------------------------------------
+# the budget
+
+
+def test_a_call_budget_stops_cleanly_keeps_the_best_so_far_and_is_never_exceeded(pytester: pytest.Pytester,
+                                                                                  fake_llm: FakeLLMServer) -> None:
+    """SSS, K=2, B=2, V=9: the initial gate takes 9 calls and a step 21, so a budget of 35 ends in step 2,
+    in its critiques, where four calls would otherwise go out at once and overshoot the cap."""
+    chain = {GOOD["coherence"]: "Count the facts twice", INITIAL["coherence"]: GOOD["coherence"]}
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals={
+        "coherence": lambda current: chain.get(current, current + "!"), "fluency": GOOD["fluency"]})
+    write_project(pytester.path, fake_llm, optimize="steps: 3\nbatch_size: 2", min_rho=0.9)
+    result = pytester.runpytest("--judge-optimize", "--judge-budget=calls=35", "--judge-retries=1")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*toy: mode SSS, 1 steps*stopped by the budget, keeping the best instructions so far*"])
+    lock = read_yaml(pytester.path / LOCK)
+    assert lock["stopped"] == "budget" and lock["steps_run"] == 1
+    assert {c: lock["criteria"][c]["instruction"] for c in CRITERIA} == GOOD
+    requests = [role_of(b) for b in fake_llm.chat_requests()]
+    log = Log(fake_llm, Session(LLM()), pytester.path / "toy.judge.yaml")  # loads the splits; makes no call
+    loop = [r for r in log.requests if r.role != "test"]
+    assert all(r.index < min(t.index for t in log.requests if t.role == "test") for r in loop)
+    assert len(loop) <= 35 < len(requests)
+    assert len(loop) >= 9 + 21  # the first step did run whole
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming after a kill, and not repeating a finished run
+
+
+RESUME_SCRIPT = """\
+import sys
+
+from pytest_judgeopt.llm import LLM
+from pytest_judgeopt.session import Session
+
+spec, state, base_url = sys.argv[1:4]
+session = Session(LLM(retries=1, backoff=0.01, timeout=30.0), state_dir=state)
+assert session.load(spec).spec.model.kwargs["api_base"] == base_url
+session.optimize(spec, "SSS", steps=3, write=True)
+print("finished")
+"""
+
+
+def comparable(lock: dict[str, Any]) -> dict[str, Any]:
+    """A lock file's content without the time it was made (and the checksum over that time)."""
+    return {k: v for k, v in lock.items() if k not in ("made", "checksum")}
+
+
+def test_a_killed_run_resumes_from_its_last_step_and_ends_like_an_uninterrupted_one(
+        tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    world = World(RECORDS, score=strict_improves)
+    release, holding = threading.Event(), [True]
+    checkpoints = tmp_path / "killed" / ".judgeopt" / "runs"
+
+    def completed_steps() -> int:
+        for path in checkpoints.glob("*.json"):
+            try:
+                return len(json.loads(path.read_text())["history"])
+            except (ValueError, KeyError):
+                return 0
+        return 0
+
+    def responder(body: dict[str, Any]) -> str | Fault:
+        if holding[0] and completed_steps() >= 1:  # freeze the run after its first checkpointed step
+            release.wait(30)
+        return world(body)
+
+    fake_llm.responder = responder
+    spec = write_project(tmp_path / "killed", fake_llm, optimize="batch_size: 2")
+    script = tmp_path / "optimize_script.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    output = tmp_path / "script.log"
+    with output.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, str(script), str(spec), str(tmp_path / "killed" / ".judgeopt"),
+                                    fake_llm.base_url], env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while completed_steps() < 1:
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, "the run never checkpointed a step"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        holding[0] = False
+        release.set()
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / LOCK).exists()
+    interrupted_at = completed_steps()
+    assert 1 <= interrupted_at < 3
+
+    fake_llm.reset()
+    session = new_session(tmp_path / "killed" / ".judgeopt")
+    try:
+        resumed = session.optimize(spec, "SSS", steps=3, write=True)
+    finally:
+        session.close()
+    assert resumed.resumed_from == interrupted_at >= 1 and not resumed.reused
+    assert resumed.steps_run == 3
+    redone = Counter(role_of(b) for b in fake_llm.chat_requests())
+    assert redone["optimizer"] == 2 * (3 - interrupted_at)  # only the steps after the checkpoint
+
+    whole_spec = write_project(tmp_path / "whole", fake_llm, optimize="batch_size: 2")
+    session = new_session(tmp_path / "whole" / ".judgeopt")
+    try:
+        whole = session.optimize(whole_spec, "SSS", steps=3, write=True)
+    finally:
+        session.close()
+    assert whole.resumed_from == 0
+    assert [h.batch for h in resumed.history] == [h.batch for h in whole.history]
+    assert comparable(read_yaml(tmp_path / "killed" / LOCK)) == comparable(read_yaml(tmp_path / "whole" / LOCK))
+
+    fake_llm.reset()
+    session = new_session(tmp_path / "killed" / ".judgeopt")
+    try:
+        again = session.optimize(spec, "SSS", steps=3, write=True)
+    finally:
+        session.close()
+    assert again.reused and again.steps_run == 3
+    assert not {role_of(b) for b in fake_llm.chat_requests()} & {*OPTIMIZER_ROLES, "specificity", "adherence"}
+    assert again.instructions == resumed.instructions
+    from pytest_judgeopt.report import optimization_lines
+
+    assert "its result is reused, not repeated" in next(optimization_lines(again))
+
+
+def test_a_finished_run_is_not_taken_for_a_run_with_more_steps(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=strict_improves)
+    spec = write_project(tmp_path, fake_llm, optimize="batch_size: 2")
+    session = new_session(tmp_path / ".judgeopt")
+    try:
+        one = session.optimize(spec, "SSS", steps=1)
+        two = session.optimize(spec, "SSS", steps=2)
+        again = session.optimize(spec, "SSS", steps=2)
+    finally:
+        session.close()
+    assert (one.steps_run, two.steps_run, again.steps_run) == (1, 2, 2)
+    assert not two.reused and again.reused
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: modes, lock files, the fixture, the study, the diagnostics floors
+
+
+def test_a_mode_that_separates_after_combining_is_refused_with_the_reason(pytester: pytest.Pytester,
+                                                                          fake_llm: FakeLLMServer) -> None:
+    spec = write_project(pytester.path, fake_llm)
+    result = pytester.runpytest("--judge-optimize", "--judge-mode=SCS")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--judge-mode: 'SCS' combines a stage and then separates a later one*"
+                                 "once a stage is C, every later stage must be C*"])
+    with pytest.raises(ValueError, match="'CCS' combines a stage and then separates a later one"):
+        Session(LLM()).optimize(spec, "CCS")
+
+    spec = write_project(pytester.path, fake_llm, optimize="mode: CSS")
+    line = spec.read_text().splitlines().index("  mode: CSS") + 1
+    result = pytester.runpytest("--judge-optimize")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*toy.judge.yaml:{line}: optimize.mode: 'CSS' combines a stage and then separates*"])
+    assert fake_llm.chat_requests() == []
+
+
+def test_a_hand_edited_lock_is_never_overwritten(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)
+    pytester.runpytest("--judge-optimize").assert_outcomes(passed=4)
+    lock = pytester.path / LOCK
+    edited = lock.read_text().replace("instruction: Count the facts\n", "instruction: Count the facts, twice\n")
+    assert edited != lock.read_text()
+    lock.write_text(edited)
+
+    fake_llm.reset()
+    result = pytester.runpytest("--judge-optimize")
+    result.assert_outcomes(passed=3, failed=1)  # coherence is tested with the hand-edited instruction, and fails
+    assert lock.read_text() == edited
+    new = pytester.path / "toy.judge.lock.new.yaml"
+    assert read_yaml(new)["criteria"]["coherence"]["instruction"] == GOOD["coherence"]
+    result.stdout.fnmatch_lines([
+        "*judge notes*",
+        f"*{lock} was edited by hand since pytest-judgeopt wrote it, so it was left as it is; the new result is in {new}*",
+        "*toy.judge.lock.yaml was edited by hand; testing its instructions as edited*"])
+    assert any(judged_instructions(t) == {"coherence": "Count the facts, twice"} for t in judge_texts(fake_llm))
+
+
+def test_a_lock_is_used_only_while_it_matches_its_spec_and_format(pytester: pytest.Pytester,
+                                                                  fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    spec = write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)
+    spec_bytes = spec.read_bytes()
+    pytester.runpytest("--judge-optimize").assert_outcomes(passed=4)
+    assert spec.read_bytes() == spec_bytes
+    lock = pytester.path / LOCK
+    written = lock.read_text()
+
+    spec.write_text(spec.read_text().replace("min_rho: 0.9", "min_rho: 0.8"))  # a threshold: the lock stays in force
+    fake_llm.reset()
+    pytester.runpytest("--judge-cache=off").assert_outcomes(passed=3)
+    assert all(judged_instructions(t).items() <= GOOD.items() for t in judge_texts(fake_llm))
+
+    lock.write_text(written.replace("version: 1\n", "version: 0\n"))
+    fake_llm.reset()
+    result = pytester.runpytest("--judge-cache=off")
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(["*judge notes*", f"*{lock}: lock format version 0, this pytest-judgeopt reads "
+                                 "version 1. Fix: run pytest --judge-optimize to write it again (or delete it)*"])
+    assert all(judged_instructions(t).items() <= INITIAL.items() for t in judge_texts(fake_llm))
+
+    lock.write_text(written)
+    spec.write_text(spec.read_text().replace("Rate the fluency from 1 to 5.", "Rate how fluent the text reads."))
+    fake_llm.reset()
+    result = pytester.runpytest("--judge-cache=off")
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(["*toy.judge.lock.yaml: the spec changed since this lock was made, so the spec's "
+                                 "instructions are tested; run pytest --judge-optimize to make a new lock*"])
+    used = {c: i for t in judge_texts(fake_llm) for c, i in judged_instructions(t).items()}
+    assert used == {"coherence": INITIAL["coherence"], "fluency": "Rate how fluent the text reads."}
+    assert lock.read_text() == written
+
+
+FIXTURE_TEST = """
+def test_optimize_from_python(judge):
+    result = judge.optimize("toy.judge.yaml", mode="SSS")
+    assert sorted(result.outcomes) == ["coherence", "fluency"]
+    for name, final in (("coherence", "Count the facts"), ("fluency", "Check the grammar")):
+        outcome = result.outcomes[name]
+        assert outcome.final == final and outcome.accepted_steps == [1]
+        assert outcome.test_after.value > outcome.test_before.value
+        assert outcome.val_after > outcome.val_before
+"""
+
+
+def test_the_judge_fixture_optimizes_and_shares_its_work_with_the_command_line(pytester: pytest.Pytester,
+                                                                               fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)
+    pytester.makepyfile(test_from_python=FIXTURE_TEST)
+    pytester.runpytest("test_from_python.py").assert_outcomes(passed=1)
+    assert not (pytester.path / LOCK).exists()  # only --judge-optimize writes the lock
+    assert Counter(role_of(b) for b in fake_llm.chat_requests())["optimizer"] == 2
+
+    fake_llm.reset()
+    result = pytester.runpytest("--judge-optimize", "--judge-mode=SSS", "toy.judge.yaml")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*toy: mode SSS, 1 steps*its result is reused, not repeated*"])
+    assert not {role_of(b) for b in fake_llm.chat_requests()} & set(OPTIMIZER_ROLES)
+    assert read_yaml(pytester.path / LOCK)["criteria"]["coherence"]["instruction"] == GOOD["coherence"]
+
+
+def test_the_mode_study_prints_every_mode_and_criterion_with_specificity(pytester: pytest.Pytester,
+                                                                        fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=strict_improves, diagnostics="8 because it stays on its criterion.")
+    write_project(pytester.path, fake_llm, optimize="study_runs: 2\nbatch_size: 2")
+    result = pytester.runpytest("--judge-optimize=study", "--judge-steps=1", "-k", "study")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    assert "judge mode study" in out
+    assert re.search(r"toy: 2 runs per mode, 1 steps each, test split of 18 samples", out)
+    for mode in MODES:
+        for c in CRITERIA:
+            row = re.search(rf"^\s+{mode}\s+{c}\s.*$", out, re.M)
+            assert row, f"no row for {mode} {c}"
+            assert "8.0" in row.group(0).split()  # the specificity column (rho values have three decimals)
+    assert not (pytester.path / LOCK).exists()  # the study writes nothing
+    asked = Counter(role_of(b) for b in fake_llm.chat_requests())  # identical prompts come from the answer cache
+    assert asked["specificity"] >= len(CRITERIA) and asked["optimizer"] >= 1 and asked["optimizer_c"] >= 1
+
+
+def test_a_diagnostics_floor_fails_the_optimize_item_naming_criterion_and_value(pytester: pytest.Pytester,
+                                                                                 fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD), diagnostics="3: it wanders off.")
+    write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2\ndiagnostics: {enabled: true, "
+                                                   "min_specificity: 9}", min_rho=0.9)
+    result = pytester.runpytest("--judge-optimize")
+    result.assert_outcomes(failed=1, passed=3)
+    result.stdout.fnmatch_lines(["*toy::coherence: gradient specificity 3.0 is below the spec's minimum 9*",
+                                 "*toy::fluency: gradient specificity 3.0 is below the spec's minimum 9*"])
+    assert "Traceback" not in result.stdout.str()
+    assert read_yaml(pytester.path / LOCK)["criteria"]["coherence"]["diagnostics"]["specificity"] == 3.0
+
+
+def test_a_lock_broken_by_hand_is_kept_and_an_outdated_one_is_replaced(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """A lock we cannot read was edited by hand (we write valid YAML), so it is kept like any hand edit;
+    a lock of an older format is ours, and writing it again is the fix its message gives."""
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    spec = write_project(tmp_path, fake_llm, optimize="steps: 1\nbatch_size: 2")
+    lock, new = tmp_path / LOCK, tmp_path / "toy.judge.lock.new.yaml"
+    broken = "version: 1\ncriteria:\n  coherence: {instruction: Count the facts\n"  # an unclosed brace
+    lock.write_text(broken)
+    session = new_session(tmp_path / ".judgeopt")
+    try:
+        result = session.optimize(spec, "SSS", write=True)
+        assert lock.read_text() == broken and result.lock_path == new
+        assert read_yaml(new)["criteria"]["coherence"]["instruction"] == GOOD["coherence"]
+        assert any(f"{lock} cannot be read as a lock file" in note and f"the new result is in {new}" in note
+                   for note in session.notes), session.notes
+
+        new.unlink()
+        lock.write_text("version: 0\ncriteria:\n  coherence: {instruction: Count the facts}\n")
+        again = session.optimize(spec, "SSS", write=True)
+        assert again.lock_path == lock and not new.exists()
+        assert read_yaml(lock)["version"] == 1
+    finally:
+        session.close()

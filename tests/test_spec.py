@@ -386,6 +386,7 @@ optimize:
   seed: 3
   temperature: 0.5
   max_instruction_chars: 800
+  max_tokens: 1500
   study_runs: 2
   gate: {metric: kendall, rule: mean, tolerance: 0.01}
   prompts: {loss: p/loss.txt, loss_combined: p/loss_c.txt, gradient: p/gradient.txt, gradient_combined: p/gradient_c.txt,

@@ -1,0 +1,76 @@
+"""Where a missed target's time goes: py-spy samples a fresh run of that one case, and the stacks are
+summarised by who owns the time (litellm and its HTTP stack, the answer cache, statistics, imports,
+this project's own code). py-spy samples only the thread holding the GIL (--gil), so the shares are
+shares of the CPU the measured process used; the benchmark server's process is left out."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from common import HERE, ROOT
+
+# the first frame, from the root of the stack down, that belongs to one of these owns the sample
+LIBRARIES = (
+    ("litellm + OpenAI/HTTP client", re.compile(r"\((litellm|openai|httpx\d?|aiohttp|httpcore)/")),
+    ("answer cache (sqlite, json)", re.compile(r"\(pytest_judgeopt/cache\.py")),
+    ("statistics (scipy, numpy)", re.compile(r"\((scipy|numpy)/|\(pytest_judgeopt/stats\.py")),
+)
+PROJECT = re.compile(r"\(pytest_judgeopt/")
+SERVER = re.compile(r"fake_llm\.py|socketserver\.py|http/server\.py|\(server\.py")
+
+
+def owner(frames: list[str]) -> str:
+    for frame in frames:
+        if "_find_and_load" in frame:
+            return "import (module loading)"
+        for name, pattern in LIBRARIES:
+            if pattern.search(frame):
+                return name
+    if any(PROJECT.search(f) for f in frames):
+        return "this project's code (and the asyncio work it schedules)"
+    if frames and "asyncio/" in frames[-1]:
+        return "asyncio event loop"
+    return "other (interpreter, threads, benchmark harness)"
+
+
+def summarise(raw: Path, top: int = 6) -> dict[str, Any]:
+    owners: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        if SERVER.search(stack):
+            continue  # the benchmark's own server process: not the code under test
+        frames = [f for f in stack.split(";") if "threading.py" not in f]
+        total += n
+        owners[owner(frames)] += n
+        mine = [f for f in frames if PROJECT.search(f)]
+        if mine:
+            ours[re.sub(r":\d+\)", ")", mine[-1])] += n  # the deepest of our frames: where our code handed off
+    return {"samples": total,
+            "owners": {name: round(n / total, 3) for name, n in owners.most_common()} if total else {},
+            "deepest_project_frames": {name: round(n / total, 3) for name, n in ours.most_common(top)} if total else {}}
+
+
+def profile_case(case: str, args: list[str], out_dir: Path) -> dict[str, Any] | None:
+    """Run ``run.py --case CASE --repeats 1`` under py-spy; None when py-spy is not installed."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return None
+    raw = out_dir / f"profile-{case}.txt"
+    command = [spy, "record", "--gil", "--subprocesses", "--rate", "250", "--format", "raw", "--output", str(raw), "--",
+               sys.executable, str(HERE / "run.py"), "--case", case, "--repeats", "1", "--no-write",
+               "--no-profile", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0 or not raw.exists():
+        return {"error": done.stderr[-500:]}
+    return summarise(raw)

@@ -1,0 +1,72 @@
+"""Case 4: what the plugin adds to ``pytest --collect-only -q`` in a project with 50 spec files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import Context, Row, median
+from workload import EXAMPLE_DATA, write_spec
+
+SPECS = 50
+TARGET_MS = 100.0
+
+
+def build(ctx: Context) -> Path:
+    """50 copies of the example spec (each its own name) over the example's 192 records, and a pytest.ini
+    so this project, not the repository, is the rootdir."""
+    project = ctx.scratch / "startup"
+    (project / "judges").mkdir(parents=True, exist_ok=True)
+    data = project / "judges" / "data.jsonl"
+    shutil.copy(EXAMPLE_DATA, data)
+    for i in range(SPECS):
+        write_spec(project / "judges", "data.jsonl", ctx.server.base_url, split={"train": 0.25, "val": 0.25, "test": 0.5},
+                   name=f"judge{i:02d}", summary_field="summary")
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "test_plain.py").write_text("def test_nothing():\n    pass\n")
+    return project
+
+
+def collect(project: Path, *extra: str) -> tuple[float, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *extra],
+                          cwd=project, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"pytest --collect-only failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return wall, done.stdout.strip().splitlines()[-1]
+
+
+def plugin_import_ms() -> float:
+    """The plugin module's own import time, from ``python -X importtime`` (pytest itself already imported)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pytest; import pytest_judgeopt.plugin"],
+                          capture_output=True, text=True)
+    for line in done.stderr.splitlines():
+        if line.rstrip().endswith("| pytest_judgeopt.plugin"):
+            return int(line.split("|")[1]) / 1000
+    return float("nan")
+
+
+def startup_row(ctx: Context) -> Row:
+    s = ctx.settings
+    project = build(ctx)
+    collect(project)  # first run writes bytecode caches: not what a developer's second run pays
+    rounds = max(3, 2 * s.repeats + 1)
+    with_plugin, without = [], []
+    summary = ""
+    for _ in range(rounds):  # alternated, so a change in the machine's load hits both alike
+        wall, summary = collect(project)
+        with_plugin.append(wall)
+        without.append(collect(project, "-p", "no:judgeopt")[0])
+    added_ms = 1000 * (median(with_plugin) - median(without))
+    ctx.log(f"  collect-only: with plugin {median(with_plugin):.3f} s, without {median(without):.3f} s ({summary})")
+    return Row("4. start-up", f"pytest --collect-only -q, {SPECS} spec files: time the plugin adds", added_ms, "ms", None,
+               f"< {TARGET_MS:g} ms", added_ms < TARGET_MS, rounds,
+               [1000 * (a - b) for a, b in zip(with_plugin, without)],
+               details={"with_plugin_s": with_plugin, "without_plugin_s": without, "collected": summary,
+                        "plugin_import_ms": plugin_import_ms(), "per_spec_ms": added_ms / SPECS})
