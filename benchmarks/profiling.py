@@ -5,10 +5,10 @@ shares of the CPU the measured process used; the benchmark server's process is l
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -61,16 +61,14 @@ def summarise(raw: Path, top: int = 6) -> dict[str, Any]:
             "deepest_project_frames": {name: round(n / total, 3) for name, n in ours.most_common(top)} if total else {}}
 
 
-def profile_case(case: str, args: list[str], out_dir: Path) -> dict[str, Any] | None:
-    """Run ``run.py --case CASE --repeats 1`` under py-spy; None when py-spy is not installed."""
+def profile(command: list[str], raw: Path) -> dict[str, Any] | None:
+    """Run ``command`` (and its child processes) under py-spy and summarise; None when py-spy is not installed."""
     spy = shutil.which("py-spy")
     if spy is None:
         return None
-    raw = out_dir / f"profile-{case}.txt"
-    command = [spy, "record", "--gil", "--subprocesses", "--rate", "250", "--format", "raw", "--output", str(raw), "--",
-               sys.executable, str(HERE / "run.py"), "--case", case, "--repeats", "1", "--no-write",
-               "--no-profile", *args]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([spy, "record", "--gil", "--subprocesses", "--rate", "250", "--format", "raw",
+                           "--output", str(raw), "--", *command], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])})
     if done.returncode != 0 or not raw.exists():
-        return {"error": done.stderr[-500:]}
+        return {"error": (done.stderr or done.stdout)[-500:]}
     return summarise(raw)

@@ -77,3 +77,10 @@ def scale_rows(ctx: Context) -> list[Row]:
                     details={"base_mb": base, "predicted_mid_mb": predicted_mid, "measured_mid_mb": mid["peak_rss_mb"],
                              "time_per_sample_ratio": time_ratio, "linear_memory": linear_memory, "linear_time": linear_time}))
     return rows
+
+
+def largest(ctx: Context) -> tuple[Path, Path]:
+    """The spec and warm cache of the largest size, for profiling its run."""
+    n = max(QUICK_SIZES if ctx.settings.quick else SIZES)
+    folder = ctx.scratch / "scale" / str(n)
+    return folder / "bench.judge.yaml", folder / "cache"

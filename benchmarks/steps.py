@@ -169,6 +169,8 @@ def versus_textgrad(ctx: Context) -> list[Row]:
     rows = [Row("5. vs TextGrad", f"this project: one ST step, 1 criterion, B=3, V=100, C={s.concurrency}", our_wall, "s",
                 ideal_seconds(first["planned"], s.concurrency, s.latency), "", None, s.repeats, [r["wall_s"] for r in ours],
                 details={"calls": [r["calls"] for r in ours], "per_role": first["per_role"], "planned": first["planned"]})]
+    if not s.textgrad:
+        return rows
     try:
         python = textgrad_python(ctx)
         theirs = []
@@ -187,8 +189,25 @@ def versus_textgrad(ctx: Context) -> list[Row]:
                     * s.latency, "", None, s.repeats, [r["wall_s"] for r in theirs],
                     details={"calls": [r["calls"] for r in theirs], "phases_s": theirs[len(theirs) // 2]["phases"],
                              "kept": [r["kept"] for r in theirs]}))
+    if not s.quick:  # for scale: the same TextGrad step with its gate judged one text at a time
+        serial = textgrad_step(ctx, python, {**task, "threads": 1}, s.repeats)
+        ctx.log(f"  TextGrad step, gate in a plain loop: {serial['wall_s']:.3f} s, {serial['calls']} calls")
+        rows.append(Row("5. vs TextGrad", "TextGrad, the same step with its gate in a plain loop (1 thread); for "
+                        "comparison only", serial["wall_s"], "s", (4 * batch + 1 + len(task["val"])) * s.latency, "", None,
+                        1, [serial["wall_s"]], details={"calls": serial["calls"], "phases_s": serial["phases"],
+                                                        "speedup_vs_ours": serial["wall_s"] / our_wall}))
     speedup = their_wall / our_wall
     rows.append(Row("5. vs TextGrad", "speed-up per step (TextGrad time / ours); calls ours vs TextGrad", speedup, "x", None,
                     ">= 10 x faster, no more calls", speedup >= 10 and our_calls <= their_calls, s.repeats,
                     details={"our_calls": our_calls, "textgrad_calls": their_calls}))
     return rows
+
+
+def textgrad_versions() -> dict[str, str]:
+    """TextGrad's version, when its virtualenv exists (for the table's versions line)."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        return {}
+    done = subprocess.run([str(python), "-c", "from importlib.metadata import version; print(version('textgrad'))"],
+                          capture_output=True, text=True)
+    return {"textgrad": done.stdout.strip()} if done.returncode == 0 and done.stdout.strip() else {}

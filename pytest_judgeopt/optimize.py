@@ -516,6 +516,8 @@ class OptimizationResult:
     models: dict[str, str]
     split_sizes: dict[str, int]
     reused: bool = False
+    lock_path: Path | None = None
+    lock_note: str | None = None
 
     @property
     def instructions(self) -> dict[str, str]:
@@ -556,7 +558,12 @@ class Optimization:
 
     def planned(self) -> dict[str, int]:
         return planned_calls(self.mode, len(self.spec.criteria), min(self.spec.optimize.batch_size, len(self.train)),
-                             len(self.val), self.spec.optimize.diagnostics)
+                             len(self.gate_set), self.spec.optimize.diagnostics)
+
+    @property
+    def gate_set(self) -> list[Record]:
+        """The val samples the gate judges; none when the gate metric is ``none`` (every rewrite is kept)."""
+        return [] if self.spec.optimize.gate.metric == "none" else self.val
 
     def load_state(self) -> State | None:
         if not self.checkpoint.is_file():
@@ -585,11 +592,16 @@ class Optimization:
     def run(self) -> tuple[State, int]:
         """Steps until done or out of budget; returns the final state and the step it resumed from."""
         state = self.load_state()
+        if state is not None and state.stopped == "budget":
+            # a budget stop is a pause: run again (with a larger budget) and it goes on from its last step
+            state = state if state.history else None
+            if state is not None:
+                state.stopped, state.finished = None, False
         resumed_from = len(state.history) if state else 0
         if state is None:
             initial = {c: crit.instruction for c, crit in self.spec.criteria.items()}
             try:
-                val = gate_values(self.llm.run(self.judge(self.val, initial, "gate")), self.spec.optimize.gate.metric)
+                val = gate_values(self.llm.run(self.judge(self.gate_set, initial, "gate")), self.spec.optimize.gate.metric)
             except BudgetExceeded:
                 val = dict.fromkeys(initial)
                 state = State(self.key, self.mode.name, initial, dict(initial), val, random.Random(self.seed).getstate(),
@@ -638,7 +650,7 @@ class Optimization:
         if proposed:
             self._check_budget()
             gate_judged, diagnostics = await together(
-                self.judge(self.val, candidate, "gate", criteria=proposed if self.mode.judge_shape == "separate" else None),
+                self.judge(self.gate_set, candidate, "gate", criteria=proposed if self.mode.judge_shape == "separate" else None),
                 step.diagnose(grads, proposals) if self.spec.optimize.diagnostics else _nothing())
             val_after.update({c: v for c, v in gate_values(gate_judged, self.spec.optimize.gate.metric).items() if c in proposed or
                               self.mode.judge_shape == "merged"})

@@ -372,7 +372,9 @@ def known_failure(error: BaseException) -> str | None:
 
 
 def interference_properties(result: InterferenceResult) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """The merged item's JUnit properties: per criterion rho separate and merged, their difference with its
+    interval, the paired n, the merged prompt's failed judgments and the verdict; the threshold; the calls."""
+    out: dict[str, Any] = {"interference_max_drop": result.settings.max_drop}
     for name, c in result.criteria.items():
         out.update({f"interference_{name}_separate": c.separate, f"interference_{name}_merged": c.merged,
                     f"interference_{name}_diff": c.diff, f"interference_{name}_low": c.low,
@@ -551,7 +553,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
     color = bool(terminalreporter.isatty) and bool(terminalreporter.hasmarkup) and not os.environ.get("NO_COLOR")
     width = getattr(getattr(terminalreporter, "_tw", None), "fullwidth", 80) if color else None
-    for title, blocks in summary_sections(found, verbosity=config.get_verbosity()):
+    for title, blocks in summary_sections(found, verbosity=config.get_verbosity(), root=config.invocation_params.dir):
         if blocks:
             terminalreporter.write_sep("=", title)
             for line in render(blocks, color=color, width=width):

@@ -293,21 +293,22 @@ def usage_text(usage: Mapping[str, Mapping[str, Any]], seconds: float | None) ->
             f"tokens {tokens_in:,} in, {tokens_out:,} out; cost {cost}{wall}")
 
 
-def optimization_heading(o: dict[str, Any]) -> str:
+def optimization_heading(o: dict[str, Any], root: Path | None = None) -> str:
+    """The line that says what ran and where the lock went (relative to ``root``, where pytest was started)."""
     stopped = "; stopped by the budget, keeping the best instructions so far" if o["stopped"] == "budget" else ""
     resumed = f"; resumed after step {o['resumed_from']}" if o["resumed_from"] and not o["reused"] else ""
     reused = "; this run had finished before: its result is reused, not repeated" if o["reused"] else ""
-    where = f"; wrote {o['lock_path']}" if o.get("lock_path") else ""
+    where = f"; wrote {relative(o['lock_path'], root)}" if o.get("lock_path") else ""
     sizes = o["split_sizes"]
     return (f"{o['spec']}: mode {o['mode']}, {o['steps_run']} steps, seed {o['seed']} "
             f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){stopped}{resumed}{reused}{where}")
 
 
-def optimization_block(o: dict[str, Any]) -> Block:
+def optimization_block(o: dict[str, Any], root: Path | None = None) -> Block:
     """Before/after on the untouched test split, the instruction diffs, and what the run cost."""
     from .lockfile import instruction_diff
 
-    block = Block(optimization_heading(o), [("criterion", "left"), ("val before", "right"), ("val after", "right"),
+    block = Block(optimization_heading(o, root), [("criterion", "left"), ("val before", "right"), ("val after", "right"),
                                             ("test before", "right"), ("test after", "right"), ("difference", "right"),
                                             ("accepted steps", "left")])
     for name, c in o["criteria"].items():
@@ -366,11 +367,13 @@ def spec_line(spec: str, evaluations: Sequence[dict[str, Any]], interference: Se
     return f"{spec}: {'; '.join(parts)}"
 
 
-def summary_sections(found: Mapping[str, Any], *, verbosity: int = 0) -> list[tuple[str, list[Block | str]]]:
+def summary_sections(found: Mapping[str, Any], *, verbosity: int = 0,
+                     root: Path | None = None) -> list[tuple[str, list[Block | str]]]:
     """The sections of the terminal summary, as blocks: the optimizations, the mode studies, agreement (one
-    table per spec and per interference check, then the calls), notes. ``-q`` keeps one line per spec."""
+    table per spec and per interference check, then the calls), notes. ``-q`` keeps one line per spec.
+    Paths are shown relative to ``root`` (where pytest was started)."""
     quiet = verbosity < 0
-    optimizations: list[Block | str] = [optimization_heading(o) if quiet else optimization_block(o)
+    optimizations: list[Block | str] = [optimization_heading(o, root) if quiet else optimization_block(o, root)
                                         for o in found["optimizations"]]
     studies: list[Block | str] = [study_block(s).heading if quiet else study_block(s) for s in found["studies"]]
     agreement: list[Block | str] = []

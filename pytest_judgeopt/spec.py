@@ -474,6 +474,11 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
     if mode is not None and mode_problem(mode):
         out.append(problem(path, lines.get(("optimize", "mode")), "optimize.mode", mode_problem(mode),
                            f"use one of {', '.join(OPTIMIZE_MODES)} (ST: each criterion alone; SSS: per criterion throughout)"))
+    diagnostics = data.get("optimize", {}).get("diagnostics", {})
+    for floor in ("min_specificity", "min_adherence"):
+        if floor in diagnostics and not diagnostics.get("enabled", False):
+            out.append(problem(path, lines.get(("optimize", "diagnostics", floor)), f"optimize.diagnostics.{floor}",
+                               "a floor on a diagnostic that is not measured", "add `enabled: true` to optimize.diagnostics"))
     for role, file in data.get("optimize", {}).get("prompts", {}).items():
         if not (path.parent / file).is_file():
             out.append(problem(path, lines.get(("optimize", "prompts", role)), f"optimize.prompts.{role}",

@@ -164,8 +164,8 @@ def test_the_run_completes_and_the_summary_failure_text_and_report_count_every_k
 def test_faults_that_go_away_on_retry_change_no_verdict(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
     result, placed = run_plugin(pytester, fake_llm, [f[1] for f in CALL_FAULTS], transient=True, report="transient")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([f"*model calls: * made, 0 from cache, {len(CALL_FAULTS)} retries, 0 failed; tokens*",
-                                 "*coherence*spearman*1.000*pass*", "*fluency*spearman*1.000*pass*"])
+    result.stdout.fnmatch_lines(["*coherence*spearman*1.000*pass*", "*fluency*spearman*1.000*pass*",
+                                 f"*model calls: * made, 0 from cache, {len(CALL_FAULTS)} retries, 0 failed; tokens*"])
     report = json.loads((pytester.path / "transient" / "results.json").read_text())
     assert all(r["parse_failures"] == {} and r["value"] == 1.0 for r in report["evaluations"][0]["results"])
     assert report["usage"]["judge"]["errors"] == {} and report["usage"]["judge"]["retries"] == len(CALL_FAULTS)
@@ -276,3 +276,110 @@ def test_every_bad_rewrite_of_a_combined_optimizer_is_a_rejected_update(tmp_path
         assert step.rejected_reasons == dropped, name
         assert sorted(step.accepted) == sorted(c for c, r in reasons.items() if r is None), name
     assert result.instructions == {**INITIAL, "coherence": BRACES}
+
+
+# ---------------------------------------------------------------------------------------------
+# kill -9, again and again: nothing lost
+
+KILLS = 5
+KILL_SCRIPT = """\
+import sys
+
+from pytest_judgeopt.cache import Cache
+from pytest_judgeopt.llm import LLM
+from pytest_judgeopt.session import Session
+
+spec, state = sys.argv[1:3]
+session = Session(LLM(cache=Cache(state), retries=1, backoff=0.01, timeout=30.0), state_dir=state)
+result = session.optimize(spec, "SSS", steps=4, write=True)
+session.close()
+print("finished", result.steps_run)
+"""
+
+
+def intact(project: Path) -> dict[str, Any]:
+    """Check everything a killed run leaves: the lock is absent or whole, every checkpoint parses as a
+    state, the cache opens, passes SQLite's integrity check and every entry parses as an answer."""
+    import sqlite3
+
+    from pytest_judgeopt.llm import Reply as Answer
+    from pytest_judgeopt.lockfile import read_lock
+    from pytest_judgeopt.optimize import State
+
+    lock = read_lock(project / "toy.judge.yaml")  # raises LockError on a partial or garbled file
+    assert lock is None or not lock.edited  # a lock we wrote, checksum and all
+    states = [State.from_json(json.loads(p.read_text())) for p in (project / ".judgeopt" / "runs").glob("*.json")]
+    assert len(states) <= 1
+    db = sqlite3.connect(project / ".judgeopt" / "answers.sqlite")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = db.execute("SELECT value FROM answers").fetchall()
+    finally:
+        db.close()
+    for (value,) in rows:
+        Answer.from_json(json.loads(value), cached=True)
+    return {"lock": lock is not None, "steps": len(states[0].history) if states else 0,
+            "finished": bool(states and states[0].finished), "answers": len(rows)}
+
+
+def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uninterrupted_one(
+        tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    fake_llm.responder = World(OPT_RECORDS, score=strict_improves)
+    fake_llm.latency = 0.01  # so a run lasts long enough to be killed anywhere in it
+    project = tmp_path / "killed"
+    spec = write_project(project, fake_llm, optimize="batch_size: 2")
+    script = tmp_path / "optimize.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    rng = random.Random(20261127)
+    seen: list[dict[str, Any]] = []
+    for kill in range(KILLS):
+        asked = len(fake_llm.chat_requests())
+        process = subprocess.Popen([sys.executable, str(script), str(spec), str(project / ".judgeopt")], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while len(fake_llm.chat_requests()) == asked and process.poll() is None:  # wait for its first call
+                assert time.monotonic() < deadline, "the run never called the model"
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 2.5))
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            process.wait(30)
+        state = intact(project)
+        state.update(kill=kill + 1, returncode=process.returncode, calls=len(fake_llm.chat_requests()) - asked)
+        if seen:  # progress is never lost: steps, the lock and the answers only ever grow
+            assert state["steps"] >= seen[-1]["steps"] and state["answers"] >= seen[-1]["answers"]
+            assert state["lock"] >= seen[-1]["lock"]
+        seen.append(state)
+    print("after each kill -9:", seen)
+    assert sum(s["returncode"] == -signal.SIGKILL for s in seen) >= KILLS - 1  # (the last may have finished first)
+
+    session = Session(LLM(cache=__import__("pytest_judgeopt.cache").cache.Cache(project / ".judgeopt"), retries=1,
+                          backoff=0.01, timeout=30.0), state_dir=project / ".judgeopt")
+    try:
+        resumed = session.optimize(spec, "SSS", steps=4, write=True)
+    finally:
+        session.close()
+    assert resumed.steps_run == 4 and resumed.resumed_from == seen[-1]["steps"]
+
+    whole = write_project(tmp_path / "whole", fake_llm, optimize="batch_size: 2")
+    session = Session(LLM(retries=1, backoff=0.01, timeout=30.0), state_dir=tmp_path / "whole" / ".judgeopt")
+    try:
+        reference = session.optimize(whole, "SSS", steps=4, write=True)
+    finally:
+        session.close()
+    assert [h.batch for h in resumed.history] == [h.batch for h in reference.history]
+    assert resumed.instructions == reference.instructions
+    locks = [yaml.safe_load((folder / "toy.judge.lock.yaml").read_text()) for folder in (project, tmp_path / "whole")]
+    assert [{k: v for k, v in lock.items() if k not in ("made", "checksum")} for lock in locks] == [
+        {k: v for k, v in locks[1].items() if k not in ("made", "checksum")}] * 2
