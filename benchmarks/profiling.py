@@ -16,19 +16,24 @@ from typing import Any
 from common import HERE, ROOT
 
 # the first frame, from the root of the stack down, that belongs to one of these owns the sample
+LITELLM = "litellm + OpenAI/HTTP client"
 LIBRARIES = (
-    ("litellm + OpenAI/HTTP client", re.compile(r"\((litellm|openai|httpx\d?|aiohttp|httpcore)/")),
+    (LITELLM, re.compile(r"\((litellm|openai|httpx\d?|aiohttp|httpcore)[/_]|litellm")),
     ("answer cache (sqlite, json)", re.compile(r"\(pytest_judgeopt/cache\.py")),
     ("statistics (scipy, numpy)", re.compile(r"\((scipy|numpy)/|\(pytest_judgeopt/stats\.py")),
 )
 PROJECT = re.compile(r"\(pytest_judgeopt/")
-SERVER = re.compile(r"fake_llm\.py|socketserver\.py|http/server\.py|\(server\.py")
+SERVER = re.compile(r"fake_llm\.py|socketserver\.py|http/server\.py|\(server\.py|server\.py --latency")
 
 
 def owner(frames: list[str]) -> str:
+    if not any("(" in f for f in frames):
+        return "native code (no Python frame: sqlite, json, sockets, the interpreter)"
     for frame in frames:
         if "_find_and_load" in frame:
             return "import (module loading)"
+        if frame.startswith("LLM._request (") and not any(f.startswith("to_reply (") for f in frames):
+            return LITELLM  # everything below our one call into litellm is litellm's
         for name, pattern in LIBRARIES:
             if pattern.search(frame):
                 return name
@@ -39,10 +44,11 @@ def owner(frames: list[str]) -> str:
     return "other (interpreter, threads, benchmark harness)"
 
 
-def summarise(raw: Path, top: int = 6) -> dict[str, Any]:
+def summarise(raw: Path, top: int = 6, *, imports: bool = True) -> dict[str, Any]:
+    """Shares of the samples by owner; ``imports=False`` leaves out module loading (once per process, not per pass)."""
     owners: Counter[str] = Counter()
     ours: Counter[str] = Counter()
-    total = 0
+    total = skipped = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
@@ -50,18 +56,21 @@ def summarise(raw: Path, top: int = 6) -> dict[str, Any]:
         n = int(count)
         if SERVER.search(stack):
             continue  # the benchmark's own server process: not the code under test
-        frames = [f for f in stack.split(";") if "threading.py" not in f]
+        if not imports and ("_find_and_load" in stack or "import_litellm" in stack):
+            skipped += n
+            continue
+        frames = [f for f in stack.split(";") if "threading.py" not in f and not f.startswith("process ")]
         total += n
         owners[owner(frames)] += n
         mine = [f for f in frames if PROJECT.search(f)]
         if mine:
             ours[re.sub(r":\d+\)", ")", mine[-1])] += n  # the deepest of our frames: where our code handed off
-    return {"samples": total,
+    return {"samples": total, "import_samples_left_out": skipped,
             "owners": {name: round(n / total, 3) for name, n in owners.most_common()} if total else {},
             "deepest_project_frames": {name: round(n / total, 3) for name, n in ours.most_common(top)} if total else {}}
 
 
-def profile(command: list[str], raw: Path) -> dict[str, Any] | None:
+def profile(command: list[str], raw: Path, *, imports: bool = True) -> dict[str, Any] | None:
     """Run ``command`` (and its child processes) under py-spy and summarise; None when py-spy is not installed."""
     spy = shutil.which("py-spy")
     if spy is None:
@@ -71,4 +80,4 @@ def profile(command: list[str], raw: Path) -> dict[str, Any] | None:
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])})
     if done.returncode != 0 or not raw.exists():
         return {"error": (done.stderr or done.stdout)[-500:]}
-    return summarise(raw)
+    return summarise(raw, imports=imports)

@@ -34,7 +34,15 @@ class Timed:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+    """This process's peak resident memory. VmHWM, not getrusage: Linux carries ru_maxrss over from the
+    parent across fork and exec, so a child of a large benchmark process would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 def judge_from_cache(spec: Path, cache_dir: Path) -> dict[str, Any]:

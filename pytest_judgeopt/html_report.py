@@ -46,6 +46,7 @@ pre.diff { background: #f6f8fa; padding: 8px; border-radius: 6px; overflow-x: au
 pre.diff .add { color: #1a7f37; background: #dafbe1; display: block; }
 pre.diff .del { color: #cf222e; background: #ffebe9; display: block; }
 pre.diff .hunk { color: #8250df; display: block; }
+pre.diff .head { color: #57606a; display: block; }
 .muted { color: #57606a; }
 ul.notes li { margin: 2px 0; }
 svg text { font: 11px system-ui, sans-serif; fill: #57606a; }
@@ -144,7 +145,7 @@ def scatter_svg(rows: Sequence[Mapping[str, Any]], title: str, subtitle: str = "
     return "".join(parts)
 
 
-WIDTH, HEIGHT = 420, 260
+WIDTH, HEIGHT = 470, 260
 
 
 def steps_svg(o: Mapping[str, Any], name: str) -> str:
@@ -164,11 +165,12 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
     low, high = math.floor(low * 10) / 10, math.ceil(high * 10) / 10
     if high - low < 0.2:
         low, high = low - 0.1, high + 0.1
-    left, right, top, bottom = 44, 100, 24, 34
+    left, right, top, bottom = 44, 130, 24, 34
     inner_w, inner_h = WIDTH - left - right, HEIGHT - top - bottom
+    first, last = -0.35, max(steps, 1) + 0.35  # room inside the frame for the test markers beside steps 0 and N
 
     def x(step: float) -> float:
-        return left + (step / max(steps, 1)) * inner_w
+        return left + (step - first) / (last - first) * inner_w
 
     def y(v: float) -> float:
         return top + (high - v) / (high - low) * inner_h
@@ -178,11 +180,11 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
              f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
              f'<text class="title" x="{left}" y="14">{escape(title)}</text>',
              f'<rect x="{left}" y="{top}" width="{inner_w}" height="{inner_h}" fill="#fbfcfd" stroke="#d0d7de"/>']
-    for i in range(11):
-        v = low + (high - low) * i / 10
-        if i % 2 == 0:
-            parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
-            parts.append(f'<line x1="{left}" x2="{left + inner_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eaeef2"/>')
+    tick = 0.1 if high - low <= 0.6 else 0.2 if high - low <= 1.2 else 0.5
+    for i in range(math.ceil(low / tick - 1e-9), math.floor(high / tick + 1e-9) + 1):
+        v = i * tick
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+        parts.append(f'<line x1="{left}" x2="{left + inner_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eaeef2"/>')
     for s in range(steps + 1):
         parts.append(f'<text x="{x(s):.1f}" y="{HEIGHT - bottom + 14}" text-anchor="middle">{s}</text>')
     parts.append(f'<text x="{left + inner_w / 2}" y="{HEIGHT - 4}" text-anchor="middle">step</text>')
@@ -208,7 +210,7 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
     for where, a, label in ((0, before, "before"), (steps, after, "after")):
         if a["value"] is None:
             continue
-        cx = x(where) + (-9 if where == 0 and steps else 9)
+        cx = x(where) + (-9 if label == "before" else 9)
         if a["low"] is not None and a["high"] is not None:
             parts.append(f'<line class="test-interval" x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(a["low"]):.1f}" '
                          f'y2="{y(a["high"]):.1f}" stroke="#bf8700" stroke-width="1.5"/>')
@@ -238,9 +240,9 @@ def diff_html(name: str, initial: str, final: str) -> str:
     lines = []
     for line in instruction_diff(name, initial, final).splitlines():
         cls = ("hunk" if line.startswith("@@") else "add" if line.startswith("+") and not line.startswith("+++")
-               else "del" if line.startswith("-") and not line.startswith("---") else "")
-        lines.append(f'<span class="{cls}">{escape(line)}</span>' if cls else escape(line))
-    return f'<pre class="diff">{chr(10).join(lines)}</pre>'
+               else "del" if line.startswith("-") and not line.startswith("---") else "head")
+        lines.append(f'<span class="{cls}">{escape(line)}</span>')
+    return f'<pre class="diff">{"".join(lines)}</pre>'
 
 
 def evaluation_section(index: int, ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -292,7 +294,7 @@ def interference_section(check: Mapping[str, Any]) -> str:
             + "".join(f"<p>{escape(reason)}</p>" for reason in reasons) + "</section>")
 
 
-def optimization_section(o: Mapping[str, Any]) -> str:
+def optimization_section(o: Mapping[str, Any], seconds: float | None = None) -> str:
     from .report import optimization_heading, usage_text
 
     body = []
@@ -305,7 +307,7 @@ def optimization_section(o: Mapping[str, Any]) -> str:
            f'<p class="muted">{escape(optimization_heading(dict(o)))}</p>',
            table(["criterion", "val before", "val after", "test before", "test after", "difference", "accepted steps"],
                  body, verdict=False),
-           f"<p>{escape(usage_text(o['usage'], None))}</p>", '<div class="charts">']
+           f"<p>{escape(usage_text(o['usage'], seconds))}</p>", '<div class="charts">']
     for name in o["criteria"]:
         out.append(f"<figure>{steps_svg(o, name)}<figcaption>Val rho is measured by the gate on the val split at every "
                    f"step; test rho only before and after the run (the test split is never seen while optimizing)."
@@ -364,8 +366,9 @@ def render_html(document: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) 
         out.append(evaluation_section(i, ev, [r for r in rows if r["source"] == "evaluation" and r["index"] == i]))
     for check in checks:
         out.append(interference_section(check))
-    for o in document["optimizations"]:
-        out.append(optimization_section(o))
+    times = document["timing"]["optimizations"]
+    for i, o in enumerate(document["optimizations"]):
+        out.append(optimization_section(o, times[i]["seconds"] if i < len(times) else None))
     for study in document["studies"]:
         out.append(study_section(study))
     if document["notes"]:

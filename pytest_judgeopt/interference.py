@@ -264,6 +264,11 @@ def describe(result: dict[str, Any]) -> str:
     unknown = [c["criterion"] for c in result["criteria"] if c["verdict"] == "undefined"]
     parts = ([f"costs agreement on {', '.join(lost)}"] if lost else []) + (
         [f"cannot be measured on {', '.join(unknown)}"] if unknown else [])
-    lines = [f"{result['spec']}::merged failed: merging the instructions into one prompt {' and '.join(parts)}",
-             heading(result)]
+    headline = f"merging the instructions into one prompt {' and '.join(parts)}"
+    # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
+    missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in result["criteria"]), default=0)
+    if missing:
+        headline = (f"{missing} merged answers are not in the cache and the cache mode is replay; record them with "
+                    "--judge-cache=use (needs the model) and commit the cache")
+    lines = [f"{result['spec']}::merged failed: {headline}", heading(result)]
     return "\n".join(lines + table_lines(result) + detail_lines(result))

@@ -36,10 +36,13 @@ def scale_text(scale: tuple[float, float]) -> str:
 
 
 def render_inputs(record: Record) -> str:
+    """Each input between its tags. The closing tag of any input is escaped inside every text, so the
+    only closing tags are ours: a judged text can neither end its own block nor fake another input's."""
     blocks = []
     for name, text in record.inputs.items():
-        closing, escaped = f"</{name}>", f"<\\/{name}>"
-        blocks.append(f"<{name}>\n{text.replace(closing, escaped)}\n{closing}")
+        for other in record.inputs:
+            text = text.replace(f"</{other}>", f"<\\/{other}>")
+        blocks.append(f"<{name}>\n{text}\n</{name}>")
     return "\n\n".join(blocks)
 
 

@@ -53,6 +53,19 @@ def model_secrets(model: Model) -> list[str]:
     return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
 
 
+# Environment variables that hold credentials by their name (OPENAI_API_KEY, AWS_SECRET_ACCESS_KEY,
+# HF_TOKEN, ...), but not TOKENIZERS_PARALLELISM: a word of the name, not a part of a word.
+ENV_SECRET = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(_|$)", re.IGNORECASE)
+
+
+def call_secrets(model: Model) -> list[str]:
+    """Every credential a call may have sent, longest first: the model's own, and those litellm takes
+    from the environment when the model names none (a key without a recognisable shape, echoed by
+    the provider, would otherwise pass the patterns)."""
+    from_env = {value for name, value in os.environ.items() if ENV_SECRET.search(name) and len(value) >= 8}
+    return sorted(set(model_secrets(model)) | from_env, key=len, reverse=True)
+
+
 class CallError(Exception):
     """A model call that failed for good (after retries), with the kind of failure."""
 
@@ -288,7 +301,7 @@ class LLM:
                     if kind not in RETRYABLE or attempt > self.retries:
                         usage.errors[kind] += 1
                         self._notify("error", role)
-                        raise CallError(kind, redact(str(exc), model_secrets(model)), attempt) from None
+                        raise CallError(kind, redact(str(exc), call_secrets(model)), attempt) from None
                     usage.retries += 1
                     await asyncio.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue

@@ -141,6 +141,15 @@ class OptimizationBusy(Exception):
     pass
 
 
+class ReplayIncomplete(Exception):
+    """In replay mode, an answer the optimization needs is not in the cache. The run stops before any
+    checkpoint or lock is written from it: a finished checkpoint would be taken as done by a later run."""
+
+    def __init__(self, spec: Spec, what: str):
+        super().__init__(f"{spec.path.name}: the optimization needs answers that are not in the cache (cache mode is "
+                         f"replay): {what}. Fix: record them with --judge-cache=use (needs the model) and commit the cache")
+
+
 # ---------------------------------------------------------------------------------------------
 # prompts of the three roles and the diagnostics
 
@@ -233,6 +242,8 @@ class Step:
         except CallError as exc:
             if exc.kind == "budget":
                 raise BudgetExceeded(str(exc)) from None
+            if exc.kind == "replay_miss":
+                raise ReplayIncomplete(self.spec, f"a {role} call to {self.models[role].name}") from None
             self.failures[f"{role}:{exc.kind}"] = self.failures.get(f"{role}:{exc.kind}", 0) + 1
             return None
         text = reply.choices[0].text
@@ -587,6 +598,9 @@ class Optimization:
                                      criteria=criteria, shape=self.mode.judge_shape, role=role)
         if any(j.failure == "call_budget" for js in judged.judgments.values() for j in js):
             raise BudgetExceeded("the budget ran out while judging")
+        missing = sum(j.failure == "call_replay_miss" for js in judged.judgments.values() for j in js)
+        if missing:
+            raise ReplayIncomplete(self.spec, f"{missing} {role} judgments by {self.models['judge'].name}")
         return judged
 
     def run(self) -> tuple[State, int]:
@@ -746,6 +760,9 @@ def optimize_spec(session: Any, loaded: Any, mode_name: str | None = None, *, se
     sources = dict.fromkeys(names, "optimization")
     before = session.evaluate_instructions(loaded, initial, names, split="test", shape=shape, sources=sources)
     after = session.evaluate_instructions(loaded, final, names, split="test", shape=shape, sources=sources)
+    missing = sum(r.failures.get("call_replay_miss", 0) for r in (*before.values(), *after.values()))
+    if missing:  # no lock from a test evaluation that did not happen
+        raise ReplayIncomplete(spec, f"{missing} judgments of the test split")
     outcomes = {}
     for c in names:
         b = {j.record_id: j for j in before[c].judgments}

@@ -231,8 +231,17 @@ def live_progress(config: pytest.Config) -> Any:
         return None
     from .progress import Progress, TerminalStatus
 
-    status = TerminalStatus(fd, column=lambda: getattr(writer, "width_of_current_line", 0),
-                            width=lambda: getattr(writer, "fullwidth", 80), dim=bool(reporter.hasmarkup))
+    fallback = getattr(writer, "fullwidth", 80)
+
+    def width() -> int:
+        """Asked of our own descriptor: while an item runs, pytest's capture has replaced standard output."""
+        try:
+            return os.get_terminal_size(fd).columns or fallback
+        except OSError:
+            return fallback
+
+    status = TerminalStatus(fd, column=lambda: getattr(writer, "width_of_current_line", 0), width=width,
+                            dim=bool(reporter.hasmarkup))
     live = Progress(status.show, status.hide, {}, width=lambda: status.room() - 1)
     live.terminal = status
     return live
@@ -446,10 +455,10 @@ class OptimizeItem(pytest.Item):
             raise OptimizationFailed("\n".join(problems))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from .optimize import OptimizationBusy
+        from .optimize import OptimizationBusy, ReplayIncomplete
         from .spec import SpecError
 
-        if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, SpecError, ValueError)):
+        if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, ReplayIncomplete, SpecError, ValueError)):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
 

@@ -199,16 +199,20 @@ def test_request_logging_and_reset(server: FakeLLMServer) -> None:
 
 
 def test_max_in_flight_counts_overlapping_requests(server: FakeLLMServer) -> None:
-    server.latency = 0.2
+    together = threading.Barrier(8, timeout=30)  # no answer until all 8 are inside the server at once
+
+    def respond(body: dict) -> str:
+        together.wait()
+        return "3"
+
+    server.responder = respond
     threads = [threading.Thread(target=chat, args=(server,)) for _ in range(8)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
     assert server.max_in_flight == 8
-    assert time.monotonic() - started < 0.2 * 8 / 2  # the latency sleeps overlapped
     assert len(server.chat_requests()) == 8
 
 

@@ -282,18 +282,40 @@ def test_every_bad_rewrite_of_a_combined_optimizer_is_a_rejected_update(tmp_path
 # kill -9, again and again: nothing lost
 
 KILLS = 5
-KILL_SCRIPT = """\
+# One process imports everything once (litellm alone takes seconds), then forks a fresh optimizer run
+# per line read; the test kills each run with SIGKILL at a random moment. The importer starts no thread
+# and makes no call, so every fork begins clean; each run is a real process, killed like any other.
+FORKING_RUNNER = """\
+import os
 import sys
+import threading
+import traceback
 
 from pytest_judgeopt.cache import Cache
-from pytest_judgeopt.llm import LLM
+from pytest_judgeopt.llm import LLM, import_litellm
 from pytest_judgeopt.session import Session
+import pytest_judgeopt.optimize, pytest_judgeopt.stats
 
-spec, state = sys.argv[1:3]
-session = Session(LLM(cache=Cache(state), retries=1, backoff=0.01, timeout=30.0), state_dir=state)
-result = session.optimize(spec, "SSS", steps=4, write=True)
-session.close()
-print("finished", result.steps_run)
+import_litellm()
+spec, state, log = sys.argv[1:4]
+assert threading.active_count() == 1
+print("ready", flush=True)
+for number, _ in enumerate(sys.stdin):
+    pid = os.fork()
+    if pid == 0:
+        with open(f"{log}.{number}", "w") as out:
+            try:
+                session = Session(LLM(cache=Cache(state), retries=1, backoff=0.01, timeout=30.0), state_dir=state)
+                result = session.optimize(spec, "SSS", steps=4, write=True)
+                session.close()
+                out.write(f"finished {result.steps_run}\\n")
+            except BaseException:
+                traceback.print_exc(file=out)
+                out.flush()
+                os._exit(1)
+        os._exit(0)
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
@@ -325,6 +347,7 @@ def intact(project: Path) -> dict[str, Any]:
 def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uninterrupted_one(
         tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     import os
+    import queue
     import random
     import signal
     import subprocess
@@ -333,39 +356,60 @@ def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uni
 
     import yaml
 
+    from pytest_judgeopt.cache import Cache
+
     fake_llm.responder = World(OPT_RECORDS, score=strict_improves)
     fake_llm.latency = 0.01  # so a run lasts long enough to be killed anywhere in it
     project = tmp_path / "killed"
     spec = write_project(project, fake_llm, optimize="batch_size: 2")
-    script = tmp_path / "optimize.py"
-    script.write_text(KILL_SCRIPT)
+    script = tmp_path / "runner.py"
+    script.write_text(FORKING_RUNNER)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runner = subprocess.Popen([sys.executable, str(script), str(spec), str(project / ".judgeopt"), str(tmp_path / "run")],
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in runner.stdout], daemon=True)
+    reader.start()
     rng = random.Random(20261127)
     seen: list[dict[str, Any]] = []
-    for kill in range(KILLS):
-        asked = len(fake_llm.chat_requests())
-        process = subprocess.Popen([sys.executable, str(script), str(spec), str(project / ".judgeopt")], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while len(fake_llm.chat_requests()) == asked and process.poll() is None:  # wait for its first call
-                assert time.monotonic() < deadline, "the run never called the model"
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 2.5))
-            os.kill(process.pid, signal.SIGKILL)
-        finally:
-            process.wait(30)
-        state = intact(project)
-        state.update(kill=kill + 1, returncode=process.returncode, calls=len(fake_llm.chat_requests()) - asked)
-        if seen:  # progress is never lost: steps, the lock and the answers only ever grow
-            assert state["steps"] >= seen[-1]["steps"] and state["answers"] >= seen[-1]["answers"]
-            assert state["lock"] >= seen[-1]["lock"]
-        seen.append(state)
+    try:
+        assert lines.get(timeout=120) == "ready\n"
+        for kill in range(KILLS):
+            asked = len(fake_llm.chat_requests())
+            runner.stdin.write("go\n")
+            runner.stdin.flush()
+            pid = int(lines.get(timeout=30))
+            # a random point of the run: after its k-th model call (a run makes about 150), then a random
+            # fraction of the time to its next one; checkpoint and lock writes fall between calls
+            k = rng.randint(1, 60)
+            deadline = time.monotonic() + 60
+            while len(fake_llm.chat_requests()) - asked < k and lines.empty() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.05))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it had finished
+            returncode = int(lines.get(timeout=30))
+            assert returncode in (0, -signal.SIGKILL), (tmp_path / f"run.{kill}").read_text()
+            state = intact(project)
+            state.update(kill=kill + 1, returncode=returncode, calls=len(fake_llm.chat_requests()) - asked)
+            if seen:  # progress is never lost: steps, the lock and the answers only ever grow
+                assert state["steps"] >= seen[-1]["steps"] and state["answers"] >= seen[-1]["answers"]
+                assert state["lock"] >= seen[-1]["lock"]
+            seen.append(state)
+            if returncode == 0:
+                break  # it finished before the kill: nothing left to interrupt
+    finally:
+        runner.stdin.close()
+        runner.wait(30)
+        reader.join(30)
+        runner.stdout.close()
     print("after each kill -9:", seen)
-    assert sum(s["returncode"] == -signal.SIGKILL for s in seen) >= KILLS - 1  # (the last may have finished first)
+    assert sum(s["returncode"] == -signal.SIGKILL for s in seen) >= 3
 
-    session = Session(LLM(cache=__import__("pytest_judgeopt.cache").cache.Cache(project / ".judgeopt"), retries=1,
-                          backoff=0.01, timeout=30.0), state_dir=project / ".judgeopt")
+    session = Session(LLM(cache=Cache(project / ".judgeopt"), retries=1, backoff=0.01, timeout=30.0),
+                      state_dir=project / ".judgeopt")
     try:
         resumed = session.optimize(spec, "SSS", steps=4, write=True)
     finally:
@@ -380,6 +424,7 @@ def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uni
         session.close()
     assert [h.batch for h in resumed.history] == [h.batch for h in reference.history]
     assert resumed.instructions == reference.instructions
-    locks = [yaml.safe_load((folder / "toy.judge.lock.yaml").read_text()) for folder in (project, tmp_path / "whole")]
-    assert [{k: v for k, v in lock.items() if k not in ("made", "checksum")} for lock in locks] == [
-        {k: v for k, v in locks[1].items() if k not in ("made", "checksum")}] * 2
+    made = ("made", "checksum")  # the time it was written, and the checksum over it
+    locks = [{k: v for k, v in yaml.safe_load((folder / "toy.judge.lock.yaml").read_text()).items() if k not in made}
+             for folder in (project, tmp_path / "whole")]
+    assert locks[0] == locks[1]

@@ -23,10 +23,10 @@ from pytest_judgeopt.report import merge, render, summary_sections
 from tests.conftest import CRITERIA
 from tests.fake_llm import FakeLLMServer
 from tests.test_optimize import GOOD, INITIAL, RECORDS, World, knows, write_project
+from tests.test_progress import DRAW, in_terminal, screen_lines
 
 SCHEMA = Path(__file__).resolve().parents[1] / "pytest_judgeopt" / "schemas" / "results.schema.json"
 KEY = "sk-test-not-a-real-key"
-SUBPROCESS = ("-p", "no:benchmark", "-p", "no:cacheprovider", "-p", "no:randomly")
 
 
 def world() -> World:
@@ -122,10 +122,10 @@ def test_terminal_summary_answers_can_i_trust_this_judge(pytester: pytest.Pytest
                      r"cost unknown; wall time \d+\.\d s", text)
 
     agreement = section(result, "judge agreement")
-    assert agreement[0] == "toy (test split, 24 samples, separate prompts, openai/fake-judge): 2/2 criteria pass"
+    assert agreement[0] == "toy (test split, 18 samples, separate prompts, openai/fake-judge): 2/2 criteria pass"
     assert re.match(r"\s+criterion\s+metric\s+rho\s+interval\s+min\s+n\s+failed\s+verdict$", agreement[1])
     rows = [line for line in agreement if re.match(r"\s+(coherence|fluency)\s+spearman", line)]
-    assert len(rows) == 2 and all(re.search(r"1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+24\s+0\s+pass$", r) for r in rows)
+    assert len(rows) == 2 and all(re.search(r"1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+18\s+0\s+pass$", r) for r in rows)
     assert "instructions from lock: coherence, fluency" in "\n".join(agreement)
     assert any(line.startswith("toy merged vs separate prompts") and line.endswith("2/2 criteria hold") for line in agreement)
     assert agreement[-1].startswith("model calls: ")
@@ -134,7 +134,7 @@ def test_terminal_summary_answers_can_i_trust_this_judge(pytester: pytest.Pytest
     quiet = pytester.runpytest("-q", "--judge-report=out", "--judge-cache-dir=out-cache")
     quiet.assert_outcomes(passed=3)
     assert section(quiet, "judge agreement") == [
-        "toy: 2/2 criteria pass (test split, 24 samples, separate prompts, openai/fake-judge); "
+        "toy: 2/2 criteria pass (test split, 18 samples, separate prompts, openai/fake-judge); "
         "merged prompt: 2/2 criteria hold"]
     assert "judging toy" not in quiet.stdout.str()
 
@@ -178,7 +178,7 @@ def test_every_item_carries_its_numbers_as_junit_properties(pytester: pytest.Pyt
     coherence = properties(tree, "coherence")
     assert set(coherence) == {"judge_metric", "judge_level", "judge_rho", "judge_ci_low", "judge_ci_high", "judge_n",
                               "judge_min_rho", "judge_parse_failures", "judge_shape"}
-    assert float(coherence["judge_rho"]) == pytest.approx(1.0) and coherence["judge_n"] == "24"
+    assert float(coherence["judge_rho"]) == pytest.approx(1.0) and coherence["judge_n"] == "18"
     assert coherence["judge_min_rho"] == "0.5" and coherence["judge_parse_failures"] == "0"
 
     merged = properties(tree, "merged")
@@ -186,7 +186,7 @@ def test_every_item_carries_its_numbers_as_junit_properties(pytester: pytest.Pyt
     assert set(merged) == ({f"interference_{c}_{k}" for c in CRITERIA for k in per_criterion}
                            | {f"interference_{k}_{s}" for k in ("calls", "prompt_tokens") for s in ("separate", "merged")}
                            | {"interference_max_drop"})
-    assert merged["interference_fluency_verdict"] == "pass" and merged["interference_fluency_n"] == "24"
+    assert merged["interference_fluency_verdict"] == "pass" and merged["interference_fluency_n"] == "18"
     assert merged["interference_max_drop"] == "0.02"
 
     optimize = properties(tree, "optimize")
@@ -208,11 +208,13 @@ def test_every_item_carries_its_numbers_as_junit_properties(pytester: pytest.Pyt
 
 
 def comparable(folder: Path) -> Iterator[Any]:
-    """results.json less what a run spends (timing; usage, which counts what each worker asked for) and the
-    per-sample rows: what was measured."""
+    """results.json less what a run spent (timing; usage, which depends on what the cache held when, and a
+    worker may find the other's answers there or ask for them again) and the per-sample rows: what was measured."""
     data = json.loads((folder / "results.json").read_text())
     for key in ("timing", "usage"):
         data.pop(key)
+    for optimization in data["optimizations"]:
+        optimization.pop("usage")
     yield data
     yield (folder / "predictions.jsonl").read_text()
 
@@ -220,15 +222,25 @@ def comparable(folder: Path) -> Iterator[Any]:
 def test_two_workers_write_the_report_and_summary_of_a_serial_run(pytester: pytest.Pytester,
                                                                   fake_llm: FakeLLMServer) -> None:
     everything(pytester.path, fake_llm)
-    (pytester.path / "second").mkdir()
-    write_project(pytester.path / "second", fake_llm, min_rho=0.5)  # a second spec, so both workers have work
-    serial = pytester.runpytest_subprocess(*SUBPROCESS, "--judge-report=serial", "--judge-cache-dir=serial-cache",
-                                           timeout=240)
-    parallel = pytester.runpytest_subprocess(*SUBPROCESS, "-n", "2", "--judge-report=parallel",
-                                             "--judge-cache-dir=parallel-cache", timeout=240)
-    serial.assert_outcomes(passed=6)
-    parallel.assert_outcomes(passed=6)
-    assert list(comparable(pytester.path / "serial")) == list(comparable(pytester.path / "parallel"))
-    assert section(serial, "judge agreement")[:-1] == section(parallel, "judge agreement")[:-1]
+    second = write_project(pytester.path / "second", fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.5)
+    second.write_text(second.read_text().replace("from 1 to 5.", "on a scale of 1 to 5."))  # no answer shared
+    options = ("--judge-optimize", "--judge-retries=1")
+    # in a terminal, where a serial run would draw its status: workers must not (their output is not one)
+    screen = in_terminal(pytester.path, "-n", "2", *options, "--judge-report=parallel",
+                         "--judge-cache-dir=parallel-cache", columns=250, cache="use")
+    assert not DRAW.search(screen) and "calls/s" not in screen and "judging toy" not in screen
+    parallel = pytest.RunResult(0, screen_lines(screen), [], 0.0)
+    for lock in pytester.path.rglob("*.lock.yaml"):
+        lock.unlink()
+    serial = pytester.runpytest(*options, "--judge-report=serial", "--judge-cache-dir=serial-cache")
+    serial.assert_outcomes(passed=8)
+    parallel.assert_outcomes(passed=8)
+    assert "2 workers [8 items]" in parallel.stdout.str()
+    one, two = list(comparable(pytester.path / "serial")), list(comparable(pytester.path / "parallel"))
+    assert len(one[0]["evaluations"]) == len(one[0]["optimizations"]) == len(one[0]["interference"]) == 2
+    assert one == two
+    for title in ("judge optimization", "judge agreement"):  # all but what was spent: calls, tokens, time
+        spent = re.compile(r"\s*(calls|model calls): ")
+        assert ([line for line in section(serial, title) if not spent.match(line)]
+                == [line for line in section(parallel, title) if not spent.match(line)])
     assert section(parallel, "judge agreement")[-1].startswith("model calls: ")
-    assert "judging toy" not in parallel.stdout.str()  # workers print no progress of their own
