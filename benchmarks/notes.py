@@ -65,10 +65,17 @@ def step_note(rows: list[Row], s: Settings, profile: dict[str, Any] | None) -> s
                               "and gradient run per sample, the gate judges all val samples at once."
     if all(r.met for r in rows):
         return text
+    floors = "; ".join(f"{r.measure.split()[1]} {r.ideal:.2f} s + {median_of(r.details['cpu_s']):.2f} s of CPU = "
+                       f"{r.ideal + median_of(r.details['cpu_s']):.2f} s, measured {r.value:.2f} s" for r in rows)
     return (text + " The missing time is CPU, not waiting: each phase costs one latency plus its calls' client work "
-            f"(about {rows[0].details['cpu_s'][0] / max(1, rows[0].details['calls'][0]) * 1000:.1f} ms per call, nearly all "
-            "in litellm), and the gate's 100 calls alone take longer than a latency to issue and read. "
-            "No serial await was found between or inside phases." + profile_text(profile))
+            f"(about {1000 * median_of(rows[0].details['cpu_s']) / max(1, rows[0].details['calls'][0]):.1f} ms per call, "
+            "nearly all in litellm), and the gate's 100 calls alone take longer than a latency to issue and read. A floor "
+            f"on one core is the phases' latency plus the step's CPU: {floors} (the rest is the 2 cores shared with other "
+            "processes). No serial await was found between or inside phases." + profile_text(profile))
+
+
+def median_of(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def cached_note(row: Row, profile: dict[str, Any] | None) -> str:
@@ -153,15 +160,22 @@ def scale_note(rows: list[Row], profile: dict[str, Any] | None) -> str:
 def embedded_note(rows: list[Row]) -> str:
     d = rows[0].details
     usage = ", ".join(f"{role} {u['calls']}" for role, u in d.get("usage", {}).items())
-    rhos = "; ".join(f"{r.measure.split(', ')[1].split(':')[0]}: separate-prompt rho "
-                     f"{'undefined' if r.details['separate_prompt_rho'] is None else format(r.details['separate_prompt_rho'], '.3f')}"
-                     for r in rows[1:])
+    accepted = [r.measure.split(", ")[1] for r in rows[1:] if r.details["accepted_steps"]]
+    merged = "; ".join(f"{r.measure.split(', ')[1]} {fmt_rho(r.details['optimizer_test_before_merged'])} -> "
+                       f"{fmt_rho(r.details['optimizer_test_after_merged'])} (n={r.details['merged_pairs']})" for r in rows[1:])
+    failures = "; ".join(f"{r.measure.split(', ')[1]}: {r.details['failures_before']}" for r in rows[1:] if r.details["failures_before"])
     return (f"{d['seconds_per_judgment']:.2f} s per judgment ({d['calls']} calls in {d['judge_pass_s']:.0f} s, one at a time: "
-            f"llama.cpp runs one generation at once). Optimization (SSS, 1 step, batch 2, {d.get('split_sizes')}): "
-            f"{d.get('optimize_s', 0):.0f} s for {d.get('optimize_calls')} calls ({usage}); the loss, gradient and optimizer "
-            f"replies are long, so they dominate. Test rho on the regression items' separate prompts (2 documents): {rhos}. "
-            "'undefined' means the 135M model gave constant or unparsable scores on these few samples: a weak judge, "
-            "as the README says.")
+            f"the model serves one generation at once). Optimization (SSS, 1 step, batch 2, samples per split "
+            f"{d.get('split_sizes')}): {d.get('optimize_s', 0):.0f} s for {d.get('optimize_calls')} calls ({usage}); the "
+            f"loss, gradient and optimizer replies are long, so they dominate. Instructions the gate kept: "
+            f"{', '.join(accepted) or 'none'}. The rho above is the regression items' protocol (separate prompts, the 2 "
+            f"test documents); the optimizer's own before/after on its merged prompts (1 test document): {merged}. "
+            f"Failed judgments before: {failures or 'none'}. 'undefined' means constant or unparsable scores on these few "
+            "samples: a 135M model is a weak judge, as the README says.")
+
+
+def fmt_rho(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def annotate(rows: list[Row], profiles: dict[str, Any], s: Settings) -> None:

@@ -57,7 +57,7 @@ def number(value: float | None, unit: str) -> str:
     if unit in ("s",):
         return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
     if unit == "ms":
-        return f"{value:.0f} ms"
+        return f"{value:.1f} ms" if abs(value) < 20 else f"{value:.0f} ms"
     if unit == "x":
         return f"{value:.2f} x"
     if unit == "rho":

@@ -245,7 +245,7 @@ def diff_html(name: str, initial: str, final: str) -> str:
     return f'<pre class="diff">{"".join(lines)}</pre>'
 
 
-def evaluation_section(index: int, ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+def evaluation_section(ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     results = ev["results"]
     passed = sum(r["passed"] for r in results)
     out = [f'<section class="evaluation"><h2>{escape(ev["spec"])}: {passed}/{len(results)} criteria pass</h2>',
@@ -265,7 +265,8 @@ def evaluation_section(index: int, ev: Mapping[str, Any], rows: Sequence[Mapping
         mine = [row for row in rows if row["criterion"] == r["criterion"]]
         failed = sum(row["judge"] is None for row in mine)
         title = r["criterion"]
-        subtitle = f"{r['method']} {fmt(r['value'])} {interval(r['low'], r['high'])}, n={r['pairs']}"
+        measured = f"{fmt(r['value'])} {interval(r['low'], r['high'])}" if r["value"] is not None else "undefined"
+        subtitle = f"{r['method']} {measured}, n={r['pairs']}"
         caption = (f"{len(mine) - failed} judgments, jittered; the dashed line is exact agreement."
                    + (f" {failed} failed judgments are not plotted." if failed else ""))
         out.append(f'<figure>{scatter_svg(mine, title, subtitle)}<figcaption>{escape(caption)}</figcaption></figure>')
@@ -363,7 +364,7 @@ def render_html(document: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) 
            f"<header><h1>pytest-judgeopt report</h1><p>{escape(' · '.join(summary) or 'nothing was judged')} "
            f"— {escape(document['generator'])}, results.json version {document['version']}</p></header><main>"]
     for i, ev in enumerate(evaluations):
-        out.append(evaluation_section(i, ev, [r for r in rows if r["source"] == "evaluation" and r["index"] == i]))
+        out.append(evaluation_section(ev, [r for r in rows if r["source"] == "evaluation" and r["index"] == i]))
     for check in checks:
         out.append(interference_section(check))
     times = document["timing"]["optimizations"]

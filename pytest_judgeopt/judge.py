@@ -29,6 +29,7 @@ DEFAULT_SYSTEM = ("You are a careful, strict evaluator. You rate a text against 
 DEFAULT_TEMPLATE = "{inputs}\n\n{criteria}\n\n{format}"
 LOGPROB_ALTERNATIVES = 5
 WORST_SHOWN = 3
+MERGED_KEY_TOKENS = 8
 
 
 def scale_text(scale: tuple[float, float]) -> str:
@@ -114,7 +115,7 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
         messages = render(spec, record, group, instructions)
         try:
             reply = await llm.complete(model, messages, role=role, temperature=settings.temperature,
-                                       max_tokens=settings.max_tokens * (len(group) if shape == "merged" else 1),
+                                       max_tokens=reply_tokens(settings.max_tokens, len(group), shape),
                                        n=settings.n, logprobs=logprobs)
         except CallError as exc:
             return record, group, exc
@@ -142,6 +143,11 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
             out.judgments[c.name].append(Judgment(record.id, record.group, c.name, record.human[c.name], parsed.score,
                                                   parsed.failure, parsed.detail, reply.choices[0].text))
     return out
+
+
+def reply_tokens(per_criterion: int, criteria: int, shape: str) -> int:
+    """A merged reply holds every criterion's score plus its JSON key and punctuation (about 8 tokens each)."""
+    return per_criterion if shape == "separate" else criteria * (per_criterion + MERGED_KEY_TOKENS)
 
 
 def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, logprobs: int) -> dict[str, ParsedScore]:

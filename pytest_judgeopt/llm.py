@@ -14,6 +14,7 @@ import os
 import random
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ T = TypeVar("T")
 
 SECRET = re.compile(r"(\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
 RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
+FLUSH_SECONDS = 1.0
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -179,6 +181,7 @@ class LLM:
         # answers not yet written, by key: looked up like the cache, so a question answered earlier in
         # the same run() is not asked again before the flush
         self._pending_writes: dict[str, dict[str, Any]] = {}
+        self._last_flush = time.monotonic()
 
     # -- running async work from synchronous code -------------------------------------------
     def run(self, work: Awaitable[T]) -> T:
@@ -214,6 +217,7 @@ class LLM:
 
     def flush(self) -> None:
         """Write answers gathered since the last flush in one transaction."""
+        self._last_flush = time.monotonic()
         if self._pending_writes and self.cache is not None:
             items, self._pending_writes = self._pending_writes, {}
             self.cache.put_many(list(items.items()))
@@ -277,7 +281,9 @@ class LLM:
         future.set_result(reply)
         if self.cache_mode != "off":
             self._pending_writes[key] = reply.to_json()
-            if len(self._pending_writes) >= 64:
+            # in batches (a commit is a write), but at least every FLUSH_SECONDS: a process killed
+            # in a long run() (a whole optimization step) loses at most that much of its answers
+            if len(self._pending_writes) >= 64 or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
                 self.flush()
         return reply
 

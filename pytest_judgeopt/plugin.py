@@ -242,9 +242,7 @@ def live_progress(config: pytest.Config) -> Any:
 
     status = TerminalStatus(fd, column=lambda: getattr(writer, "width_of_current_line", 0), width=width,
                             dim=bool(reporter.hasmarkup))
-    live = Progress(status.show, status.hide, {}, width=lambda: status.room() - 1)
-    live.terminal = status
-    return live
+    return Progress(status.show, status.hide, {}, width=lambda: status.room() - 1, close=status.close)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -553,8 +551,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     """Per spec, per criterion, the numbers that say whether to trust the judge; rich tables, coloured
     only on a terminal without NO_COLOR; ``-q`` keeps one line per spec."""
     run = config.stash.get(run_key, None)
-    if run is None or hasattr(config, "workerinput"):
-        return
+    if run is None or hasattr(config, "workerinput") or not (run.started or run.workers):
+        return  # nothing judged or collected here: gathering would import the report and llm modules for nothing
     found = gathered(run)
     if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
         return
@@ -594,4 +592,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if run is not None and run.started:
         run.session.close()
     if run is not None and run.live is not None:
-        run.live.terminal.close()
+        run.live.close()

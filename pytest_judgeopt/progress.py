@@ -66,8 +66,8 @@ class Progress:
 
     def __init__(self, show: Callable[[str], None], hide: Callable[[], None], expected: Mapping[str, int], *,
                  width: Callable[[], int] = lambda: 80, clock: Callable[[], float] = time.monotonic,
-                 interval: float = REDRAW_INTERVAL):
-        self._show, self._hide = show, hide
+                 interval: float = REDRAW_INTERVAL, close: Callable[[], None] = lambda: None):
+        self._show, self._hide, self._close = show, hide, close
         self.expected = expected
         self.width = width
         self.clock = clock
@@ -121,6 +121,13 @@ class Progress:
         if self.shown:
             self._hide()
             self.shown = False
+
+    def close(self) -> None:
+        """The run is over: release what the display holds (the terminal's duplicated descriptor)."""
+        with self._lock:
+            self.active = False
+            self._erase()
+            self._close()
 
     def message(self, write: Callable[[str], None], text: str) -> None:
         """A line that stays (what is being judged, an optimization's plan): the status steps aside for it."""

@@ -393,34 +393,10 @@ def summary_sections(found: Mapping[str, Any], *, verbosity: int = 0,
 
 
 # --------------------------------------------------------------------------------------------
-# plain lines, for callers that want text without rich (and the items' failure messages)
-
-
-def plain(blocks: Sequence[Block | str]) -> list[str]:
-    return render(blocks)
-
-
-def summary_lines(evaluations: list[dict[str, Any]], total: Usage, *, verbose: bool = True,
-                  interference: Sequence[dict[str, Any]] = ()) -> Iterator[str]:
-    """One table per evaluated spec, then one per interference check, then the calls (plain text)."""
-    found = {"evaluations": evaluations, "interference": list(interference), "optimizations": [], "studies": [],
-             "notes": [], "usage": {"all": total}}
-    for title, blocks in summary_sections(found, verbosity=0 if verbose else -1):
-        if title == "judge agreement":
-            yield from plain(blocks)
-
-
-def interference_lines(check: dict[str, Any], *, verbose: bool = True) -> Iterator[str]:
-    """The merged-vs-separate table of one spec, with what merging would save and why a criterion loses."""
-    block = interference_block(check)
-    yield from plain([block] if verbose else [block.heading])
+# plain lines, for callers that hold a live result
 
 
 def optimization_lines(result: Any, verbose: bool = True) -> Iterator[str]:
-    """An optimization's summary: from its JSON form, or from an OptimizationResult."""
+    """An optimization's summary as plain text: from its JSON form, or from an OptimizationResult."""
     data = result if isinstance(result, dict) else optimization_json(result)
-    yield from plain([optimization_block(data) if verbose else optimization_heading(data)])
-
-
-def study_lines(study: Any) -> Iterator[str]:
-    yield from plain([study_block(study if isinstance(study, dict) else study.to_json())])
+    yield from render([optimization_block(data) if verbose else optimization_heading(data)])

@@ -9,7 +9,9 @@ exactly as without it. The optimizer's roles meet the same faults and replies in
 format, and every bad rewrite is a rejected update with its reason, not a crash.
 
 Each fault is tied to one (sample, criterion) of the test split, computed before the run,
-so the tests know exactly which judgment must fail and how.
+so the tests know exactly which judgment must fail and how. Last, the hardest fault of all:
+an optimization killed with SIGKILL again and again at random points must leave a whole lock
+(or none), readable checkpoints and cache, and end like a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -319,9 +320,10 @@ for number, _ in enumerate(sys.stdin):
 """
 
 
-def intact(project: Path) -> dict[str, Any]:
+def intact(project: Path, earlier: set[str]) -> dict[str, Any]:
     """Check everything a killed run leaves: the lock is absent or whole, every checkpoint parses as a
-    state, the cache opens, passes SQLite's integrity check and every entry parses as an answer."""
+    state, the cache opens, passes SQLite's integrity check and every entry parses as an answer.
+    ``earlier`` names the checkpoints of other runs, so the steps counted are the killed run's."""
     import sqlite3
 
     from pytest_judgeopt.llm import Reply as Answer
@@ -330,8 +332,9 @@ def intact(project: Path) -> dict[str, Any]:
 
     lock = read_lock(project / "toy.judge.yaml")  # raises LockError on a partial or garbled file
     assert lock is None or not lock.edited  # a lock we wrote, checksum and all
-    states = [State.from_json(json.loads(p.read_text())) for p in (project / ".judgeopt" / "runs").glob("*.json")]
-    assert len(states) <= 1
+    states = {p.name: State.from_json(json.loads(p.read_text())) for p in (project / ".judgeopt" / "runs").glob("*.json")}
+    assert set(states) >= earlier and len(set(states) - earlier) <= 1
+    states = [state for name, state in states.items() if name not in earlier]
     db = sqlite3.connect(project / ".judgeopt" / "answers.sqlite")
     try:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -340,7 +343,7 @@ def intact(project: Path) -> dict[str, Any]:
         db.close()
     for (value,) in rows:
         Answer.from_json(json.loads(value), cached=True)
-    return {"lock": lock is not None, "steps": len(states[0].history) if states else 0,
+    return {"lock": None if lock is None else lock.content["steps_run"], "steps": len(states[0].history) if states else 0,
             "finished": bool(states and states[0].finished), "answers": len(rows)}
 
 
@@ -362,6 +365,15 @@ def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uni
     fake_llm.latency = 0.01  # so a run lasts long enough to be killed anywhere in it
     project = tmp_path / "killed"
     spec = write_project(project, fake_llm, optimize="batch_size: 2")
+    # the old lock: a finished one-step run, which the killed runs extend to four steps
+    session = Session(LLM(cache=Cache(project / ".judgeopt"), retries=1, backoff=0.01, timeout=30.0),
+                      state_dir=project / ".judgeopt")
+    try:
+        session.optimize(spec, "SSS", steps=1, write=True)
+    finally:
+        session.close()
+    old_lock = (project / "toy.judge.lock.yaml").read_text()
+    earlier = {p.name for p in (project / ".judgeopt" / "runs").glob("*.json")}
     script = tmp_path / "runner.py"
     script.write_text(FORKING_RUNNER)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -379,9 +391,9 @@ def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uni
             runner.stdin.write("go\n")
             runner.stdin.flush()
             pid = int(lines.get(timeout=30))
-            # a random point of the run: after its k-th model call (a run makes about 150), then a random
+            # a random point of the run: after its k-th model call (a whole run makes about 150), then a random
             # fraction of the time to its next one; checkpoint and lock writes fall between calls
-            k = rng.randint(1, 60)
+            k = rng.randint(1, 30)
             deadline = time.monotonic() + 60
             while len(fake_llm.chat_requests()) - asked < k and lines.empty() and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -392,8 +404,10 @@ def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uni
                 pass  # it had finished
             returncode = int(lines.get(timeout=30))
             assert returncode in (0, -signal.SIGKILL), (tmp_path / f"run.{kill}").read_text()
-            state = intact(project)
+            state = intact(project, earlier)
             state.update(kill=kill + 1, returncode=returncode, calls=len(fake_llm.chat_requests()) - asked)
+            # the lock is the old one, byte for byte, or the whole new one: never gone, never partial
+            assert (project / "toy.judge.lock.yaml").read_text() == old_lock or state["lock"] == 4, state
             if seen:  # progress is never lost: steps, the lock and the answers only ever grow
                 assert state["steps"] >= seen[-1]["steps"] and state["answers"] >= seen[-1]["answers"]
                 assert state["lock"] >= seen[-1]["lock"]

@@ -3,9 +3,11 @@
 Under pytest-xdist the items run in worker processes, which share the answer cache (SQLite in
 WAL mode) and the optimizer's checkpoints, while the summary and ``--judge-report`` are made
 by the controller, which runs no item: each worker sends what it measured with xdist's
-``workeroutput`` and the controller merges it. The tests run real ``pytest -n 2`` subprocesses
-against the scripted server and compare verdicts, the summary and results.json with a serial
-run of the same project.
+``workeroutput`` and the controller merges it. A spec's items stay together on one worker, in
+order, as in a serial run (the optimize item writes the lock its criterion items test). The
+tests run real ``pytest -n 2`` subprocesses against the scripted server and compare verdicts,
+locks, the summary and results.json with a serial run of the same project; and two processes
+optimizing one spec at once, where the second must refuse with a message and lose nothing.
 """
 
 from __future__ import annotations
@@ -89,8 +91,8 @@ def test_two_workers_give_the_verdicts_locks_summary_and_report_of_a_serial_run(
     serial_dir, parallel_dir = pytester.path / "serial", pytester.path / "parallel"
     write(serial_dir, fake_llm)
     write(parallel_dir, fake_llm)
-    serial = pytester.runpytest_subprocess(*SUBPROCESS, "--judge-optimize", f"--judge-report={serial_dir}/report",
-                                           f"--judge-cache-dir={serial_dir}/.judgeopt", str(serial_dir), timeout=300)
+    serial = pytester.runpytest(*SUBPROCESS, "--judge-optimize", f"--judge-report={serial_dir}/report",
+                                f"--judge-cache-dir={serial_dir}/.judgeopt", str(serial_dir))  # in-process: quicker
     serial_calls = len(fake_llm.chat_requests())
     fake_llm.reset()
     parallel = pytester.runpytest_subprocess(*SUBPROCESS, "-n", "2", "--judge-optimize",
@@ -108,7 +110,8 @@ def test_two_workers_give_the_verdicts_locks_summary_and_report_of_a_serial_run(
     assert len(list((parallel_dir / ".judgeopt" / "runs").glob("*.json"))) == 2
 
     for title in ("judge optimization", "judge agreement"):
-        shown = [[line.replace(str(folder), "<project>") for line in section(result, title) if not COUNTS.match(line)]
+        shown = [[line.replace(str(folder), "<project>").replace(f"{folder.name}/", "<project>/")
+                  for line in section(result, title) if not COUNTS.match(line)]
                  for result, folder in ((serial, serial_dir), (parallel, parallel_dir))]
         assert blocks(shown[0]) == blocks(shown[1]), title
     one, two = report(serial_dir / "report" / "results.json"), report(parallel_dir / "report" / "results.json")

@@ -22,7 +22,7 @@ from pytest_judgeopt.llm import Usage
 from pytest_judgeopt.report import merge, render, summary_sections
 from tests.conftest import CRITERIA
 from tests.fake_llm import FakeLLMServer
-from tests.test_optimize import GOOD, INITIAL, RECORDS, World, knows, write_project
+from tests.test_optimize import GOOD, INITIAL, MODES, RECORDS, World, knows, write_project
 from tests.test_progress import DRAW, in_terminal, screen_lines
 
 SCHEMA = Path(__file__).resolve().parents[1] / "pytest_judgeopt" / "schemas" / "results.schema.json"
@@ -99,6 +99,19 @@ def test_results_json_matches_its_schema_exactly_is_stable_and_holds_no_secret(p
     assert without_timing(other) == without_timing(text)  # ...and nothing else
     for name in ("predictions.jsonl",):
         assert (pytester.path / "two" / name).read_bytes() == (pytester.path / "one" / name).read_bytes()
+
+
+def test_a_mode_study_report_matches_the_schema_too(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = world()
+    write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2\nstudy_runs: 1")
+    pytester.runpytest("--judge-optimize=study", "-k", "study", "--judge-report=out").assert_outcomes(passed=1)
+    results = json.loads((pytester.path / "out" / "results.json").read_text())
+    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(results)
+    (study,) = results["studies"]
+    assert [(r["mode"], r["criterion"]) for r in study["rows"]] == [(m, c) for m in MODES for c in CRITERIA]
+    assert all(row["specificity"] == 8.0 for row in study["rows"])  # a study runs the diagnostics
+    assert results["optimizations"] == []  # the study's runs are summed up in its rows; it writes no lock
+    assert "mode study" in (pytester.path / "out" / "index.html").read_text()
 
 
 def section(result: pytest.RunResult, title: str) -> list[str]:
