@@ -100,4 +100,40 @@ def test_interference_check_on_the_embedded_model(tmp_path: Path) -> None:
         assert (c.diff is None) or abs(c.diff - (c.merged - c.separate)) < 1e-9
     assert result.usage_merged.calls == n and result.usage_separate.calls == 4 * n
     assert 0 < result.usage_merged.prompt_tokens < result.usage_separate.prompt_tokens
-    assert session.interferences == [result.to_json()]
+    (recorded,) = session.interferences
+    assert {k: v for k, v in recorded.items() if k != "predictions"} == result.to_json()
+    assert len(recorded["predictions"]) == 4 * n  # the merged judgments, one row per sample and criterion
+
+
+def test_one_optimization_step_on_the_embedded_model(tmp_path: Path) -> None:
+    """The optimizer's real path on a real (weak) model: every role answers, the loop, gate and lock work."""
+    import yaml
+
+    from pytest_judgeopt.cache import Cache
+    from pytest_judgeopt.lockfile import read_lock
+    from pytest_judgeopt.llm import LLM
+    from pytest_judgeopt.session import Session
+
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec["dataset"]["path"] = str(EXAMPLE.parent / spec["dataset"]["path"])
+    spec["criteria"] = {name: spec["criteria"][name] for name in ("coherence", "fluency")}
+    spec["optimize"] = {"mode": "SSS", "steps": 1, "batch_size": 1, "max_tokens": 32, "max_instruction_chars": 300}
+    path = tmp_path / "small.judge.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    session = Session(LLM(cache=Cache(tmp_path / "cache")), sample=1, state_dir=tmp_path / "state")
+    try:
+        result = session.optimize(path, write=True)
+        usage = {role: dict(u) for role, u in result.usage.items()}
+    finally:
+        session.close()
+    assert result.steps_run == 1 and result.stopped is None
+    (step,) = result.history
+    proposed = any(step.proposals.values())
+    expected = {role: n for role, n in result.planned.items() if role != "gate" or proposed}
+    assert step.calls == expected  # judge 1, loss 2, gradient 2, optimizer 2, and gate 8 when a rewrite came back
+    assert {"judge", "loss", "gradient", "optimizer", "gate"} <= set(usage)
+    for name, outcome in result.outcomes.items():
+        assert outcome.final == (step.proposals[name] if name in step.accepted else outcome.initial)
+        assert name in step.accepted or step.rejected_reasons.get(name)
+    lock = read_lock(path)
+    assert lock is not None and lock.instructions == result.instructions and not lock.edited
