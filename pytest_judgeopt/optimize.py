@@ -28,7 +28,7 @@ from .data import Record
 from .judge import Judged, judge_records, render_inputs, scale_text
 from .llm import LLM, CallError, Usage
 from .parse import json_objects
-from .spec import OPTIMIZE_MODES, Criterion, Model, Spec, mode_problem
+from .spec import OPTIMIZE_MODES, Model, Spec, mode_problem
 
 ROLES = ("judge", "loss", "gradient", "optimizer", "gate", "diagnostics")
 FEEDBACK_CHARS = 1500  # per critique or gradient quoted into a later prompt: keeps prompts bounded
@@ -106,9 +106,6 @@ class Budget:
         if calls is None and usd is None:
             raise ValueError("an empty budget: write calls=N and/or usd=X")
         return cls(calls, usd)
-
-    def exceeded(self, usage: Usage) -> bool:
-        return (self.calls is not None and usage.calls >= self.calls) or (self.usd is not None and usage.cost >= self.usd)
 
 
 class Allowance:

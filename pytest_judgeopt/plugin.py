@@ -313,20 +313,11 @@ class CriterionItem(pytest.Item):
             raise JudgeFailed(result)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from .llm import CallError
-        from .spec import SpecError
-
         if isinstance(excinfo.value, JudgeFailed):
             from .judge import describe_failure
 
             return describe_failure(excinfo.value.result)
-        if isinstance(excinfo.value, (SpecError, CallError)):
-            return str(excinfo.value)
-        from .local_model import LocalModelUnavailable
-
-        if isinstance(excinfo.value, LocalModelUnavailable):
-            return f"cannot run the embedded judge model: {excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.line - 1, f"judge {self.path.name}::{self.criterion}"
