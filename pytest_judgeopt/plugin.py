@@ -57,7 +57,7 @@ def optimize_mode(text: str) -> str:
 
 
 def budget(text: str) -> Any:
-    from .optimize import Budget
+    from .optimize.budget import Budget
 
     try:
         return Budget.parse(text)
@@ -444,7 +444,7 @@ class OptimizeItem(pytest.Item):
             raise OptimizationFailed("\n".join(problems))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from .optimize import OptimizationBusy, ReplayIncomplete
+        from .optimize.errors import OptimizationBusy, ReplayIncomplete
         from .spec import SpecError
 
         if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, ReplayIncomplete, SpecError, ValueError)):
@@ -459,7 +459,7 @@ class StudyItem(OptimizeItem):
     """``--judge-optimize=study``: every mode, several seeds, one table; writes no lock file."""
 
     def runtest(self) -> None:
-        from .optimize import run_study
+        from .optimize.study import run_study
 
         config = self.config
         session = config.stash[run_key].session

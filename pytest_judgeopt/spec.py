@@ -141,7 +141,7 @@ PROMPT_NAMES = ("loss", "loss_combined", "gradient", "gradient_combined", "optim
 @dataclass(frozen=True)
 class Gate:
     metric: str = "spearman"
-    rule: str = "per_criterion"
+    rule: str | None = None  # None: the default of the mode run (optimize/gate.py: default_rule)
     tolerance: float = 0.0
 
 
@@ -563,13 +563,11 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
 def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
     mode = data.get("mode", Optimize.mode)
     gate = data.get("gate", {})
-    # a separate optimizer can accept each criterion on its own; a joint rewrite is all or nothing
-    rule = gate.get("rule", "per_criterion" if mode in ("ST", "SSS") else "no_regression")
     diagnostics = data.get("diagnostics", {})
     return Optimize(
         mode=mode,
         **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs") if k in data},
-        gate=Gate(metric=gate.get("metric", "spearman"), rule=rule, tolerance=gate.get("tolerance", 0.0)),
+        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),
         min_specificity=diagnostics.get("min_specificity"),
