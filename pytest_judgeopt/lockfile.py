@@ -8,7 +8,6 @@ hand from one we wrote, so a hand edit is never overwritten silently.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -151,14 +150,3 @@ def write_lock(spec: Spec, result: Mapping[str, Any], data_digest: str) -> tuple
     text = HEADER + yaml.safe_dump(lock_content(spec, result, data_digest), sort_keys=False, allow_unicode=True, width=100)
     write_atomic(target, text)
     return target, note
-
-
-def instruction_diff(criterion: str, old: str, new: str) -> str:
-    lines = difflib.unified_diff(wrap(old), wrap(new), fromfile=f"{criterion} (before)", tofile=f"{criterion} (after)", lineterm="")
-    return "\n".join(lines)
-
-
-def wrap(text: str, width: int = 88) -> list[str]:
-    import textwrap
-
-    return [line for paragraph in text.splitlines() for line in (textwrap.wrap(paragraph, width) or [""])]

@@ -314,9 +314,9 @@ class CriterionItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, JudgeFailed):
-            from .judge import describe_failure
+            from .text import criterion_failure
 
-            return describe_failure(excinfo.value.result)
+            return criterion_failure(excinfo.value.result)
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -347,9 +347,9 @@ class MergedItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, InterferenceFailed):
-            from .interference import describe
+            from .text import interference_failure
 
-            return describe(excinfo.value.result.to_json())
+            return interference_failure(excinfo.value.result.to_json())
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:

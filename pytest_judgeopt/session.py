@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .defaults import BUILTIN_METRICS
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, compare
-from .judge import CriterionResult, Judged, Usage, assess, judge_records
+from .judge import CriterionResult, Judged, Usage, assess, judge_records, prediction_rows
 from .llm import LLM
-from .report import prediction_rows
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
-from .spec import Interference, Model, Spec, SpecError, load_spec
+from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
 
 if TYPE_CHECKING:
     from .optimize.budget import Budget

@@ -23,6 +23,9 @@ import yaml
 SCHEMA_FILE = "judge-spec.schema.json"
 ROLES = ("judge", "loss", "gradient", "optimizer", "diagnostics")
 MAX_SPEC_BYTES = 1_000_000
+# the agreement metrics stats.py computes natively; named here, where specs are checked against them,
+# because stats.py brings scipy and collecting a spec must not
+BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nesting stays cheap to check
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -201,7 +204,7 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("pytest_judgeopt").joinpath("schemas", SCHEMA_FILE).read_text())
 
 
-def load_spec(path: str | Path, metrics: tuple[str, ...] = ("spearman", "kendall", "pearson")) -> Spec:
+def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> Spec:
     """Read and validate a spec; raise SpecError listing every problem found."""
     path = Path(path)
     try:
