@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .interference import PASSING
-
 if TYPE_CHECKING:
     from .judge import CriterionResult
 
@@ -125,12 +123,15 @@ def instruction_sources(ev: Mapping[str, Any]) -> str | None:
         f"{source}: {', '.join(r['criterion'] for r in results if r['instruction_source'] == source)}" for source in sources)
 
 
-def interference_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
-    """The word in the table (failing verdicts in capitals) and its kind."""
+def comparison_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
+    """A compared criterion's word in the table (failing verdicts in capitals) and its kind; an inconclusive
+    one says how many judged samples would settle it, in a warning's colour when it passes."""
     verdict = c["verdict"]
-    if verdict == "inconclusive":  # passes, in the colour of a warning
-        return f"inconclusive (about {c['required_n']} samples would settle it)", "warn"
-    return (verdict, "pass") if verdict in PASSING else (verdict.upper(), "fail")
+    if verdict == "inconclusive":
+        settle = f" (about {c['required_n']} judged samples would settle it)" if c.get("required_n") else ""
+        return ("inconclusive" + settle, "warn") if c["passed"] else ("INCONCLUSIVE" + settle, "fail")
+    return (verdict, "pass") if c["passed"] else (verdict.upper(), "fail")
+
 
 
 def interference_heading(check: Mapping[str, Any]) -> str:
@@ -155,7 +156,7 @@ def interference_table(check: Mapping[str, Any]) -> Table:
                   [("criterion", "left"), ("separate", "right"), ("merged", "right"), ("diff", "right"),
                    ("interval", "right"), ("n", "right"), ("failed s/m", "right"), ("verdict", "left")])
     for c in check["criteria"]:
-        verdict, kind = interference_verdict(c)
+        verdict, kind = comparison_verdict(c)
         failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
         table.rows.append([c["criterion"], number(c["separate"]), number(c["merged"]), number(c["diff"], sign=True),
                            interval(c["low"], c["high"], sign=True), str(c["n"]), failed, verdict])
@@ -347,10 +348,15 @@ def measured_line(result: CriterionResult) -> str:
 def interference_failure(check: Mapping[str, Any]) -> str:
     """The failure text of the merged item: which criteria lose, by how much, with what confidence, and the
     savings; below the headline, the same table the terminal summary shows."""
-    lost = [c["criterion"] for c in check["criteria"] if c["verdict"] == "fail"]
-    unknown = [c["criterion"] for c in check["criteria"] if c["verdict"] == "undefined"]
+    def failing(verdict: str) -> list[str]:
+        return [c["criterion"] for c in check["criteria"] if c["verdict"] == verdict and not c["passed"]]
+
+    lost, unknown, undecided = failing("fail"), failing("undefined"), failing("inconclusive")
+    unknown += failing("no baseline")
     parts = ([f"costs agreement on {', '.join(lost)}"] if lost else []) + (
-        [f"cannot be measured on {', '.join(unknown)}"] if unknown else [])
+        [f"cannot be measured on {', '.join(unknown)}"] if unknown else []) + (
+        [f"is not shown to keep agreement on {', '.join(undecided)} (inconclusive fails unless "
+         "interference.inconclusive: pass)"] if undecided else [])
     headline = f"merging the instructions into one prompt {' and '.join(parts)}"
     # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
     missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in check["criteria"]), default=0)
