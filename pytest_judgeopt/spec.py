@@ -23,6 +23,9 @@ import yaml
 SCHEMA_FILE = "judge-spec.schema.json"
 ROLES = ("judge", "loss", "gradient", "optimizer", "diagnostics")
 MAX_SPEC_BYTES = 1_000_000
+# the agreement metrics stats.py computes natively; named here, where specs are checked against them,
+# because stats.py brings scipy and collecting a spec must not
+BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nesting stays cheap to check
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -154,7 +157,7 @@ PROMPT_NAMES = ("loss", "loss_combined", "gradient", "gradient_combined", "optim
 @dataclass(frozen=True)
 class Gate:
     metric: str = "spearman"
-    rule: str = "per_criterion"
+    rule: str | None = None  # None: the default of the mode run (optimize/gate.py: default_rule)
     tolerance: float = 0.0
 
 
@@ -200,6 +203,8 @@ class Spec:
     criteria: dict[str, Criterion]
     optimize: Optimize
     lines: dict[Path_, int] = field(repr=False, compare=False)
+    # the parsed YAML, for the parts checked against the data and hooks once those are loaded (cases, probes)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def line_of(self, *path: str | int) -> int | None:
         return self.lines.get(tuple(path))
@@ -214,7 +219,7 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("pytest_judgeopt").joinpath("schemas", SCHEMA_FILE).read_text())
 
 
-def load_spec(path: str | Path, metrics: tuple[str, ...] = ("spearman", "kendall", "pearson")) -> Spec:
+def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> Spec:
     """Read and validate a spec; raise SpecError listing every problem found."""
     path = Path(path)
     try:
@@ -439,6 +444,8 @@ def explain(path: Path, error: Any, lines: dict[Path_, int], splits: dict[Path_,
         return out
     if rule == "required":
         missing = error.message.split("'")[1]
+        if at and at[0] in ("cases", "probes"):  # a case or a probe: its own keys, its own hints
+            return [problem(path, line, where, f"missing key '{missing}'", PART_HINTS.get(missing, f"add `{missing}:`"))]
         hint = {"dataset": "add `dataset:` with `path`, `inputs` and `scores`",
                 "criteria": "add `criteria:` with at least one criterion (instruction, scale)",
                 "instruction": "add `instruction:` with the text the judge follows for this criterion",
@@ -467,6 +474,9 @@ def explain(path: Path, error: Any, lines: dict[Path_, int], splits: dict[Path_,
         n = sub["maxLength"]
         return [problem(path, line, where, f"{short(value)} is longer than {n} character{'s' if n > 1 else ''}",
                         f"write {'one character' if n == 1 else f'at most {n} characters'}")]
+    if rule == "pattern":
+        return [problem(path, line, where, f"{short(value)} is not a valid name",
+                        "use letters, digits, '_', '-' and '.', starting with a letter or digit")]
     if rule in ("minLength", "minProperties", "minItems"):
         return [problem(path, line, where, "is empty", "fill it in")]
     if rule == "maxProperties":
@@ -480,6 +490,14 @@ def explain(path: Path, error: Any, lines: dict[Path_, int], splits: dict[Path_,
             return [text for e in inner for text in explain(path, e, lines, splits)]
         return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
     return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
+
+
+PART_HINTS = {"name": "add `name:` with a short name (letters, digits, '_', '-', '.'): it becomes the item's id case[NAME]",
+              "expect": "add `expect:` with the scores allowed per criterion, e.g. `{coherence: [1, 2]}` or `{fluency: \">= 4\"}`",
+              "kind": "add `kind:` with retest, pad or transform",
+              "min": "add `min:` with the least agreement of the judge with itself, e.g. 0.8",
+              "max_rise": "add `max_rise:` with the most the mean score may rise, e.g. 0.25",
+              "transform": "add `transform:` with the name a pytest_judgeopt_transforms hook returns"}
 
 
 def one_of_fix(at: Path_) -> str:
@@ -654,19 +672,18 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         criteria=criteria,
         optimize=build_optimize(path, data.get("optimize", {})),
         lines=lines,
+        raw=data,
     )
 
 
 def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
     mode = data.get("mode", Optimize.mode)
     gate = data.get("gate", {})
-    # a separate optimizer can accept each criterion on its own; a joint rewrite is all or nothing
-    rule = gate.get("rule", "per_criterion" if mode in ("ST", "SSS") else "no_regression")
     diagnostics = data.get("diagnostics", {})
     return Optimize(
         mode=mode,
         **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs") if k in data},
-        gate=Gate(metric=gate.get("metric", "spearman"), rule=rule, tolerance=gate.get("tolerance", 0.0)),
+        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),
         min_specificity=diagnostics.get("min_specificity"),
