@@ -229,7 +229,8 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     if size > MAX_SPEC_BYTES:
         raise SpecError([problem(path, None, "", f"the file is {size:,} bytes, over the {MAX_SPEC_BYTES:,} limit for a spec",
                                  "keep data in the dataset file that `dataset.path` names")])
-    data, lines, splits = read_yaml(path)
+    splits: dict[Path_, tuple[str, str]] = {}
+    data, lines = read_yaml(path, splits)
     problems = schema_problems(path, data, lines, splits)
     if not problems:
         problems = rule_problems(path, data, lines, metrics)
@@ -238,9 +239,9 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     return build(path, data, lines)
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[Path_, int], dict[Path_, tuple[str, str]]]:
-    """Parse YAML and remember the line of every key and value, so errors can point at them, and the keys
-    an unquoted comma made (see comma_splits)."""
+def read_yaml(path: Path, splits: dict[Path_, tuple[str, str]] | None = None) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML and remember the line of every key and value, so errors can point at them; ``splits``
+    collects the keys an unquoted comma made (see comma_splits)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -270,11 +271,11 @@ def read_yaml(path: Path) -> tuple[Any, dict[Path_, int], dict[Path_, tuple[str,
         except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
             raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")])
     lines: dict[Path_, int] = {}
-    splits: dict[Path_, tuple[str, str]] = {}
     if node is not None:
         record_lines(node, (), lines)
-        comma_splits(node, (), splits)
-    return data, lines, splits
+        if splits is not None:
+            comma_splits(node, (), splits)
+    return data, lines
 
 
 def compose(path: Path, text: str, make_loader: Any) -> tuple[yaml.Node | None, Any]:
@@ -415,8 +416,10 @@ def type_name(value: Any) -> str:
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def explain(path: Path, error: Any, lines: dict[Path_, int], splits: dict[Path_, tuple[str, str]]) -> list[str]:
+def explain(path: Path, error: Any, lines: dict[Path_, int],
+            splits: dict[Path_, tuple[str, str]] | None = None) -> list[str]:
     """One readable sentence per schema error, at the line of the key concerned."""
+    splits = splits or {}
     at: Path_ = tuple(error.absolute_path)
     cut = comma_problem(path, at, lines, splits)
     if cut is not None:  # an empty value where a text or a mapping belongs, because a comma cut it out
