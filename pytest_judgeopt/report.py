@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .llm import Usage
-from .text import (Line, Table, evaluation_table, instruction_changes, instruction_sources, interference_table,
+from .text import (Line, Table, comparison_table, evaluation_table, instruction_changes, instruction_sources, interference_table,
                    optimization_heading, optimization_table, relative, render, study_table, usage_text)
 
 SCHEMA_VERSION = 2  # of results.json; schemas/results.schema.json describes it (2: comparisons, data_hash, scoring)
@@ -226,9 +226,10 @@ def summary_sections(found: Mapping[str, Any], *, verbosity: int = 0,
         specs = dict.fromkeys([ev["spec"] for ev in found["evaluations"]] + [c["spec"] for c in found["interference"]])
         agreement = [spec_line(spec, [ev for ev in found["evaluations"] if ev["spec"] == spec],
                                [c for c in found["interference"] if c["spec"] == spec]) for spec in specs]
-    elif found["evaluations"] or found["interference"]:
+    elif found["evaluations"] or found["interference"] or found["comparisons"]:
         agreement = [evaluation_block(ev) for ev in found["evaluations"]]
         agreement += [interference_table(c) for c in found["interference"]]
+        agreement += [comparison_table(c) for c in found["comparisons"]]
         total = Usage()
         for usage in found["usage"].values():
             total.add(usage)

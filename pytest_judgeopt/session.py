@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -284,7 +284,8 @@ class Session:
         spec = loaded.spec
         if model is None and not instructions and shape is None:
             raise ValueError("judge.compare needs something to change: model=, instructions= or shape=")
-        other = Model(model) if isinstance(model, str) else model
+        # a model by name keeps the configured model's endpoint and settings: the same provider, another model
+        other = replace(self.model_for(spec), name=model) if isinstance(model, str) else model
         key = (spec.path, split, None if other is None else other.describe(), tuple(sorted((instructions or {}).items())),
                shape)
         if key not in self._comparisons:
