@@ -8,8 +8,9 @@ from typing import Any
 
 import pluggy
 
+from .stats import BUILTIN_METRICS
+
 hookimpl = pluggy.HookimplMarker("pytest")
-BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 
 
 @hookimpl(trylast=True)

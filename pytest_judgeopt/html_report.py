@@ -161,7 +161,7 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
     before, after = c["test_before"], c["test_after"]
     values = [v for v in in_force if v is not None] + [v for _, v, _ in candidates if v is not None]
     values += [v for a in (before, after) for v in (a["value"], a["low"], a["high"]) if v is not None]
-    low, high = (min(values + [0.0]), max(values + [1.0])) if values else (0.0, 1.0)
+    low, high = (min([*values, 0.0]), max([*values, 1.0])) if values else (0.0, 1.0)
     low, high = math.floor(low * 10) / 10, math.ceil(high * 10) / 10
     if high - low < 0.2:
         low, high = low - 0.1, high + 0.1

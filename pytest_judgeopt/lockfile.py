@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +116,7 @@ def lock_content(result: OptimizationResult, data_digest: str) -> dict[str, Any]
     content = {
         "version": VERSION,
         "spec": spec.path.name,
-        "made": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "made": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "spec_hash": spec_hash(spec),
         "data_hash": data_digest,
         "mode": result.mode.name,

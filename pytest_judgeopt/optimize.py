@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import Record
-from .judge import Judged, judge_records, render_inputs, scale_text
+from .judge import Judged, judge_records, render_inputs, scale_text, scored
 from .llm import LLM, CallError, Usage
 from .parse import json_objects
 from .spec import OPTIMIZE_MODES, Model, Spec, mode_problem
@@ -260,7 +260,7 @@ class Step:
                 template(self.spec, "loss"), criterion=c, scale=scale_text(self.spec.criteria[c].scale),
                 sample=render_inputs(seen.record), judge_score=show(seen.scores[c]), human_score=f"{seen.record.human[c]:g}",
                 verdict=verdict(seen.scores[c], seen.record.human[c])), self.tokens(0.5)) for c in self.criteria])
-            return dict(zip(self.criteria, texts))
+            return dict(zip(self.criteria, texts, strict=True))
         text = await self.ask("loss", fill(template(self.spec, "loss_combined"), sample=render_inputs(seen.record),
                                            score_table=seen.score_table(self.criteria)), self.tokens(0.75))
         return {"*": text}
@@ -276,7 +276,7 @@ class Step:
                     instruction=self.instructions[c], sample=render_inputs(seen.record), judge_reply=seen.own_reply(c, self.mode),
                     judge_score=show(seen.scores[c]), human_score=f"{seen.record.human[c]:g}", critique=clip(critiques[c])), self.tokens(1))
 
-            return dict(zip(self.criteria, await together(*[one(c) for c in self.criteria])))
+            return dict(zip(self.criteria, await together(*[one(c) for c in self.criteria]), strict=True))
         if all(v is None for v in critiques.values()):
             return {"*": None}
         if "*" in critiques:
@@ -321,7 +321,7 @@ class Step:
                     instruction=self.instructions[c], batch=self.batch_text(seen, c), feedback=feedback, max_chars=limit), self.tokens(1.5))
                 return self.checked(c, tagged_instruction(reply), reasons)
 
-            return dict(zip(self.criteria, await together(*[one(c) for c in self.criteria]))), reasons
+            return dict(zip(self.criteria, await together(*[one(c) for c in self.criteria]), strict=True)), reasons
         if self.mode.gradient == "S":
             notes = [f"[text {i}, {c}] {clip(g[c])}" for i, g in enumerate(grads, 1) for c in self.criteria if g.get(c)]
         else:
@@ -351,7 +351,8 @@ class Step:
         return None
 
     # -- diagnostics --------------------------------------------------------------------------
-    async def diagnose(self, grads: Sequence[dict[str, str | None]], proposals: Mapping[str, str | None]) -> dict[str, dict[str, float | None]]:
+    async def diagnose(self, grads: Sequence[dict[str, str | None]],
+                       proposals: Mapping[str, str | None]) -> dict[str, dict[str, float | None]]:
         """Gradient specificity and feedback adherence (method.md), rated 1-10 by the diagnostics model."""
         async def one(c: str) -> tuple[str, dict[str, float | None]]:
             key = c if self.mode.gradient == "S" else "*"
@@ -401,13 +402,13 @@ def gate_values(judged: Judged, metric: str) -> dict[str, float | None]:
 
     out: dict[str, float | None] = {}
     for c, judgments in judged.judgments.items():
-        ok = [j for j in judgments if j.score is not None]
+        ok = scored(judgments)
         if metric == "none":
             out[c] = None
         elif metric == "mae":
-            out[c] = mae([j.score for j in ok], [j.human for j in ok]) if ok else None
+            out[c] = mae([s for s, _ in ok], [j.human for _, j in ok]) if ok else None
         else:
-            value, _, _, _ = correlation(metric, [j.score for j in ok], [j.human for j in ok]) if len(ok) >= 3 else (None, 0, 0, "")
+            value, _, _, _ = correlation(metric, [s for s, _ in ok], [j.human for _, j in ok]) if len(ok) >= 3 else (None, 0, 0, "")
             out[c] = value
     return out
 
@@ -540,8 +541,7 @@ class OptimizationResult:
 
 
 def specificity_of(history: Sequence[StepRecord], criterion: str, key: str) -> float | None:
-    values = [h.diagnostics.get(criterion, {}).get(key) for h in history]
-    values = [v for v in values if v is not None]
+    values = [v for h in history if (v := h.diagnostics.get(criterion, {}).get(key)) is not None]
     return statistics.fmean(values) if values else None
 
 
@@ -671,19 +671,20 @@ class Optimization:
         for c in proposed:
             if c not in keep:
                 reasons[c] = "rejected by the val gate"
-        record = StepRecord(number, [r.id for r in batch], {c: proposals.get(c) for c in criteria}, reasons,
+        outcome = StepRecord(number, [r.id for r in batch], {c: proposals.get(c) for c in criteria}, reasons,
                             dict(state.val), val_after, keep,
                             {role: self._requests(role) - before[role] for role in ROLES if self._requests(role) - before[role]},
                             diagnostics, dict(step.failures))
         for c in keep:
-            state.instructions[c] = proposals[c]
+            if (new := proposals.get(c)) is not None:  # (always: only a proposal can be kept)
+                state.instructions[c] = new
         if keep:
             # A partial acceptance forms a combination the gate did not judge as a whole; the per-criterion
             # values it measured are kept as the best estimate, re-measured by the next step's gate.
             state.val = {c: (val_after[c] if c in keep else state.val[c]) for c in criteria}
         state.rng = new_rng
         self.progress(f"step {number}: proposed {len(proposed)}, kept {', '.join(keep) or 'none'}")
-        return record
+        return outcome
 
     def _requests(self, role: str) -> int:
         usage = self.llm.usage.get(role)
@@ -817,7 +818,7 @@ def estimate_cost(model: Model, calls: int, prompt_tokens: int = 800, completion
     try:
         prompt, completion = import_litellm().cost_per_token(model=model.name, prompt_tokens=prompt_tokens,
                                                              completion_tokens=completion_tokens)
-    except Exception:  # noqa: BLE001 - litellm raises for models it has no price for
+    except Exception:  # litellm raises for models it has no price for
         return None
     return calls * (prompt + completion)
 
@@ -860,15 +861,16 @@ def run_study(session: Any, path: Any, *, modes: Sequence[str] = OPTIMIZE_MODES,
         costs = [sum(u["cost_usd"] for u in r.usage.values()) if all(u["cost_usd"] is not None for u in r.usage.values())
                  else None for r in mine]
         for c in spec.criteria:
-            after = [r.outcomes[c].test_after.value for r in mine if r.outcomes[c].test_after.value is not None]
-            spec_values = [r.outcomes[c].specificity for r in mine if r.outcomes[c].specificity is not None]
+            after = [v for r in mine if (v := r.outcomes[c].test_after.value) is not None]
+            spec_values = [v for r in mine if (v := r.outcomes[c].specificity) is not None]
+            known_costs = [cost for cost in costs if cost is not None]
             rows.append({
                 "mode": mode, "criterion": c, "before": mine[0].outcomes[c].test_before.value,
                 "after_mean": statistics.fmean(after) if after else None,
                 "after_sd": statistics.stdev(after) if len(after) > 1 else None,
                 "improved_steps": statistics.fmean(len(r.outcomes[c].accepted_steps) for r in mine),
                 "specificity": statistics.fmean(spec_values) if spec_values else None,
-                "calls": calls, "cost": None if None in costs else statistics.fmean(costs),
+                "calls": calls, "cost": None if len(known_costs) < len(costs) else statistics.fmean(known_costs),
             })
     return Study(spec.name, runs, steps or spec.optimize.steps, len(session.records(loaded, "test")),
                  spec.correlation.method, spec.correlation.level, rows, results)

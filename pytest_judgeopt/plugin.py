@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .interference import InterferenceResult
     from .judge import CriterionResult
     from .session import Session
-
-CACHE_MODES = ("use", "off", "refresh", "replay")
 
 
 def positive_int(text: str) -> int:
@@ -66,13 +66,15 @@ def budget(text: str) -> Any:
 
 
 def cache_mode(text: str) -> str:
-    if text not in CACHE_MODES:
-        raise pytest.UsageError(f"--judge-cache must be one of {', '.join(CACHE_MODES)}, not {text!r}")
+    from .cache import MODES
+
+    if text not in MODES:
+        raise pytest.UsageError(f"--judge-cache must be one of {', '.join(MODES)}, not {text!r}")
     return text
 
 
 # (option, ini name, parser, default, help)
-OPTIONS = [
+OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--judge-model", "judge_model", str, None,
      "litellm model for the judge, overriding the specs (also JUDGEOPT_MODEL). Default: the spec's, else "
      "the ini judge_model, else the embedded local/smollm2."),
@@ -225,8 +227,9 @@ def live_progress(config: pytest.Config) -> Any:
     if reporter is None or hasattr(config, "workerinput") or not reporter.isatty or os.environ.get("TERM") == "dumb":
         return None
     writer = getattr(reporter, "_tw", None)
+    stream: Any = getattr(writer, "_file", sys.stdout)  # the writer's private stream: any file-like object
     try:
-        fd = os.dup(getattr(writer, "_file", sys.stdout).fileno())
+        fd = os.dup(stream.fileno())
     except (AttributeError, OSError, ValueError):
         return None
     from .progress import Progress, TerminalStatus
@@ -380,7 +383,7 @@ def interference_properties(result: InterferenceResult) -> dict[str, Any]:
                     f"interference_{name}_parse_failures": sum(c.failures_merged.values()),
                     f"interference_{name}_verdict": c.verdict})
     for shape, usage in (("separate", result.usage_separate), ("merged", result.usage_merged)):
-        out.update({f"interference_calls_{shape}": usage.calls, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
+        out.update({f"interference_calls_{shape}": usage.answered, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
     return out
 
 

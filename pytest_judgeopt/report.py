@@ -104,12 +104,9 @@ def relative(path: str, root: Path | None) -> str:
 
 
 def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from . import __version__
 
-    try:
-        return version("pytest-judgeopt")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+    return __version__
 
 
 def results_document(found: Mapping[str, Any], *, root: Path | None = None, run_seconds: float | None = None) -> dict[str, Any]:
@@ -225,7 +222,8 @@ def render(blocks: Sequence[Block | str], *, color: bool = False, width: int | N
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, width=width or PLAIN_WIDTH,
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=color, no_color=not color, width=width or PLAIN_WIDTH,
                       highlight=False, emoji=False, markup=False, color_system="standard" if color else None)
     for block in blocks:
         if isinstance(block, str):
@@ -242,7 +240,7 @@ def render(blocks: Sequence[Block | str], *, color: bool = False, width: int | N
             console.print(Padding(table, (0, 0, 0, 2)))
         for line in block.after:
             console.print(Text("  " + line, style=line_style(line) or ""), soft_wrap=True)
-    text = console.file.getvalue()  # type: ignore[attr-defined]
+    text = out.getvalue()
     return [line.rstrip() for line in text.rstrip("\n").split("\n")] if text else []
 
 
@@ -265,7 +263,8 @@ def evaluation_block(ev: dict[str, Any]) -> Block:
 
 
 def interference_block(check: dict[str, Any]) -> Block:
-    from .interference import detail_lines, fmt as signed, heading, savings_line, verdict_text
+    from .interference import detail_lines, heading, savings_line, verdict_text
+    from .interference import fmt as signed
 
     block = Block(heading(check), [("criterion", "left"), ("separate", "right"), ("merged", "right"), ("diff", "right"),
                                    ("interval", "right"), ("n", "right"), ("failed s/m", "right"), ("verdict", "left")])

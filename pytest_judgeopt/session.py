@@ -10,16 +10,16 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from .defaults import BUILTIN_METRICS
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, compare
-from .judge import CriterionResult, Judged, Usage, assess, judge_records
-from .llm import LLM
-from .report import prediction_rows
+from .judge import CriterionResult, Judged, assess, judge_records
+from .llm import LLM, Usage
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
+from .report import prediction_rows
 from .spec import Interference, Model, Spec, SpecError, load_spec
+from .stats import BUILTIN_METRICS
 
 SPLITS = ("train", "val", "test")
 Metric = Callable[[Any, Any], "float | None"]
@@ -83,6 +83,14 @@ class Session:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
         return sample_groups(getattr(loaded.splits, split), self.sample, loaded.spec.split.seed)
 
+    @overload
+    def evaluate(self, path: str | Path, criterion: str, *, instruction: str | None = None, split: str = "test",
+                 shape: str | None = None) -> CriterionResult: ...
+
+    @overload
+    def evaluate(self, path: str | Path, criterion: None = None, *, instruction: None = None, split: str = "test",
+                 shape: str | None = None) -> dict[str, CriterionResult]: ...
+
     def evaluate(self, path: str | Path, criterion: str | None = None, *, instruction: str | None = None,
                  split: str = "test", shape: str | None = None) -> CriterionResult | dict[str, CriterionResult]:
         """Judge a split and measure agreement: one criterion's result, or all of them when criterion is None."""
@@ -90,14 +98,15 @@ class Session:
         spec = loaded.spec
         if criterion is not None and criterion not in spec.criteria:
             raise SpecError([f"{spec.path}: no criterion '{criterion}'. Fix: use one of {', '.join(spec.criteria)}"])
-        if instruction is not None and criterion is None:
-            raise ValueError("an instruction replaces one criterion's: name the criterion too")
         instructions, sources = self.in_force(loaded)
         instructions, sources = dict(instructions), dict(sources)
+        names = list(spec.criteria)
         if instruction is not None:
+            if criterion is None:
+                raise ValueError("an instruction replaces one criterion's: name the criterion too")
             instructions[criterion] = instruction
             sources[criterion] = "argument"
-        names = [criterion] if instruction is not None else list(spec.criteria)
+            names = [criterion]
         results = self.evaluate_instructions(loaded, instructions, names, split=split,
                                              shape=shape or spec.inference, sources=sources, record=True)
         return results[criterion] if criterion is not None else results
@@ -126,7 +135,7 @@ class Session:
                 "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape,
                 "model": self.model_for(spec).describe(), "records": len(self.records(loaded, split)),
                 "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in results.values()],
-                "usage": self._usages[key].to_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
+                "usage": self._usages[key].answers_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
                 "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
             })
         return self._evaluations[key]

@@ -76,7 +76,7 @@ def test_ids_and_groups_are_text_and_scores_may_be_numeric_strings(tmp_path: Pat
 
 
 def test_without_dataset_group_each_record_is_its_own_group(tmp_path: Path) -> None:
-    spec = project(tmp_path, jsonl(make_records(2, 2)))
+    project(tmp_path, jsonl(make_records(2, 2)))
     (tmp_path / "toy.judge.yaml").write_text(spec_text(None).replace("  group: group\n", ""))
     records = load_dataset(load_spec(tmp_path / "toy.judge.yaml")).records
     assert [r.group for r in records] == [r.id for r in records]
@@ -261,7 +261,7 @@ def test_every_row_problem_is_collected_but_only_ten_are_shown(tmp_path: Path) -
         for row in rows[:15]:
             row["scores"]["coherence"] = 0
 
-    spec, found = broken(tmp_path, break_all, n=20)
+    _, found = broken(tmp_path, break_all, n=20)
     assert len(found) == data_module.MAX_PROBLEMS_SHOWN + 1
     assert [line_number(p) for p in found[:10]] == list(range(1, 11))
     assert found[-1] == "... and 5 more problems like these"
