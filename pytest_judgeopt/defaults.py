@@ -8,8 +8,6 @@ from typing import Any
 
 import pluggy
 
-from .stats import BUILTIN_METRICS
-
 hookimpl = pluggy.HookimplMarker("pytest")
 
 
@@ -26,4 +24,6 @@ def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int,
 @hookimpl
 def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None]:
     # None marks a metric that stats.py computes natively (vectorised over bootstrap resamples)
+    from .spec import BUILTIN_METRICS
+
     return dict.fromkeys(BUILTIN_METRICS)

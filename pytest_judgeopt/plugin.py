@@ -57,7 +57,7 @@ def optimize_mode(text: str) -> str:
 
 
 def budget(text: str) -> Any:
-    from .optimize import Budget
+    from .optimize.budget import Budget
 
     try:
         return Budget.parse(text)
@@ -317,9 +317,9 @@ class CriterionItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, JudgeFailed):
-            from .judge import describe_failure
+            from .text import criterion_failure
 
-            return describe_failure(excinfo.value.result)
+            return criterion_failure(excinfo.value.result)
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -350,9 +350,9 @@ class MergedItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, InterferenceFailed):
-            from .interference import describe
+            from .text import interference_failure
 
-            return describe(excinfo.value.result.to_json())
+            return interference_failure(excinfo.value.result.to_json())
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -406,7 +406,7 @@ def optimize_properties(result: Any) -> dict[str, Any]:
                 "optimize_prompt_tokens": sum(u["prompt_tokens"] for u in result.usage.values()),
                 "optimize_completion_tokens": sum(u["completion_tokens"] for u in result.usage.values()),
                 "optimize_cost_usd": None if any(c is None for c in costs) else round(sum(costs), 6),
-                "optimize_wall_seconds": round(getattr(result, "wall_seconds", 0.0), 3)})
+                "optimize_wall_seconds": round(result.wall_seconds or 0.0, 3)})
     return out
 
 
@@ -447,7 +447,7 @@ class OptimizeItem(pytest.Item):
             raise OptimizationFailed("\n".join(problems))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from .optimize import OptimizationBusy, ReplayIncomplete
+        from .optimize.errors import OptimizationBusy, ReplayIncomplete
         from .spec import SpecError
 
         if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, ReplayIncomplete, SpecError, ValueError)):
@@ -462,7 +462,7 @@ class StudyItem(OptimizeItem):
     """``--judge-optimize=study``: every mode, several seeds, one table; writes no lock file."""
 
     def runtest(self) -> None:
-        from .optimize import run_study
+        from .optimize.study import run_study
 
         config = self.config
         session = config.stash[run_key].session
@@ -499,7 +499,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
     session = run.session
     return {"evaluations": session.evaluations, "interference": session.interferences,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
-            "optimizations": [optimization_json(result, getattr(result, "wall_seconds", None))
+            "optimizations": [optimization_json(result, result.wall_seconds)
                               for result in session.optimizations],
             "studies": [study.to_json() for study in run.studies]}
 
@@ -550,7 +550,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     found = gathered(run)
     if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
         return
-    from .report import render, summary_sections
+    from .report import summary_sections
+    from .text import render
 
     color = bool(terminalreporter.isatty) and bool(terminalreporter.hasmarkup) and not os.environ.get("NO_COLOR")
     width = getattr(getattr(terminalreporter, "_tw", None), "fullwidth", 80) if color else None

@@ -2,8 +2,8 @@
 
 Undefined results are ``None`` with a human-readable reason, never NaN, so a
 degenerate correlation can never pass a threshold check by accident. numpy and scipy are
-imported inside the functions that compute: the metric names and result types here are read
-while specs are collected, which must not pay for scipy's import.
+imported inside the functions that compute, so the result types (public names of the package)
+can be imported without paying for scipy's import.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-# The agreement metrics computed here (vectorised over bootstrap resamples); hooks may add others.
-BUILTIN_METRICS = ("spearman", "kendall", "pearson")
+from .spec import BUILTIN_METRICS
+
 LEVELS = ("pooled", "group")
 
 MIN_PAIRS = 3
