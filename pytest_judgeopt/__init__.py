@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ below imports on first use
+    from .cases import CaseResult as CaseResult
     from .interference import InterferenceResult as InterferenceResult
     from .judge import CriterionResult as CriterionResult
     from .judge import Judgment as Judgment
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from .llm import Usage as Usage
     from .optimize import Budget as Budget
     from .optimize import OptimizationResult as OptimizationResult
+    from .scoring import Scored as Scored
     from .session import Session as Session
     from .spec import Spec as Spec
     from .spec import SpecError as SpecError
@@ -34,6 +36,8 @@ _LAZY = {
     "SpecError": ".spec",
     "CriterionResult": ".judge",
     "Judgment": ".judge",
+    "Scored": ".scoring",
+    "CaseResult": ".cases",
     "Agreement": ".stats",
     "PairedDifference": ".stats",
     "InterferenceResult": ".interference",

@@ -165,8 +165,10 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
     out = {}
     for c in group:
         each = [p[c.name] for p in per_choice]
-        ok = [p.score for p in each if p.score is not None]
-        out[c.name] = ParsedScore(sum(ok) / len(ok), None) if ok else each[0]
+        ok = [p for p in each if p.ok]
+        details = {p.detail for p in ok}  # kept when every choice agrees: it says the score is probability-weighted
+        out[c.name] = (ParsedScore(sum(p.score or 0.0 for p in ok) / len(ok), None, details.pop() if len(details) == 1 else "")
+                       if ok else each[0])
     return out
 
 

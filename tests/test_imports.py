@@ -1,4 +1,4 @@
-"""The package's import graph: the core imports neither the pytest layer nor the presentation.
+"""The package's import graph: no cycles, and the core imports neither the pytest layer nor the presentation.
 
 The graph is read from the source with ``ast``, every import statement wherever it stands: at the
 top, inside a function (the lazy imports that keep plugin loading light) and under
@@ -8,6 +8,7 @@ top, inside a function (the lazy imports that keep plugin loading light) and und
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest_judgeopt
@@ -79,6 +80,18 @@ def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     assert "judge" in inside["interference"]  # under TYPE_CHECKING
     assert "rich" in outside["text"]  # inside render()
     assert "hooks" in inside["plugin"]  # `from . import hooks`, inside pytest_addhooks
+    unresolved = {f"{shown(name)} -> {target}" for name, targets in inside.items() for target in targets
+                  if target not in inside}
+    assert unresolved == set()  # every relative import, in subpackages too, names a module of the package
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    inside, _ = graph()
+    try:
+        tuple(graphlib.TopologicalSorter(inside).static_order())
+    except graphlib.CycleError as exc:
+        cycle = " -> ".join(shown(name) for name in exc.args[1])
+        raise AssertionError(f"import cycle: {cycle}") from None
 
 
 def test_the_core_imports_neither_the_pytest_layer_nor_the_presentation() -> None:
