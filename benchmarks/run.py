@@ -27,6 +27,7 @@ from typing import Any
 # The sibling modules import as top-level modules: Python puts this script's folder first on the path.
 import embedded
 import judge_pass
+import limits
 import notes
 import profiling
 import report
@@ -38,7 +39,7 @@ from server import Server
 
 HERE = Path(__file__).resolve().parent
 
-CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded")
+CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded", "limits")
 
 
 def parse() -> argparse.Namespace:
@@ -138,6 +139,9 @@ def run_cases(ctx: Context, wanted: set[str]) -> tuple[list[Row], dict[str, Any]
         ctx.log("case 6: scale")
         rows += scale.scale_rows(ctx)
         keep["scale_largest"] = scale.largest(ctx)
+    if "limits" in wanted:
+        ctx.log("case 8: limits")
+        rows += limits.limit_rows(ctx)
     if "embedded" in wanted and s.embedded:
         ctx.log("case 7: embedded model (slow)")
         rows += embedded.embedded_rows(ctx)
