@@ -217,9 +217,7 @@ def usage_json(usage: Usage | None) -> dict[str, Any] | None:
     zero); None when the side's cost is not this run's (an earlier run's report)."""
     if usage is None:
         return None
-    data = usage.answers_json() if hasattr(usage, "answers_json") else usage.to_json()
-    spent, unknown = getattr(usage, "cost", 0.0), getattr(usage, "cost_unknown", 1)
-    return {**data, "cost_usd": None if unknown and not spent else round(spent, 6)}
+    return {**usage.answers_json(), "cost_usd": None if usage.cost_unknown else round(usage.cost, 6)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +249,7 @@ def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Ju
     skipped, why_skipped = 0, ""
     if grouped and corr.level == "group":
         rows, skipped, why_skipped = shared_documents(rows)
-    a, b, human, groups = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
+    a, b, human, groups = (list(column) for column in zip(*rows, strict=False)) if rows else ([], [], [], [])
     measured = paired_difference(corr.method, a, b, human, groups=groups if grouped else None, level=corr.level,
                                  confidence=rules.confidence, **interval_settings(spec), seed=seed)
     own = [(j.score, j.human, j.group) for j in judged_a if j.score is not None]

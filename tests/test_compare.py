@@ -121,12 +121,12 @@ def test_a_missing_or_malformed_baseline_folder_is_a_clear_error(pytester: pytes
     results.write_text(good[:200])
     result = pytester.runpytest("--judge-baseline=base")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*--judge-baseline: base/results.json:*: not JSON (*). Fix: *"])
+    result.stderr.fnmatch_lines(["*--judge-baseline: base/results.json:*: not JSON (*). Fix: *"])
 
     results.write_text(good)
     predictions = pytester.path / "base" / "predictions.jsonl"
     lines = predictions.read_text().splitlines()
-    predictions.write_text("\n".join(lines[:2] + ["{broken"] + lines[2:]) + "\n")
+    predictions.write_text("\n".join([*lines[:2], "{broken", *lines[2:]]) + "\n")
     result = pytester.runpytest("--judge-baseline=base")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--judge-baseline: base/predictions.jsonl:3: not JSON (*). Fix: *"])
