@@ -7,6 +7,7 @@ fixture, a regression item and a script share loading, the answer cache and the 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from .llm import LLM
 from .cases import Case, CaseResult, checks, load_cases
 from .scoring import Scored, as_record, check_inputs, scored
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
-from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
+from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, SpecWarning, load_spec
 
 if TYPE_CHECKING:
     from .optimize.budget import Budget
@@ -73,6 +74,8 @@ class Session:
             dataset = load_dataset(spec, self.loader)
             if dataset.skipped_note():
                 self.notes.append(dataset.skipped_note())
+            for text in spec.warnings:  # under pytest, shown in its warnings summary; filterwarnings can make it an error
+                warnings.warn(SpecWarning(text), stacklevel=2)
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
                                         cases=load_cases(spec, dataset.records))
         return self._loaded[path]

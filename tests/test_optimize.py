@@ -732,7 +732,7 @@ def test_a_mode_that_separates_after_combining_is_refused_with_the_reason(pytest
     spec = write_project(pytester.path, fake_llm)
     result = pytester.runpytest("--judge-optimize", "--judge-mode=SCS")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--judge-mode: 'SCS' combines a stage and then separates a later one*"
+    result.stderr.fnmatch_lines(["*--judge-mode SCS: 'SCS' combines a stage and then separates a later one*"
                                  "once a stage is C, every later stage must be C*"])
     with pytest.raises(ValueError, match="'CCS' combines a stage and then separates a later one"):
         Session(LLM()).optimize(spec, "CCS")
