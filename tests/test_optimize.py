@@ -863,6 +863,34 @@ def test_a_diagnostics_floor_fails_the_optimize_item_naming_criterion_and_value(
     assert read_yaml(pytester.path / LOCK)["criteria"]["coherence"]["diagnostics"]["specificity"] == 3.0
 
 
+def test_a_lock_records_its_judge_model_and_runs_with_another_say_so(pytester: pytest.Pytester,
+                                                                    fake_llm: FakeLLMServer) -> None:
+    """issue 12.7: a lock made with one model was used by runs with another without a word. The rule: a model
+    named for the run (--judge-model, JUDGEOPT_MODEL) tests the lock on it; a model the spec now names does not."""
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    spec = write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)
+    pytester.runpytest("--judge-optimize").assert_outcomes(passed=4)
+    lock = pytester.path / LOCK
+    assert read_yaml(lock)["judge_model"] == "openai/fake-judge"
+
+    def in_force(session: Session) -> tuple[dict[str, str], list[str]]:
+        return session.in_force(session.load(spec))[1], session.notes
+
+    assert in_force(new_session(pytester.path / ".judgeopt")) == (dict.fromkeys(CRITERIA, "lock"), [])
+
+    sources, notes = in_force(Session(LLM(), model_override="openai/another-judge", state_dir=pytester.path / ".s"))
+    assert sources == dict.fromkeys(CRITERIA, "lock")
+    assert notes == [f"{LOCK} was optimized with openai/fake-judge; this run judges with openai/another-judge "
+                     "(--judge-model or JUDGEOPT_MODEL), so the lock's instructions are tested on that model"]
+
+    spec.write_text(spec.read_text().replace('"name": "openai/fake-judge"', '"name": "openai/new-judge"'))
+    sources, notes = in_force(new_session(pytester.path / ".judgeopt"))
+    assert sources == dict.fromkeys(CRITERIA, "spec")
+    assert notes == [f"{LOCK} was optimized with openai/fake-judge, but the spec now judges with openai/new-judge, so the "
+                     "spec's instructions are tested; run pytest --judge-optimize to make a lock for openai/new-judge, "
+                     "or pass --judge-model openai/fake-judge to test the lock with the model it was made for"]
+
+
 def test_a_lock_broken_by_hand_is_kept_and_an_outdated_one_is_replaced(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     """A lock we cannot read was edited by hand (we write valid YAML), so it is kept like any hand edit;
     a lock of an older format is ours, and writing it again is the fix its message gives."""
