@@ -732,7 +732,8 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         split=Split(**data.get("split", {})),
         correlation=Correlation(**data.get("correlation", {})),
         judge=judge,
-        inference=data.get("inference", "separate"),
+        # one criterion merged is the separate prompt: call it that, so no run reports "(merged)" for it
+        inference=data.get("inference", "separate") if len(criteria) > 1 else "separate",
         interference=None if interference is False or len(criteria) < 2 else Interference(**interference),
         criteria=criteria,
         optimize=build_optimize(path, data.get("optimize", {})),

@@ -831,6 +831,28 @@ def test_the_judge_fixture_optimizes_and_shares_its_work_with_the_command_line(p
     assert read_yaml(pytester.path / LOCK)["criteria"]["coherence"]["instruction"] == GOOD["coherence"]
 
 
+def test_a_cached_mode_study_shows_its_calls_made_and_cached_apart(pytester: pytest.Pytester,
+                                                                   fake_llm: FakeLLMServer) -> None:
+    """issue 12.8: calls per run differed between a fresh and a cached study, with nothing saying why."""
+    fake_llm.responder = World(RECORDS, score=strict_improves)
+    write_project(pytester.path, fake_llm, optimize="study_runs: 1\nbatch_size: 2")
+
+    def rows(result: pytest.RunResult) -> dict[str, list[str]]:
+        out = result.stdout.str()
+        return {mode: re.search(rf"^\s+{mode}\s+coherence\s.*$", out, re.M).group(0).split() for mode in MODES}
+
+    fresh = pytester.runpytest("--judge-optimize=study", "--judge-steps=1", "-k", "study")
+    fresh.assert_outcomes(passed=1)
+    made = {mode: int(cells[-3]) for mode, cells in rows(fresh).items()}  # ... calls made, cached, cost
+    assert all(n > 0 for n in made.values())
+    cached = pytester.runpytest("--judge-optimize=study", "--judge-steps=1", "-k", "study")
+    again = rows(cached)
+    assert {mode: int(cells[-3]) for mode, cells in again.items()} == dict.fromkeys(MODES, 0)
+    assert sum(int(cells[-2]) for cells in again.values()) > 0  # the answers a reused run still needs come from the cache
+    cached.stdout.fnmatch_lines(["*runs finished before were reused from their checkpoints (ST: 1, SSS: 1, SSC: 1, "
+                                 "SCC: 1, CCC: 1)*"])
+
+
 def test_the_mode_study_prints_every_mode_and_criterion_with_specificity(pytester: pytest.Pytester,
                                                                         fake_llm: FakeLLMServer) -> None:
     fake_llm.responder = World(RECORDS, score=strict_improves, diagnostics="8 because it stays on its criterion.")
