@@ -95,7 +95,7 @@ def read_lock(spec_path: Path) -> Lock | None:
         if not isinstance(text, str) or not text.strip():
             raise LockError(f"{path}: criteria.{name}.instruction is missing or empty. Fix: restore it, or delete the lock file")
         instructions[str(name)] = text.strip()
-    models = content.get("models") if isinstance(content.get("models"), dict) else {}
+    models: dict[str, Any] = content["models"] if isinstance(content.get("models"), dict) else {}
     judge = content.get("judge_model", models.get("judge"))
     return Lock(path, instructions, str(content.get("spec_hash", "")), str(content.get("data_hash", "")),
                 content.get("checksum") != checksum(content), content, str(judge) if judge else None)

@@ -276,8 +276,9 @@ def study_table(study: Mapping[str, Any]) -> Table:
         if row.get("reused_runs"):
             reused[row["mode"]] = row["reused_runs"]
     if reused:
-        table.after.append(Line(f"runs finished before were reused from their checkpoints ({', '.join(f'{m}: {n}' for m, n in reused.items())}): "
-                                "their optimization steps were neither asked again nor counted, only the test split's judgments"))
+        counts = ", ".join(f"{m}: {n}" for m, n in reused.items())
+        table.after.append(Line(f"runs finished before were reused from their checkpoints ({counts}): their optimization "
+                                "steps were neither asked again nor counted, only the test split's judgments"))
     return table
 
 
