@@ -623,9 +623,10 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
             except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
                 out.append(problem(path, lines.get(("judge", "template")), "judge.template",
                                    f"the template cannot be filled in ({exc})", fix))
-        unused = unused_inputs(path, data, lines)
-        if unused is not None and data.get("judge", {}).get("unused_inputs", "error") == "error":
-            out.append(unused)
+            else:  # one mistake, one message: a misspelt {summray} is reported above, not also as {summary} unused
+                unused = unused_inputs(path, data, lines)
+                if unused is not None and data.get("judge", {}).get("unused_inputs", "error") == "error":
+                    out.append(unused)
     return out
 
 
