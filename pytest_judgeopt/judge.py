@@ -103,8 +103,10 @@ class Judged:
 
 
 async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Record], instructions: Mapping[str, str],
-                        *, criteria: Sequence[str] | None = None, shape: str = "separate", role: str = "judge") -> Judged:
-    """Judge every record on the chosen criteria, all calls in flight together."""
+                        *, criteria: Sequence[str] | None = None, shape: str = "separate", role: str = "judge",
+                        seed: int | None = None) -> Judged:
+    """Judge every record on the chosen criteria, all calls in flight together; ``seed`` goes to the provider
+    (a retest asks the same prompts again with other seeds)."""
     chosen = [spec.criteria[name] for name in (criteria or spec.criteria)]
     out = Judged(shape, {c.name: [] for c in chosen})
     settings = spec.judge
@@ -115,7 +117,7 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
         try:
             reply = await llm.complete(model, messages, role=role, temperature=settings.temperature,
                                        max_tokens=reply_tokens(settings.max_tokens, len(group), shape),
-                                       n=settings.n, logprobs=logprobs)
+                                       n=settings.n, logprobs=logprobs, seed=seed)
         except CallError as exc:
             return record, group, exc
         return record, group, reply

@@ -17,6 +17,7 @@ from .interference import InterferenceResult, compare
 from .judge import CriterionResult, Judged, Usage, assess, judge_records, prediction_rows
 from .llm import LLM
 from .cases import Case, CaseResult, checks, load_cases
+from .probes import Probe, ProbeResult, Transform, assess_retest, assess_shift, load_probes, padded, transformed
 from .scoring import Scored, as_record, check_inputs, scored
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
@@ -35,13 +36,18 @@ class Loaded:
     dataset: Dataset
     splits: Splits
     cases: tuple[Case, ...] = ()
+    probes: tuple[Probe, ...] = ()
 
 
 class Session:
     def __init__(self, llm: LLM | None = None, *, model_override: str | None = None, default_model: str | None = None,
                  sample: int | None = None, loader: Loader | None = None, metrics: Mapping[str, Metric | None] | None = None,
-                 progress: Callable[[str], None] | None = None, state_dir: str | Path = ".judgeopt"):
+                 progress: Callable[[str], None] | None = None, state_dir: str | Path = ".judgeopt",
+                 transforms: Mapping[str, Transform] | Callable[[], Mapping[str, Transform]] | None = None):
         self.llm = llm or LLM()
+        # the probes' transforms by name (pytest_judgeopt_transforms hooks), or a function asked when a spec loads;
+        # None: not known, so a transform's name is checked only when its probe runs
+        self.transforms = transforms
         self.model_override = model_override or os.environ.get("JUDGEOPT_MODEL") or None
         self.default_model = default_model
         self.sample = sample
@@ -64,6 +70,8 @@ class Session:
         self.interferences: list[dict[str, Any]] = []
         self._cases: dict[tuple[Any, ...], CaseResult] = {}
         self.case_results: list[dict[str, Any]] = []  # the cases judged, as plain data for the reports
+        self._probes: dict[tuple[Any, ...], ProbeResult] = {}
+        self.probe_results: list[dict[str, Any]] = []  # the probes run, as plain data for the reports
 
     def load(self, path: str | Path) -> Loaded:
         """Spec, data and splits; raises SpecError naming file, line and fix."""
@@ -71,8 +79,21 @@ class Session:
         if path not in self._loaded:
             spec = load_spec(path, tuple(self.metrics))
             dataset = load_dataset(spec, self.loader)
-            self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
-                                        cases=load_cases(spec, dataset.records))
+            problems: list[str] = []
+            cases: tuple[Case, ...] = ()
+            probes: tuple[Probe, ...] = ()
+            try:
+                cases = load_cases(spec, dataset.records)
+            except SpecError as exc:
+                problems += exc.problems
+            try:
+                probes = load_probes(spec, tuple(self.metrics), self.known_transforms())
+            except SpecError as exc:
+                problems += exc.problems
+            if problems:
+                raise SpecError(problems)
+            self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split), cases=cases,
+                                        probes=probes)
         return self._loaded[path]
 
     def model_for(self, spec: Spec, role: str = "judge") -> Model:
@@ -317,6 +338,65 @@ class Session:
         return [CaseResult(case=c, spec_name=spec.name, path=str(spec.path), shape=spec.inference, model=model,
                            checks=checks(c, found[c.name]), instruction_sources={n: used[n] for n in c.expect})
                 for c in cases]
+
+    # -- probes ------------------------------------------------------------------------------------
+    def known_transforms(self) -> dict[str, Transform] | None:
+        found = self.transforms() if callable(self.transforms) else self.transforms
+        return None if found is None else dict(found)
+
+    def probe(self, path: str | Path, name: str) -> ProbeResult:
+        """Run one of the spec's probes on the test split (the ``--judge-sample`` of it, or the probe's own
+        ``sample``), memoized: the unchanged prompts are the items' own, so they come from the answer cache."""
+        from .data import sample_groups
+
+        loaded = self.load(path)
+        spec = loaded.spec
+        by_name = {p.name: p for p in loaded.probes}
+        if name not in by_name:
+            known = ", ".join(by_name) or "none"
+            raise SpecError([f"{spec.path}: no probe '{name}'. Fix: use one of the spec's probes ({known})"])
+        probe = by_name[name]
+        instructions, _ = self.in_force(loaded)
+        key = (spec.path, name, tuple(sorted(instructions.items())))
+        if key in self._probes:
+            return self._probes[key]
+        records = sample_groups(self.records(loaded, "test"), probe.sample, spec.split.seed)
+        shape = spec.inference
+        names = list(spec.criteria) if shape == "merged" else list(probe.criteria)
+        model = self.model_for(spec)
+        skipped = 0
+        if probe.kind == "retest":
+            changed: list[list[Any]] = [list(records)] * probe.k
+        elif probe.kind == "pad":
+            changed = [padded(probe, records)]
+        else:
+            transforms = self.known_transforms() or {}
+            if probe.transform not in transforms:
+                raise SpecError([f"{spec.path}:{probe.line}: probes: no transform '{probe.transform}'. Fix: return it "
+                                 "from a pytest_judgeopt_transforms hook in a conftest.py"])
+            kept, skipped = transformed(probe, records, transforms[probe.transform])
+            changed = [kept]
+        if self.progress:
+            self.progress(f"probing {spec.name}: {probe.kind} '{probe.name}', {len(records)} samples x {len(names)} "
+                          f"criteria ({shape}) on {model.name}")
+        work = [judge_records(self.llm, model, spec, records, instructions, criteria=names, shape=shape)]
+        work += [judge_records(self.llm, model, spec, batch, instructions, criteria=names, shape=shape,
+                               seed=(r + 1 if probe.kind == "retest" else None)) for r, batch in enumerate(changed)]
+        spent_before = self.llm.total()
+        judged = self.llm.run(gather_all(work))
+        spent = self.llm.total().minus(spent_before)
+        base, afters = judged[0], judged[1:]
+        if probe.kind == "retest":
+            criteria = {c: assess_retest(probe, spec, c, base.judgments[c], [a.judgments[c] for a in afters])
+                        for c in probe.criteria}
+        else:
+            criteria = {c: assess_shift(probe, spec, c, base.judgments[c], afters[0].judgments[c]) for c in probe.criteria}
+        result = ProbeResult(probe=probe, spec_name=spec.name, path=str(spec.path), split="test", shape=shape,
+                             model=model.describe(), records=len(records), criteria=criteria, skipped=skipped,
+                             calls=spent.calls, cache_hits=spent.cache_hits)
+        self._probes[key] = result
+        self.probe_results.append(result.to_json())
+        return result
 
 
 async def gather_all(work: Sequence[Any]) -> list[Any]:

@@ -382,6 +382,10 @@ interference: {max_drop: 0.05, confidence: 0.9}
 cases:
   - {name: jumbled, inputs: {source: a, summary: b}, expect: {coherence: [1, 2]}, note: why}
   - {name: from-data, record: r1, expect: {fluency: ">= 2"}}
+probes:
+  - {kind: retest, name: again, criteria: [coherence], k: 3, min: 0.8, metric: kendall, gate: bound, sample: 4}
+  - {kind: pad, criteria: fluency, input: summary, filler: Also this., max_rise: 0.2}
+  - {kind: transform, transform: shuffle, expect: {coherence: lower}}
 optimize:
   mode: SSC
   steps: 2
