@@ -551,7 +551,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run is None or hasattr(config, "workerinput") or not (run.started or run.workers):
         return  # nothing judged or collected here: gathering would import the report and llm modules for nothing
     found = gathered(run)
-    if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
+    if not any(found[key] for key in ("evaluations", "interference", "cases", "probes", "optimizations", "studies", "notes")):
         return
     from .report import render, summary_sections
 

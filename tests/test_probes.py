@@ -6,6 +6,7 @@ import json
 import re
 import textwrap
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,11 @@ def by_summary_number(body: dict[str, Any]) -> str:
     """A judge that reads only which summary it is ("Summary 3 of ..."): scores vary, length changes nothing."""
     number = int(re.search(r"Summary (\d+)", tagged(body, "summary")).group(1))
     return judge_answer(body, lambda criterion: 1 + number % 5)
+
+
+def literal(pattern: str) -> str:
+    """An fnmatch pattern whose brackets (intervals, ranges) are text, not character classes."""
+    return pattern.replace("[", "[[]")
 
 
 def summaries(server: FakeLLMServer) -> list[str]:
@@ -247,3 +253,88 @@ def test_mean_change_is_undefined_without_pairs_and_has_no_interval_from_one() -
     assert one.value == 1.0 and one.low is None and one.reason == "an interval needs at least 2 documents, there is 1"
     with pytest.raises(ValueError, match="before has 2 scores but after has 1"):
         mean_change([1, 2], [1])
+
+
+# --------------------------------------------------------------------------
+# reports: terminal summary, results.json, the HTML page
+
+
+def test_cases_and_probes_in_the_summary_results_json_and_the_page(pytester: pytest.Pytester,
+                                                                  fake_llm: FakeLLMServer) -> None:
+    import jsonschema
+
+    fake_llm.responder = by_summary_number
+    extra = """\
+cases:
+  - {name: first, inputs: {source: s, summary: "Summary 0"}, expect: {coherence: [1, 2]}}
+  - {name: second, inputs: {source: s, summary: "Summary 1"}, expect: {coherence: ">= 4"}, note: "a wrong <script> guess"}
+"""
+    write(pytester, fake_llm, "- {kind: pad, criteria: coherence, max_rise: 0.25}\n"
+                              "- {kind: retest, k: 1, min: 0.9, criteria: fluency}\n", extra=extra)
+    result = pytester.runpytest("-k", "case or probe", "--judge-report", "report")
+    result.assert_outcomes(passed=3, failed=1, deselected=2)
+    result.stdout.fnmatch_lines([literal(line) for line in [
+        "*judge cases*",
+        "toy cases (separate prompts, openai/fake-judge): 1/2 pass",
+        "*case*criterion*expect*score*human*verdict*",
+        "*first*coherence*[1, 2]*1*-*pass*",
+        "*second*coherence*>= 4*2*-*FAIL*",
+        "*judge probes*",
+        "toy probes (test split, separate prompts, openai/fake-judge): 2/2 hold",
+        "*pad*coherence*mean change*-*+0.000 [+0.000, +0.000]*40*0/80*rise <= 0.25*pass*",
+        "*retest*fluency*spearman with itself*1.000 [1.000, 1.000]*+0.000 [+0.000, +0.000]*40*0/80*>= 0.9*pass*",
+        "*probe judgments: * model calls made, * from cache; intervals 95%, documents resampled whole*"]])
+    folder = pytester.path / "report"
+    results = json.loads((folder / "results.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[1] / "pytest_judgeopt" / "schemas" / "results.schema.json")
+                        .read_text())
+    jsonschema.Draft202012Validator(schema).validate(results)
+    assert [c["case"] for c in results["cases"]] == ["first", "second"]
+    assert results["cases"][1]["checks"][0]["reply"] == "coherence: 2"
+    assert results["cases"][1]["checks"][0]["score"] == 2 and results["cases"][1]["passed"] is False
+    assert results["cases"][0]["path"] == "toy.judge.yaml" and results["cases"][0]["file"] == "toy.judge.yaml"
+    pad = next(p for p in results["probes"] if p["kind"] == "pad")
+    assert pad["criteria"][0]["change"] == 0.0 and pad["criteria"][0]["n"] == 40 and pad["settings"]["max_rise"] == 0.25
+    page = (folder / "index.html").read_text()
+    assert "cases: 1/2 pass" in page and "probes: 2/2 hold" in page
+    assert '<section class="cases">' in page and '<section class="probes">' in page
+    assert "a wrong &lt;script&gt; guess" in page and "<script>" not in page
+    assert "+0.000 [+0.000, +0.000]" in page
+
+
+def test_quiet_keeps_one_line_per_spec_for_cases_and_probes(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = by_summary_number
+    extra = "cases:\n  - {name: first, inputs: {source: s, summary: Summary 0}, expect: {coherence: [1, 2]}}\n"
+    write(pytester, fake_llm, "- {kind: pad, criteria: coherence, max_rise: 0.25}\n", extra=extra)
+    result = pytester.runpytest("-q", "-k", "case or probe")
+    result.assert_outcomes(passed=2, deselected=2)
+    result.stdout.fnmatch_lines(["toy cases (separate prompts, openai/fake-judge): 1/1 pass",
+                                 "toy probes (test split, separate prompts, openai/fake-judge): 1/1 hold"])
+    assert "mean change" not in result.stdout.str()
+
+
+def summary_section(result: pytest.RunResult, title: str) -> list[str]:
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if re.fullmatch(rf"=+ {title} =+", line))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("====")), len(lines))
+    return lines[start + 1:end]
+
+
+def test_under_xdist_the_controller_reports_the_workers_cases_and_probes(pytester: pytest.Pytester,
+                                                                         fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = by_summary_number
+    extra = "cases:\n  - {name: first, inputs: {source: s, summary: Summary 0}, expect: {coherence: [1, 2]}}\n"
+    write(pytester, fake_llm, "- {kind: pad, criteria: coherence, max_rise: 0.25}\n", extra=extra)
+    options = ("-p", "no:cacheprovider", "-k", "case or probe", "--judge-report", "report")
+    parallel = pytester.runpytest_subprocess("-n", "2", *options)
+    parallel.assert_outcomes(passed=2)
+    from_workers = json.loads((pytester.path / "report" / "results.json").read_text())
+    serial = pytester.runpytest_subprocess(*options)
+    serial.assert_outcomes(passed=2, deselected=2)
+    alone = json.loads((pytester.path / "report" / "results.json").read_text())
+    for title in ("judge cases", "judge probes"):
+        keep = [line for line in summary_section(serial, title) if "model calls made" not in line]
+        assert [line for line in summary_section(parallel, title) if "model calls made" not in line] == keep
+    assert from_workers["cases"] == alone["cases"]
+    assert [{**p, "calls": 0, "cache_hits": 0} for p in from_workers["probes"]] == \
+           [{**p, "calls": 0, "cache_hits": 0} for p in alone["probes"]]
