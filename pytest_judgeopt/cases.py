@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .data import Record
-from .scoring import Scored, input_problems
-from .spec import Path_, Spec, SpecError, dotted, explain, non_finite, problem, read_yaml, schema
+from .llm import LLM
+from .scoring import Scored, as_record, input_problems, score_records
+from .spec import Model, Path_, Spec, SpecError, dotted, explain, non_finite, problem, read_yaml, schema
 
 CASE_FILE_SUFFIXES = (".yaml", ".yml", ".jsonl")
 MAX_CASE_FILE_BYTES = 10_000_000
@@ -212,7 +213,7 @@ def load_cases(spec: Spec, records: Sequence[Record]) -> tuple[Case, ...]:
     for i, entry in enumerate(entries):
         at: Path_ = ("cases", i)
 
-        def report(what: str, fix: str, *key: str | int) -> None:
+        def report(what: str, fix: str, *key: str | int, at: Path_ = at) -> None:
             problems.append(problem(file, lines.get(at + key, lines.get(at)), dotted(at + key), what, fix))
 
         name = entry["name"]
@@ -338,6 +339,23 @@ class CaseResult:
 
 def checks(case: Case, scores: Mapping[str, Scored]) -> list[Check]:
     return [Check(name, expectation, scores[name], case.human.get(name)) for name, expectation in case.expect.items()]
+
+
+async def judge_cases(llm: LLM, model: Model, spec: Spec, cases: Sequence[Case], instructions: Mapping[str, str],
+                      *, role: str = "judge") -> list[list[Check]]:
+    """Each case's checks under the given instructions (the items', or an optimizer's candidate), all calls in
+    flight together: cases that expect the same criteria share one pass of the judge."""
+    import asyncio
+
+    groups: dict[tuple[str, ...], list[Case]] = {}
+    for case in cases:
+        groups.setdefault(tuple(case.expect), []).append(case)
+    work = [score_records(llm, model, spec, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
+                          instructions, names, role=role) for names, members in groups.items()]
+    found: dict[str, dict[str, Scored]] = {}
+    for members, scores in zip(groups.values(), await asyncio.gather(*work)):
+        found.update({case.name: s for case, s in zip(members, scores)})
+    return [checks(c, found[c.name]) for c in cases]
 
 
 def describe_failure(result: CaseResult) -> str:

@@ -165,11 +165,11 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
             per_choice.append({c.name: parsed})
     out = {}
     for c in group:
-        parsed = [p[c.name] for p in per_choice]
-        ok = [p for p in parsed if p.ok]
+        read = [p[c.name] for p in per_choice]
+        ok = [p for p in read if p.ok]
         details = {p.detail for p in ok}  # kept when every choice agrees: it says the score is probability-weighted
         out[c.name] = (ParsedScore(sum(p.score or 0.0 for p in ok) / len(ok), None, details.pop() if len(details) == 1 else "")
-                       if ok else parsed[0])
+                       if ok else read[0])
     return out
 
 

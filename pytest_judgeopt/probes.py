@@ -74,9 +74,13 @@ class Probe:
 
     def settings(self) -> dict[str, Any]:
         """What the probe does, for the reports: only the settings of its kind."""
-        chosen = {"retest": {"k": self.k, "min": self.min, "metric": self.metric, "gate": self.gate},
-                  "pad": {"input": self.input, "filler": self.filler, "max_rise": self.max_rise, "gate": self.gate},
-                  "transform": {"transform": self.transform, "expect": dict(self.expect)}}[self.kind]
+        chosen: dict[str, Any]
+        if self.kind == "retest":
+            chosen = {"k": self.k, "min": self.min, "metric": self.metric, "gate": self.gate}
+        elif self.kind == "pad":
+            chosen = {"input": self.input, "filler": self.filler, "max_rise": self.max_rise, "gate": self.gate}
+        else:
+            chosen = {"transform": self.transform, "expect": dict(self.expect)}
         return {**chosen, "sample": self.sample}
 
 
@@ -98,7 +102,7 @@ def load_probes(spec: Spec, metrics: Sequence[str], transforms: Mapping[str, Any
         line = spec.line_of(*at) or 1
         count = len(problems)
 
-        def report(what: str, fix: str, *key: str | int) -> None:
+        def report(what: str, fix: str, *key: str | int, at: tuple[str, int] = at, line: int = line) -> None:
             problems.append(problem(spec.path, spec.line_of(*at, *key) or line, dotted(at + key), what, fix))
 
         def known(name: str, options: list[str], what: str, *key: str | int) -> None:

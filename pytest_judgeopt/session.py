@@ -16,9 +16,9 @@ from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_da
 from .interference import InterferenceResult, compare
 from .judge import CriterionResult, Judged, Usage, assess, judge_records, prediction_rows
 from .llm import LLM
-from .cases import Case, CaseResult, checks, load_cases
+from .cases import Case, CaseResult, judge_cases, load_cases
 from .probes import Probe, ProbeResult, Transform, assess_retest, assess_shift, load_probes, padded, transformed
-from .scoring import Scored, as_record, check_inputs, scored
+from .scoring import Scored, as_record, check_inputs, score_records
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
 
@@ -274,27 +274,8 @@ class Session:
             instructions[criterion] = instruction  # type: ignore[index]
         records = [as_record(f"input-{i}", check_inputs(spec, texts), spec) for i, texts in enumerate(inputs)]
         wanted = [criterion] if criterion is not None else list(spec.criteria)
-        per_record = self._score_records(loaded, records, instructions, wanted)
+        per_record = self.llm.run(score_records(self.llm, self.model_for(spec), spec, records, instructions, wanted))
         return [found[criterion] if criterion is not None else found for found in per_record]
-
-    def _score_records(self, loaded: Loaded, records: Sequence[Any], instructions: Mapping[str, str],
-                       wanted: Sequence[str]) -> list[dict[str, Scored]]:
-        return self.llm.run(self._ascore(loaded, records, instructions, wanted)) if records else []
-
-    async def _ascore(self, loaded: Loaded, records: Sequence[Any], instructions: Mapping[str, str],
-                      wanted: Sequence[str]) -> list[dict[str, Scored]]:
-        """Judge records outside the splits in the spec's prompt shape: separate prompts for the criteria wanted,
-        or the merged prompt of every criterion (as the items judge), read for the ones wanted."""
-        spec = loaded.spec
-        shape = spec.inference
-        names = list(spec.criteria) if shape == "merged" else list(wanted)
-        judged = await judge_records(self.llm, self.model_for(spec), spec, records, instructions, criteria=names,
-                                     shape=shape)
-        by_record: dict[str, dict[str, Scored]] = {r.id: {} for r in records}
-        for name in wanted:
-            for judgment in judged.judgments[name]:
-                by_record[judgment.record_id][name] = scored(judgment, spec.criteria[name].scale)
-        return [by_record[r.id] for r in records]
 
     def case(self, path: str | Path, name: str, *, together: Sequence[str] = ()) -> CaseResult:
         """A case of the spec judged (memoized), with the cases named in ``together`` that are not judged yet
@@ -322,22 +303,14 @@ class Session:
 
     def judge_cases(self, loaded: Loaded, cases: Sequence[Case], instructions: Mapping[str, str],
                     sources: Mapping[str, str] | None = None) -> list[CaseResult]:
-        """Judge cases with the given instructions (the optimizer's case gate passes its candidates), in one pass
-        per set of criteria; the results are not kept by the session."""
+        """Judge cases with the given instructions, in one pass; the results are not kept by the session."""
         spec = loaded.spec
-        groups: dict[tuple[str, ...], list[Case]] = {}
-        for case in cases:
-            groups.setdefault(tuple(case.expect), []).append(case)
-        work = [self._ascore(loaded, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
-                             instructions, names) for names, members in groups.items()]
-        found: dict[str, dict[str, Scored]] = {}
-        for members, scores in zip(groups.values(), self.llm.run(gather_all(work))):
-            found.update({case.name: s for case, s in zip(members, scores)})
+        found = self.llm.run(judge_cases(self.llm, self.model_for(spec), spec, cases, instructions))
         model = self.model_for(spec).describe()
         used = dict(sources or dict.fromkeys(spec.criteria, "argument"))
         return [CaseResult(case=c, spec_name=spec.name, path=str(spec.path), shape=spec.inference, model=model,
-                           checks=checks(c, found[c.name]), instruction_sources={n: used[n] for n in c.expect})
-                for c in cases]
+                           checks=checks_, instruction_sources={n: used[n] for n in c.expect})
+                for c, checks_ in zip(cases, found)]
 
     # -- probes ------------------------------------------------------------------------------------
     def known_transforms(self) -> dict[str, Transform] | None:

@@ -146,6 +146,7 @@ class Gate:
     metric: str = "spearman"
     rule: str | None = None  # None: the default of the mode run (optimize/gate.py: default_rule)
     tolerance: float = 0.0
+    cases: bool = False  # a second gate: a rewrite that breaks a case that passed before it is rejected
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class Optimize:
     diagnostics: bool = False
     min_specificity: float | None = None
     min_adherence: float | None = None
+    cases_in_prompt: bool = False  # the optimizer role sees the criterion's cases (never, unless the spec says so)
 
 
 def mode_problem(mode: str) -> str | None:
@@ -497,6 +499,12 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
         if floor in diagnostics and not diagnostics.get("enabled", False):
             out.append(problem(path, lines.get(("optimize", "diagnostics", floor)), f"optimize.diagnostics.{floor}",
                                "a floor on a diagnostic that is not measured", "add `enabled: true` to optimize.diagnostics"))
+    for key, at in (("cases", ("optimize", "gate", "cases")), ("cases_in_prompt", ("optimize", "cases_in_prompt"))):
+        settings = data.get("optimize", {})
+        value = settings.get("gate", {}).get("cases") if key == "cases" else settings.get(key)
+        if value and not data.get("cases"):
+            out.append(problem(path, lines.get(at), dotted(at), "the spec has no cases for this to use",
+                               "add `cases:` to the spec, or remove this setting"))
     for role, file in data.get("optimize", {}).get("prompts", {}).items():
         if not (path.parent / file).is_file():
             out.append(problem(path, lines.get(("optimize", "prompts", role)), f"optimize.prompts.{role}",
@@ -586,9 +594,11 @@ def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
     return Optimize(
         mode=mode,
         **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs") if k in data},
-        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0)),
+        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0),
+                  cases=gate.get("cases", False)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),
         min_specificity=diagnostics.get("min_specificity"),
         min_adherence=diagnostics.get("min_adherence"),
+        cases_in_prompt=data.get("cases_in_prompt", False),
     )

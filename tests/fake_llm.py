@@ -384,7 +384,7 @@ def by_content(rules: list[tuple[str, dict[str, float] | float]], default: float
         text = prompt_text(body)
         for pattern, scores in compiled:
             if pattern.search(text):
-                return judge_answer(body, lambda c: scores.get(c, default) if isinstance(scores, dict) else scores)
+                return judge_answer(body, lambda c, scores=scores: scores.get(c, default) if isinstance(scores, dict) else scores)
         return judge_answer(body, lambda c: default)
 
     return respond

@@ -395,7 +395,8 @@ optimize:
   max_instruction_chars: 800
   max_tokens: 1500
   study_runs: 2
-  gate: {metric: kendall, rule: mean, tolerance: 0.01}
+  gate: {metric: kendall, rule: mean, tolerance: 0.01, cases: true}
+  cases_in_prompt: true
   prompts: {loss: p/loss.txt, loss_combined: p/loss_c.txt, gradient: p/gradient.txt, gradient_combined: p/gradient_c.txt,
             optimizer: p/optimizer.txt, optimizer_combined: p/optimizer_c.txt, specificity: p/spec.txt, adherence: p/adh.txt}
   diagnostics: {enabled: true, min_specificity: 5, min_adherence: 6}
