@@ -191,6 +191,12 @@ def load_cases(spec: Spec, records: Sequence[Record]) -> tuple[Case, ...]:
     """The spec's cases, checked against its criteria, inputs and data; raises SpecError listing every problem."""
     raw = spec.raw.get("cases")
     if raw is None:
+        settings = spec.raw.get("optimize", {})
+        unused = [at for at, on in ((("optimize", "gate", "cases"), settings.get("gate", {}).get("cases")),
+                                    (("optimize", "cases_in_prompt"), settings.get("cases_in_prompt"))) if on]
+        if unused:
+            raise SpecError([problem(spec.path, spec.line_of(*at), dotted(at), "the spec has no cases for this to use",
+                                     "add `cases:` to the spec, or remove this setting") for at in unused])
         return ()
     if isinstance(raw, str):
         file = (spec.path.parent / raw).resolve()

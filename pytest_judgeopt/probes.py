@@ -381,7 +381,8 @@ def describe_failure(result: ProbeResult) -> str:
         ch = c.change
         moved = "-" if ch.value is None else f"{ch.value:+.3f}"
         moved += f" [{ch.low:+.3f}, {ch.high:+.3f}]" if ch.low is not None and ch.high is not None else ""
-        lines.append(f"  {c.criterion}: {c.statistic} {value}{interval}; mean change {moved} "
+        statistic = f"{c.statistic} {value}{interval}; " if p.kind == "retest" else ""
+        lines.append(f"  {c.criterion}: {statistic}mean change {moved} "
                      f"({ch.confidence:.0%} CI, n={c.n}, {ch.groups} documents, failed {c.failed}/{c.judged})")
         for w in c.worst:
             if w["change"] != 0 or p.kind != "retest":

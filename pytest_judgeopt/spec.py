@@ -499,12 +499,6 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
         if floor in diagnostics and not diagnostics.get("enabled", False):
             out.append(problem(path, lines.get(("optimize", "diagnostics", floor)), f"optimize.diagnostics.{floor}",
                                "a floor on a diagnostic that is not measured", "add `enabled: true` to optimize.diagnostics"))
-    for key, at in (("cases", ("optimize", "gate", "cases")), ("cases_in_prompt", ("optimize", "cases_in_prompt"))):
-        settings = data.get("optimize", {})
-        value = settings.get("gate", {}).get("cases") if key == "cases" else settings.get(key)
-        if value and not data.get("cases"):
-            out.append(problem(path, lines.get(at), dotted(at), "the spec has no cases for this to use",
-                               "add `cases:` to the spec, or remove this setting"))
     for role, file in data.get("optimize", {}).get("prompts", {}).items():
         if not (path.parent / file).is_file():
             out.append(problem(path, lines.get(("optimize", "prompts", role)), f"optimize.prompts.{role}",

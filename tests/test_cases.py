@@ -480,3 +480,13 @@ def test_a_case_setting_without_cases_is_a_collection_error(pytester: pytest.Pyt
     write(pytester, None, f"optimize: {{{setting}}}\n")
     out = pytester.runpytest("--collect-only").stdout.str()
     assert "the spec has no cases for this to use. Fix: add `cases:` to the spec, or remove this setting" in out
+
+
+def test_the_summeval_example_carries_cases_and_a_probe() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "summeval" / "summeval.judge.yaml"
+    loaded = Session().load(example)
+    assert [c.name for c in loaded.cases] == ["expert-best", "expert-worst", "sentence-salad"]
+    assert all(c.record is not None for c in loaded.cases)
+    assert not {c.record for c in loaded.cases} & {r.id for r in loaded.splits.test}  # cases never from the test split
+    (probe,) = loaded.probes
+    assert (probe.kind, probe.criteria, probe.sample) == ("pad", ("relevance",), 2)
