@@ -92,6 +92,8 @@ class Session:
                 problems += exc.problems
             if problems:
                 raise SpecError(problems)
+            if dataset.skipped_note():
+                self.notes.append(dataset.skipped_note())
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split), cases=cases,
                                         probes=probes)
         return self._loaded[path]
