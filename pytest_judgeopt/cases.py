@@ -173,7 +173,7 @@ def read_case_file(spec: Spec, file: Path) -> tuple[Any, dict[Path_, int]]:
     if not isinstance(data, list):
         raise SpecError([problem(file, 1, "", "a case file holds a YAML list of cases",
                                  "write `- name: ...` entries with inputs (or record) and expect")])
-    lines = {("cases",) + key: line for key, line in found.items()}
+    lines = {("cases", *key): line for key, line in found.items()}
     return {"cases": data}, lines
 
 
@@ -181,10 +181,10 @@ def record_json_lines(value: Any, at: Path_, line: int, lines: dict[Path_, int])
     lines[at] = line
     if isinstance(value, dict):
         for key, item in value.items():
-            record_json_lines(item, at + (key,), line, lines)
+            record_json_lines(item, (*at, key), line, lines)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            record_json_lines(item, at + (i,), line, lines)
+            record_json_lines(item, (*at, i), line, lines)
 
 
 def load_cases(spec: Spec, records: Sequence[Record]) -> tuple[Case, ...]:
@@ -359,8 +359,8 @@ async def judge_cases(llm: LLM, model: Model, spec: Spec, cases: Sequence[Case],
     work = [score_records(llm, model, spec, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
                           instructions, names, role=role) for names, members in groups.items()]
     found: dict[str, dict[str, Scored]] = {}
-    for members, scores in zip(groups.values(), await asyncio.gather(*work)):
-        found.update({case.name: s for case, s in zip(members, scores)})
+    for members, scores in zip(groups.values(), await asyncio.gather(*work), strict=True):
+        found.update({case.name: s for case, s in zip(members, scores, strict=True)})
     return [checks(c, found[c.name]) for c in cases]
 
 

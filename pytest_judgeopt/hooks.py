@@ -37,11 +37,13 @@ def pytest_judgeopt_load_records(path: Path, format: str, dataset: Any) -> Itera
 
 
 @hookspec
-def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None]]:
+def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None] | None:
     """Contribute agreement metrics that ``correlation.method`` can name.
 
     Each function takes two equal-length numpy arrays (judge scores, human scores) and
     returns a float, or None (or NaN) when undefined; it is bootstrapped like the built-ins.
+    (A None in place of a function marks a metric stats.py computes itself, as the built-ins'
+    implementation does; an implementation returning None contributes nothing.)
     Example::
 
         import numpy as np
@@ -54,14 +56,14 @@ def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None]]:
 
 
 @hookspec
-def pytest_judgeopt_transforms() -> dict[str, Callable[[dict[str, str]], dict[str, str] | None]]:
+def pytest_judgeopt_transforms() -> dict[str, Callable[[dict[str, str]], dict[str, str] | None]] | None:
     """Contribute input transforms that a ``transform`` probe can name (``probes: [{kind: transform, ...}]``).
 
     Each function takes one record's inputs (a new dict, placeholder -> text) and returns the changed
     inputs (all of them, or only those it changes), or None to leave the record out (a summary of one
     sentence cannot be shuffled). Records it leaves unchanged are left out too, and counted. Seed any
     randomness from the text, so a run judges the same changed prompts again and the cache answers them.
-    Example, in a ``conftest.py``::
+    (An implementation returning None contributes nothing.) Example, in a ``conftest.py``::
 
         import random
 

@@ -234,12 +234,12 @@ class Optimization:
             return found
 
         before = await checks(current)
-        passing = {(case.name, ch.criterion) for case, per_case in zip(self.cases, before) for ch in per_case if ch.passed}
+        passing = {(case.name, ch.criterion) for case, per_case in zip(self.cases, before, strict=True) for ch in per_case if ch.passed}
         keep = list(keep)
         while keep and passing:
             trial = {c: candidate[c] if c in keep else current[c] for c in current}
             broken: dict[str, str] = {}
-            for case, per_case in zip(self.cases, await checks(trial)):
+            for case, per_case in zip(self.cases, await checks(trial), strict=True):
                 for ch in per_case:
                     if (case.name, ch.criterion) in passing and not ch.passed:
                         broken.setdefault(ch.criterion, f"{case.item_name} breaks ({ch.reason()})")
