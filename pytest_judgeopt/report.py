@@ -36,7 +36,8 @@ def prediction_rows(results: Iterable[Any]) -> list[dict[str, Any]]:
     """Every judgment of some criterion results as plain rows (predictions.jsonl, the HTML scatter plots):
     kept with the evaluation they belong to, so pytest-xdist workers ship them with it."""
     return [{"criterion": j.criterion, "record_id": j.record_id, "group": j.group, "human": j.human, "judge": j.score,
-             "failure": j.failure, "reply": j.reply} for result in results for j in result.judgments]
+             "failure": j.failure, "reply": j.reply, "scoring": j.scoring, "outside": j.outside}
+            for result in results for j in result.judgments]
 
 
 def optimization_json(result: Any, seconds: float | None = None) -> dict[str, Any]:

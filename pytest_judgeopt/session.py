@@ -50,6 +50,7 @@ class Session:
         self._in_force: dict[Path, tuple[dict[str, str], dict[str, str]]] = {}
         self._recorded: set[tuple[Any, ...]] = set()
         self._logprobs_missing: dict[tuple[Any, ...], int] = {}
+        self._logprobs_noted: set[str] = set()
         self.base = Path.cwd()
         self._loaded: dict[Path, Loaded] = {}
         self._evaluations: dict[tuple[Any, ...], dict[str, CriterionResult]] = {}
@@ -119,6 +120,7 @@ class Session:
             self._evaluations[key] = results
             self._usages[key] = judged.usage
             self._logprobs_missing[key] = judged.logprobs_missing
+            self._note_missing_logprobs(model, judged)
         if record and key not in self._recorded:
             self._recorded.add(key)
             results = self._evaluations[key]
@@ -130,6 +132,14 @@ class Session:
                 "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
             })
         return self._evaluations[key]
+
+    def _note_missing_logprobs(self, model: Model, judged: Judged) -> None:
+        """Said once per model: its replies came without the logprobs asked for, so their scores are the parsed ones."""
+        if judged.logprobs_missing and model.name not in self._logprobs_noted:
+            self._logprobs_noted.add(model.name)
+            self.notes.append(f"{model.describe()} returned no token logprobs for {judged.logprobs_missing} of "
+                              f"{judged.usage.calls} judge replies that asked for them (judge.logprobs); those "
+                              "judgments use the parsed score, and results.json counts them under `scoring`")
 
     def in_force(self, loaded: Loaded) -> tuple[dict[str, str], dict[str, str]]:
         """The instructions ordinary runs test, and where each came from: the lock file while it
