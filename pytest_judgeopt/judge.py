@@ -118,19 +118,27 @@ class Judged:
 
 async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Record], instructions: Mapping[str, str],
                         *, criteria: Sequence[str] | None = None, shape: str = "separate", role: str = "judge") -> Judged:
-    """Judge every record on the chosen criteria, all calls in flight together.
+    """Judge every record on the chosen criteria, all calls in flight together."""
+    judged = await judge_shapes(llm, model, spec, records, instructions, criteria=criteria, shapes=(shape,), role=role)
+    return judged[shape]
 
-    The calls are started document by document and, within a record, criterion by criterion, so
-    consecutive prompts share their longest prefix (the system text, the source, the summary) and a
-    local model evaluates each shared part once. Judgments come back in the records' order.
+
+async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Record], instructions: Mapping[str, str],
+                       *, criteria: Sequence[str] | None = None, shapes: Sequence[str] = ("separate",),
+                       role: str = "judge") -> dict[str, Judged]:
+    """Judge every record in each prompt shape, all calls in flight together.
+
+    The calls are started document by document and, within a record, its separate calls then its
+    merged one, so consecutive prompts share their longest prefix (the system text, the source, the
+    summary) and a local model evaluates each shared part once. Judgments come back in the records' order.
     """
     chosen = [spec.criteria[name] for name in (criteria or spec.criteria)]
-    out = Judged(shape, {c.name: [] for c in chosen})
+    out = {shape: Judged(shape, {c.name: [] for c in chosen}) for shape in shapes}
     settings = spec.judge
     structured = uses_structured(settings.structured, model, llm)
     logprobs = logprob_alternatives(chosen) if uses_logprobs(settings.logprobs, model) else 0
 
-    async def ask(record: Record, group: Sequence[Criterion]) -> tuple[Record, Sequence[Criterion], Any]:
+    async def ask(record: Record, group: Sequence[Criterion], shape: str) -> tuple[Record, Sequence[Criterion], str, Any]:
         messages = render(spec, record, group, instructions, structured=structured)
         max_tokens = reply_tokens(settings.max_tokens, len(group), shape)
         request = response_format(group) if structured else None
@@ -141,37 +149,40 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
                                        max_tokens=max_tokens, n=settings.n, logprobs=logprobs,
                                        response_format=request)
         except CallError as exc:
-            return record, group, exc
-        return record, group, reply
+            return record, group, shape, exc
+        return record, group, shape, reply
 
-    groups = {r.group: i for i, r in reversed(list(enumerate(records)))}  # each document's first record
-    order = sorted(range(len(records)), key=lambda i: groups[records[i].group])
-    if shape == "merged":
-        tasks = [ask(records[i], chosen) for i in order]
-    else:
-        tasks = [ask(records[i], [c]) for i in order for c in chosen]
+    first = {r.group: i for i, r in reversed(list(enumerate(records)))}  # each document's first record
+    order = sorted(range(len(records)), key=lambda i: first[records[i].group])
+    tasks = []
+    for i in order:
+        for shape in shapes:
+            groups = [chosen] if shape == "merged" else [[c] for c in chosen]
+            tasks += [ask(records[i], group, shape) for group in groups]
     llm.expect(len(tasks), role)
-    answers: dict[tuple[str, str], Judgment] = {}
-    for record, group, reply in await asyncio.gather(*tasks):
+    answers: dict[tuple[str, str, str], Judgment] = {}
+    for record, group, shape, reply in await asyncio.gather(*tasks):
         if isinstance(reply, CallError):
             for c in group:
-                answers[record.id, c.name] = Judgment(record.id, record.group, c.name, record.human[c.name], None,
-                                                      f"call_{reply.kind}", str(reply), None)
+                answers[shape, record.id, c.name] = Judgment(record.id, record.group, c.name, record.human[c.name],
+                                                             None, f"call_{reply.kind}", str(reply), None)
             continue
-        out.usage.calls += 1
-        out.usage.prompt_tokens += reply.prompt_tokens
-        out.usage.completion_tokens += reply.completion_tokens
+        usage = out[shape].usage
+        usage.calls += 1
+        usage.prompt_tokens += reply.prompt_tokens
+        usage.completion_tokens += reply.completion_tokens
         scores = combine(reply.choices, group, shape, logprobs, structured)
         if logprobs and not any(c.logprobs for c in reply.choices):
-            out.logprobs_missing += 1
+            out[shape].logprobs_missing += 1
         for c in group:
             score = scores[c.name]
-            answers[record.id, c.name] = Judgment(record.id, record.group, c.name, record.human[c.name], score.value,
-                                                  score.parsed.failure, score.parsed.detail, reply.choices[0].text,
-                                                  score.scoring, score.outside)
-    for record in records:
-        for c in chosen:
-            out.judgments[c.name].append(answers[record.id, c.name])
+            answers[shape, record.id, c.name] = Judgment(record.id, record.group, c.name, record.human[c.name],
+                                                         score.value, score.parsed.failure, score.parsed.detail,
+                                                         reply.choices[0].text, score.scoring, score.outside)
+    for shape in shapes:
+        for record in records:
+            for c in chosen:
+                out[shape].judgments[c.name].append(answers[shape, record.id, c.name])
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from .defaults import BUILTIN_METRICS
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, compare
-from .judge import CriterionResult, Judged, Usage, assess, judge_records
+from .judge import CriterionResult, Judged, Usage, assess, judge_shapes
 from .llm import LLM
 from .report import prediction_rows
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
@@ -51,6 +51,8 @@ class Session:
         self._recorded: set[tuple[Any, ...]] = set()
         self._logprobs_missing: dict[tuple[Any, ...], int] = {}
         self._logprobs_noted: set[str] = set()
+        # specs whose ::merged check runs in this session (the plugin fills it in from the collected items)
+        self.merged_ahead: set[Path] = set()
         self.base = Path.cwd()
         self._loaded: dict[Path, Loaded] = {}
         self._evaluations: dict[tuple[Any, ...], dict[str, CriterionResult]] = {}
@@ -111,16 +113,23 @@ class Session:
         if key not in self._evaluations:
             records = self.records(loaded, split)
             model = self.model_for(spec)
+            shapes = [shape]
+            if shape == "separate" and self._merged_check_follows(loaded, instructions, names, split):
+                shapes.append("merged")
             if self.progress:
-                self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}) on {model.name}")
-            judged: Judged = self.llm.run(judge_records(self.llm, model, spec, records, instructions, criteria=names, shape=shape))
+                also = ", and merged for the ::merged check, each sample's calls together" if len(shapes) > 1 else ""
+                self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}{also}) "
+                              f"on {model.name}")
+            judged = self.llm.run(judge_shapes(self.llm, model, spec, records, instructions, criteria=names, shapes=shapes))
             self._register_metrics()
-            results = {name: assess(spec, spec.criteria[name], judged.judgments[name], split=split, shape=shape,
-                                    instruction=instructions[name], instruction_source=sources[name]) for name in names}
-            self._evaluations[key] = results
-            self._usages[key] = judged.usage
-            self._logprobs_missing[key] = judged.logprobs_missing
-            self._note_missing_logprobs(model, judged)
+            for each in shapes:
+                each_key = self._evaluation_key(loaded, instructions, names, split=split, shape=each)
+                self._evaluations[each_key] = {
+                    name: assess(spec, spec.criteria[name], judged[each].judgments[name], split=split, shape=each,
+                                 instruction=instructions[name], instruction_source=sources[name]) for name in names}
+                self._usages[each_key] = judged[each].usage
+                self._logprobs_missing[each_key] = judged[each].logprobs_missing
+                self._note_missing_logprobs(model, judged[each])
         if record and key not in self._recorded:
             self._recorded.add(key)
             results = self._evaluations[key]
@@ -132,6 +141,15 @@ class Session:
                 "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
             })
         return self._evaluations[key]
+
+    def _merged_check_follows(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], split: str) -> bool:
+        """Whether this separate pass is the one the spec's ``::merged`` check compares with, and that check runs
+        in this session (``merged_ahead``): then the pass makes the merged calls too, each next to its sample's
+        separate calls, so a local model evaluates the sample's shared prefix once for both shapes."""
+        spec = loaded.spec
+        return (spec.path in self.merged_ahead and split == "test" and len(names) > 1 and list(names) == list(spec.criteria)
+                and instructions == self.in_force(loaded)[0]
+                and self._evaluation_key(loaded, instructions, names, split=split, shape="merged") not in self._evaluations)
 
     def _note_missing_logprobs(self, model: Model, judged: Judged) -> None:
         """Said once per model: its replies came without the logprobs asked for, so their scores are the parsed ones."""

@@ -71,13 +71,11 @@ def violation(reply: str | None, schema: dict[str, Any]) -> str | None:
     objects = json_objects(reply or "")
     if not objects:
         return None
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(objects[0]))
-    if error is None:
+    errors = sorted(_validator(json.dumps(schema, sort_keys=True)).iter_errors(objects[0]), key=lambda e: e.message)
+    if not errors:
         return None
-    where = "/".join(str(p) for p in error.absolute_path)
-    return "the reply breaks the requested JSON schema: " + (f"{where}: {error.message}" if where else error.message)
+    shown = ["/".join(map(str, e.absolute_path)) + ": " + e.message if e.absolute_path else e.message for e in errors]
+    return "the reply breaks the requested JSON schema: " + "; ".join(shown)
 
 
 @cache
