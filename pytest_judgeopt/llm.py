@@ -233,7 +233,7 @@ class LLM:
     def supports_response_schema(self, model: Model) -> bool:
         """Whether litellm knows the model to take a JSON-schema ``response_format`` (the embedded model does).
 
-        The answer is kept in the answer cache (keyed by the litellm version that gave it), so a run
+        The answer is kept beside the answer cache (keyed by the litellm version that gave it), so a run
         answered from the cache does not import litellm to ask again.
         """
         if is_embedded(model):
@@ -242,7 +242,8 @@ class LLM:
             from importlib.metadata import version
 
             key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
-            stored = self.cache.get(key) if self.cache is not None and self.cache_mode in ("use", "replay") else None
+            known = self.cache is not None and self.cache_mode != "off"
+            stored = self.cache.fact(key) if known else None
             if stored is None:
                 litellm = import_litellm()
                 try:
@@ -250,8 +251,8 @@ class LLM:
                 except Exception:  # noqa: BLE001 - litellm raises for a model it does not know: no claim of support
                     supported = False
                 stored = {"supported": supported}
-                if self.cache is not None and self.cache_mode != "off":
-                    self._pending_writes[key] = stored
+                if known:
+                    self.cache.remember(key, stored)
             self._schema_support[model.name] = bool(stored["supported"])
         return self._schema_support[model.name]
 
