@@ -1,4 +1,4 @@
-"""Case 8: the README's main job, ``pytest examples/summeval``, on the embedded model from an empty answer cache.
+"""Case 9: the README's main job, ``pytest examples/summeval``, on the embedded model from an empty answer cache.
 
 The run is a fresh pytest process, timed from start to exit, with the machine's load average sampled
 every few seconds while it runs: other work on the machine slows it down, and the table says how much
@@ -67,21 +67,21 @@ def example_rows(ctx: Context) -> list[Row]:
     ctx.log(f"  main job: {wall:.1f} s wall, {cpu:.1f} s CPU, load average {load}")
     met = wall <= TARGET_S and separate_failed == 0 and merged_failed == 0
     during = f"{load['during_1min_mean']:.1f}" if loads else f"{before[0]:.1f}"
-    rows = [Row("8. main job", f"pytest examples/summeval, empty answer cache: {samples} test samples x "
+    rows = [Row("9. main job", f"pytest examples/summeval, empty answer cache: {samples} test samples x "
                 f"{len(evaluation['results'])} criteria separate + 1 merged call each; load average {during} "
                 f"during (2 cores)", wall, "s", None, "<= 240 s; 0 failed separate and merged judgments", met, 1,
                 details={"cpu_s": cpu, "exit_code": finished.returncode, "load": load, "calls": calls,
                          "failed_separate": separate_failed, "failed_merged": merged_failed,
                          "terminal_summary": summary_of(finished.stdout)}),
-            Row("8. main job", "throughput of that run (samples judged on every criterion and merged, per second)",
+            Row("9. main job", "throughput of that run (samples judged on every criterion and merged, per second)",
                 samples / wall, "samples/s", None, "", None, 1),
-            Row("8. main job", "failed judgments: separate / merged (of "
+            Row("9. main job", "failed judgments: separate / merged (of "
                 f"{samples * len(evaluation['results'])} each)", float(separate_failed + merged_failed), "failed",
                 None, "0 / 0", separate_failed == 0 and merged_failed == 0, 1, shown=f"{separate_failed} / {merged_failed}")]
     merged = {c["criterion"]: c for c in check["criteria"]}
     for result in evaluation["results"]:
         name = result["criterion"]
-        rows.append(Row("8. main job", f"test rho, {name} (separate / merged, probability-weighted; mass outside the "
+        rows.append(Row("9. main job", f"test rho, {name} (separate / merged, probability-weighted; mass outside the "
                         f"scale {fraction(result.get('mass_outside_scale'))})", result["value"], "rho", None, "", None, 1,
                         shown=f"{rho(result['value'])} / {rho(merged[name]['merged'])}",
                         details={"separate": result, "merged": merged[name]}))

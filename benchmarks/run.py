@@ -29,6 +29,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import embedded  # noqa: E402
 import example  # noqa: E402
 import judge_pass  # noqa: E402
+import limits  # noqa: E402
 import notes  # noqa: E402
 import profiling  # noqa: E402
 import report  # noqa: E402
@@ -38,7 +39,7 @@ import steps  # noqa: E402
 from common import Context, Row, Settings, Stopwatch  # noqa: E402
 from server import Server  # noqa: E402
 
-CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded", "example")
+CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded", "limits", "example")
 
 
 def parse() -> argparse.Namespace:
@@ -50,7 +51,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the table shows medians (3)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and one run each: a smoke test, not a result")
     parser.add_argument("--skip-embedded", action="store_true",
-                        help="leave out cases 7 and 8 (the embedded model, and the main job on it; minutes)")
+                        help="leave out cases 7 and 9 (the embedded model, and the main job on it; minutes)")
     parser.add_argument("--skip-textgrad", action="store_true", help="leave out TextGrad in case 5 (installs it once)")
     parser.add_argument("--case", action="append", choices=CASES, help="run only these cases (repeatable)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile the cases that miss their target")
@@ -139,11 +140,14 @@ def run_cases(ctx: Context, wanted: set[str]) -> tuple[list[Row], dict[str, Any]
         ctx.log("case 6: scale")
         rows += scale.scale_rows(ctx)
         keep["scale_largest"] = scale.largest(ctx)
+    if "limits" in wanted:
+        ctx.log("case 8: limits")
+        rows += limits.limit_rows(ctx)
     if "embedded" in wanted and s.embedded:
         ctx.log("case 7: embedded model (slow)")
         rows += embedded.embedded_rows(ctx)
     if "example" in wanted and s.embedded:
-        ctx.log("case 8: the main job, pytest examples/summeval, empty answer cache (minutes)")
+        ctx.log("case 9: the main job, pytest examples/summeval, empty answer cache (minutes)")
         rows += example.example_rows(ctx)
     return rows, keep
 

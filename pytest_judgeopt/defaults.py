@@ -9,20 +9,20 @@ from typing import Any
 import pluggy
 
 hookimpl = pluggy.HookimplMarker("pytest")
-BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 
 
 @hookimpl(trylast=True)
-def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int, dict[str, Any]]] | None:
+def pytest_judgeopt_load_records(path: Path, format: str, dataset: Any) -> Iterable[tuple[int, dict[str, Any]]] | None:
     # imported here, not at the top: pytest_configure registers this module in every run, and the
     # data module brings the spec module and YAML, which a project without spec files never needs
-    from .data import BUILTIN_LOADERS
+    from .data import read_builtin
 
-    read = BUILTIN_LOADERS.get(format)
-    return read(path) if read else None
+    return read_builtin(path, format, dataset)
 
 
 @hookimpl
 def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None]:
     # None marks a metric that stats.py computes natively (vectorised over bootstrap resamples)
+    from .spec import BUILTIN_METRICS
+
     return dict.fromkeys(BUILTIN_METRICS)

@@ -57,7 +57,7 @@ def optimize_mode(text: str) -> str:
 
 
 def budget(text: str) -> Any:
-    from .optimize import Budget
+    from .optimize.budget import Budget
 
     try:
         return Budget.parse(text)
@@ -160,7 +160,7 @@ class JudgeRun:
                 llm.listeners.append(self.live)
             self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
-                                    loader=lambda path, fmt: config.hook.pytest_judgeopt_load_records(path=path, format=fmt),
+                                    loader=lambda path, fmt, ds: config.hook.pytest_judgeopt_load_records(path=path, format=fmt, dataset=ds),
                                     metrics=metrics, state_dir=cache_dir)
             self._session.base = config.rootpath
         return self._session
@@ -287,6 +287,8 @@ class JudgeFile(pytest.File):
             yield CriterionItem.from_parent(self, name=name, criterion=name, line=criterion.line)
         if loaded.spec.interference is not None:  # after the criteria, so their separate judgments are reused
             yield MergedItem.from_parent(self, name="merged", line=loaded.spec.line_of("interference") or 1)
+        for case in loaded.cases:
+            yield CaseItem.from_parent(self, name=case.item_name, case=case.name, line=case.line)
 
 
 class JudgeFailed(Exception):
@@ -314,9 +316,9 @@ class CriterionItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, JudgeFailed):
-            from .judge import describe_failure
+            from .text import criterion_failure
 
-            return describe_failure(excinfo.value.result)
+            return criterion_failure(excinfo.value.result)
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -347,13 +349,44 @@ class MergedItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, InterferenceFailed):
-            from .interference import describe
+            from .text import interference_failure
 
-            return describe(excinfo.value.result.to_json())
+            return interference_failure(excinfo.value.result.to_json())
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.line - 1, f"judge {self.path.name}::merged"
+
+
+class ItemFailed(Exception):
+    """A case or probe that does not hold; the message says what was expected and what the judge did."""
+
+
+class CaseItem(pytest.Item):
+    """One case of a spec: the judge must score its inputs within the expectation, per criterion."""
+
+    def __init__(self, *, case: str, line: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.case = case
+        self.line = line
+
+    def runtest(self) -> None:
+        from .cases import describe_failure
+
+        # the spec's cases selected in this run (after -k and node ids) are judged together, in one pass
+        together = [i.case for i in self.session.items if isinstance(i, CaseItem) and i.path == self.path]
+        result = self.config.stash[run_key].session.case(self.path, self.case, together=together)
+        self.user_properties.extend(result.properties().items())
+        if not result.passed:
+            raise ItemFailed(describe_failure(result))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, ItemFailed):
+            return str(excinfo.value)
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
 
 
 def known_failure(error: BaseException) -> str | None:
@@ -416,7 +449,8 @@ def junit_properties(result: CriterionResult) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def judge(pytestconfig: pytest.Config) -> Session:
-    """The judging session: ``judge.evaluate("judges/x.judge.yaml", "coherence", instruction=...)``.
+    """The judging session: ``judge.evaluate("judges/x.judge.yaml", "coherence", instruction=...)``,
+    ``judge.score("judges/x.judge.yaml", "coherence", source=..., summary=...)`` and ``judge.score_many``.
 
     Paths are relative to the rootdir; answers come from and go to the same cache as the items.
     """
@@ -444,7 +478,7 @@ class OptimizeItem(pytest.Item):
             raise OptimizationFailed("\n".join(problems))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from .optimize import OptimizationBusy, ReplayIncomplete
+        from .optimize.errors import OptimizationBusy, ReplayIncomplete
         from .spec import SpecError
 
         if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, ReplayIncomplete, SpecError, ValueError)):
@@ -459,7 +493,7 @@ class StudyItem(OptimizeItem):
     """``--judge-optimize=study``: every mode, several seeds, one table; writes no lock file."""
 
     def runtest(self) -> None:
-        from .optimize import run_study
+        from .optimize.study import run_study
 
         config = self.config
         session = config.stash[run_key].session
@@ -494,7 +528,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
     from .report import optimization_json
 
     session = run.session
-    return {"evaluations": session.evaluations, "interference": session.interferences,
+    return {"evaluations": session.evaluations, "interference": session.interferences, "cases": session.case_results,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, getattr(result, "wall_seconds", None))
                               for result in session.optimizations],
