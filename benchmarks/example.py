@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from common import ROOT, Context, Row
 
 TARGET_S = 240.0
@@ -44,7 +43,8 @@ def example_rows(ctx: Context) -> list[Row]:
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("CI", None)
-    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,
+                              check=False)  # the items fail on a weak judge; the results file tells what ran
     wall = time.perf_counter() - t0
     done.set()
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -106,8 +106,8 @@ def summary_of(stdout: str) -> list[str]:
 if __name__ == "__main__":  # python benchmarks/example.py: this case alone, printed
     import tempfile
 
-    from server import Server
     from common import Settings
+    from server import Server
 
     with Server(0.0) as server:
         rows = example_rows(Context(Settings(), server, Path(tempfile.mkdtemp(prefix="judgeopt-example-"))))

@@ -254,12 +254,12 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
         if not ok:
             out[c.name] = scored[0]
             continue
-        parsed = ParsedScore(sum(s.parsed.score or 0.0 for s in ok) / len(ok), None, ok[0].parsed.detail)
+        mean = ParsedScore(sum(s.parsed.score or 0.0 for s in ok) / len(ok), None, ok[0].parsed.detail)
         if all(s.weighted is not None for s in ok):
-            out[c.name] = Score(parsed, sum(s.weighted or 0.0 for s in ok) / len(ok),
+            out[c.name] = Score(mean, sum(s.weighted or 0.0 for s in ok) / len(ok),
                                 sum(s.outside or 0.0 for s in ok) / len(ok))
         else:
-            out[c.name] = Score(parsed)
+            out[c.name] = Score(mean)
     return out
 
 
@@ -366,7 +366,9 @@ class CriterionResult:
 def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split: str, shape: str, instruction: str,
            instruction_source: str = "spec") -> CriterionResult:
     """Agreement on the judgments that parsed, and the verdict against the spec's thresholds."""
-    from .stats import agreement  # scipy: imported when a judge has run, not when specs are collected
+    from .stats import (
+        agreement,  # scipy: imported when a judge has run, not when specs are collected
+    )
 
     corr = spec.correlation
     ok = [j for j in judgments if j.score is not None]

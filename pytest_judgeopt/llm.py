@@ -243,8 +243,8 @@ class LLM:
             from importlib.metadata import version
 
             key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
-            known = self.cache is not None and self.cache_mode != "off"
-            stored = self.cache.fact(key) if known else None
+            cache = self.cache if self.cache_mode != "off" else None
+            stored = cache.fact(key) if cache is not None else None
             if stored is None:
                 litellm = import_litellm()
                 try:
@@ -252,8 +252,8 @@ class LLM:
                 except Exception:  # noqa: BLE001 - litellm raises for a model it does not know: no claim of support
                     supported = False
                 stored = {"supported": supported}
-                if known:
-                    self.cache.remember(key, stored)
+                if cache is not None:
+                    cache.remember(key, stored)
             self._schema_support[model.name] = bool(stored["supported"])
         return self._schema_support[model.name]
 

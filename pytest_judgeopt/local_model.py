@@ -390,7 +390,15 @@ def decode_free(model: Any, prompt: Sequence[int], max_tokens: int, sampling: di
 
 def make_handler(litellm: Any) -> Any:
     """Build the CustomLLM subclass here, so this module imports litellm only when asked to."""
-    from litellm.types.utils import ChatCompletionTokenLogprob, ChoiceLogprobs, Choices, Message, ModelResponse, TopLogprob, Usage
+    from litellm.types.utils import (
+        ChatCompletionTokenLogprob,
+        ChoiceLogprobs,
+        Choices,
+        Message,
+        ModelResponse,
+        TopLogprob,
+        Usage,
+    )
 
     class SmolLM2(litellm.CustomLLM):
         def __init__(self) -> None:

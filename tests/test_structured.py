@@ -15,7 +15,12 @@ from pytest_judgeopt.cache import Cache
 from pytest_judgeopt.llm import LLM
 from pytest_judgeopt.session import Session
 from pytest_judgeopt.spec import Criterion
-from pytest_judgeopt.structured import judgment_schema, longest_reply, response_format, violation
+from pytest_judgeopt.structured import (
+    judgment_schema,
+    longest_reply,
+    response_format,
+    violation,
+)
 from tests.conftest import make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer, Reply, response_format_problem
 
@@ -42,7 +47,7 @@ def test_the_merged_schema_holds_every_criterion_in_order_and_is_strict() -> Non
     assert request["type"] == "json_schema" and request["json_schema"]["strict"] is True
     schema = request["json_schema"]["schema"]
     assert list(schema["properties"]) == schema["required"] == ["coherence", "relevance", "consistency"]
-    assert schema["properties"]["relevance"]["enum"] == list(range(0, 11))
+    assert schema["properties"]["relevance"]["enum"] == list(range(11))
     assert response_format_problem(request) is None  # what OpenAI's strict mode accepts
     assert longest_reply(schema) == '{"coherence": 1, "relevance": 10, "consistency": 99999999}'
 
@@ -86,7 +91,7 @@ def human_json(body: dict[str, Any]) -> str:
     """The human scores of the sample in the prompt, as the JSON object the schema asks for."""
     records = {r["summary"]: r for r in make_records()}
     prompt = body["messages"][-1]["content"]
-    record = records[re.search(r"<summary>\n(.*?)\n</summary>", prompt, re.S).group(1)]
+    record = records[re.search(r"<summary>\n(.*?)\n</summary>", prompt, re.DOTALL).group(1)]
     names = body["response_format"]["json_schema"]["schema"]["required"] if body.get("response_format") else ["coherence", "fluency"]
     return json.dumps({name: int(record["scores"][name]) for name in names})
 
@@ -250,7 +255,7 @@ def test_a_sample_calls_stay_together_when_the_merged_check_follows(fake_llm: Fa
         fake_llm.reset()
         second = (together.evaluate(spec), together.interference(spec))
         order = [body["response_format"]["json_schema"]["schema"]["required"] for body in fake_llm.chat_requests()]
-        summaries = [re.search(r"<summary>\n(.*?)\n</summary>", b["messages"][-1]["content"], re.S).group(1)
+        summaries = [re.search(r"<summary>\n(.*?)\n</summary>", b["messages"][-1]["content"], re.DOTALL).group(1)
                      for b in fake_llm.chat_requests()]
     finally:
         apart.close()

@@ -24,7 +24,7 @@ def sure(*texts: str) -> list[list[tuple[str, float]]]:
     return [[(t, 0.0)] for t in texts]
 
 
-def read_score(scale: tuple[float, float], criterion: str | None = None):  # noqa: ANN201 - a reader for score_span
+def read_score(scale: tuple[float, float], criterion: str | None = None):
     return lambda text: parse_score(text, scale, criterion).score
 
 
