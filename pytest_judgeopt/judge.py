@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .data import Record
-from .llm import LLM, CallError, Choice, is_embedded
+from .llm import LLM, CallError, Choice, Usage, is_embedded
 from .parse import ParsedScore, json_objects, parse_merged, parse_score
 from .spec import Criterion, Model, Spec
 from .structured import judgment_schema, longest_reply, response_format, violation
@@ -97,18 +97,10 @@ class Judgment:
 
 
 @dataclass
-class Usage:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
-
-
-@dataclass
 class Judged:
-    """Judgments of one shape on one set of records, with what they cost (cache hits included)."""
+    """Judgments of one shape on one set of records, with what they cost: unlike the client's count per
+    role, ``usage`` counts the tokens of answers from the cache too (what the judgments would cost
+    uncached, so the merged and separate shapes compare whatever the cache held)."""
 
     shape: str
     judgments: dict[str, list[Judgment]]
@@ -162,15 +154,24 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
     llm.expect(len(tasks), role)
     answers: dict[tuple[str, str, str], Judgment] = {}
     for record, group, shape, reply in await asyncio.gather(*tasks):
+        usage = out[shape].usage
+        usage.requests += 1
         if isinstance(reply, CallError):
+            usage.errors[reply.kind] += 1
             for c in group:
                 answers[shape, record.id, c.name] = Judgment(record.id, record.group, c.name, record.human[c.name],
                                                              None, f"call_{reply.kind}", str(reply), None)
             continue
-        usage = out[shape].usage
-        usage.calls += 1
+        if reply.cached:
+            usage.cache_hits += 1
+        else:
+            usage.calls += 1
         usage.prompt_tokens += reply.prompt_tokens
         usage.completion_tokens += reply.completion_tokens
+        if reply.cost is None:  # what the answer cost when it was asked (a cached one too): a comparison's cost
+            usage.cost_unknown += 1
+        else:
+            usage.cost += reply.cost
         scores = combine(reply.choices, group, shape, logprobs, structured)
         if logprobs and not any(c.logprobs for c in reply.choices):
             out[shape].logprobs_missing += 1
@@ -203,6 +204,11 @@ def logprob_alternatives(criteria: Sequence[Criterion]) -> int:
     for a continuous one), at least 5, and at most 20 (OpenAI's limit)."""
     widest = max(int(c.scale[1] - c.scale[0]) + 1 if c.integer else 10 for c in criteria)
     return min(MAX_LOGPROB_ALTERNATIVES, max(LOGPROB_ALTERNATIVES, widest))
+
+
+def scored(judgments: Sequence[Judgment]) -> list[tuple[float, Judgment]]:
+    """The judgments that got a score, each with its score (a float here, where Judgment.score may be None)."""
+    return [(j.score, j) for j in judgments if j.score is not None]
 
 
 def reply_tokens(per_criterion: int, criteria: int, shape: str) -> int:
@@ -337,8 +343,8 @@ class CriterionResult:
         return sum(self.failures.values())
 
     def worst(self, k: int = WORST_SHOWN) -> list[Judgment]:
-        scored = [j for j in self.judgments if j.score is not None]
-        return sorted(scored, key=lambda j: (-abs(j.score - j.human), j.record_id))[:k]
+        ranked = sorted(scored(self.judgments), key=lambda pair: (-abs(pair[0] - pair[1].human), pair[1].record_id))
+        return [j for _, j in ranked[:k]]
 
     def to_json(self) -> dict[str, Any]:
         a = self.agreement
@@ -371,9 +377,9 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
     )
 
     corr = spec.correlation
-    ok = [j for j in judgments if j.score is not None]
-    groups = [j.group for j in ok] if spec.dataset.group else None
-    measured = agreement(corr.method, [j.score for j in ok], [j.human for j in ok], groups=groups, level=corr.level,
+    ok = scored(judgments)
+    groups = [j.group for _, j in ok] if spec.dataset.group else None
+    measured = agreement(corr.method, [score for score, _ in ok], [j.human for _, j in ok], groups=groups, level=corr.level,
                          confidence=corr.confidence, resamples=corr.resamples, seed=spec.split.seed)
     failures = Counter(j.failure for j in judgments if j.failure)
     reasons = verdict_reasons(corr.gate, criterion, measured, failures, len(judgments))

@@ -267,7 +267,7 @@ _grammars: dict[str, Any] = {}
 def grammar_for(text: str, json_schema: bool = False) -> Any:
     """A parsed llama.cpp grammar, kept per text (a run asks for a few schemas, thousands of times)."""
     if text not in _grammars:
-        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         _grammars[text] = (LlamaGrammar.from_json_schema(text, verbose=False) if json_schema
                            else LlamaGrammar.from_string(text, verbose=False))
@@ -291,7 +291,7 @@ class Decoder:
         self.bytes = b""
         self.out = Decoded()
         common = 0
-        for held, wanted in zip(model.input_ids[:model.n_tokens], prompt):
+        for held, wanted in zip(model.input_ids[:model.n_tokens], prompt, strict=False):  # the common prefix
             if held != wanted:
                 break
             common += 1
@@ -351,7 +351,7 @@ def decode_template(model: Any, prompt: Sequence[int], template: Template, sampl
     """The reply of the judge's schema: fixed texts forced, each value sampled under the grammar until it is whole."""
     decoder = Decoder(model, prompt, sampling, top, grammar_for(template.grammar()))
     decoder.force(template.fixed[0])
-    for slot, after in zip(template.slots, template.fixed[1:]):
+    for slot, after in zip(template.slots, template.fixed[1:], strict=True):
         written = ""  # what the value's sampled tokens wrote: the value, and maybe the start of `after`
         while not slot.complete(written):
             piece = decoder.keep(*decoder.sample())

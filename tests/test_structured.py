@@ -264,7 +264,7 @@ def test_a_sample_calls_stay_together_when_the_merged_check_follows(fake_llm: Fa
     assert order == [["coherence"], ["fluency"], ["coherence", "fluency"]] * n
     assert all(len(set(summaries[i:i + 3])) == 1 for i in range(0, len(summaries), 3))
     assert together.llm.total().calls == 3 * n
-    for a, b in zip(first[0].values(), second[0].values()):
+    for a, b in zip(first[0].values(), second[0].values(), strict=True):
         assert [(j.record_id, j.score) for j in a.judgments] == [(j.record_id, j.score) for j in b.judgments]
     assert first[1].to_json() == second[1].to_json()
 
