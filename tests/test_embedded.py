@@ -146,7 +146,8 @@ def test_interference_check_on_the_embedded_model(tmp_path: Path) -> None:
     assert result.usage_merged.answered == n and result.usage_separate.answered == 4 * n
     assert 0 < result.usage_merged.prompt_tokens < result.usage_separate.prompt_tokens
     (recorded,) = session.interferences
-    assert {k: v for k, v in recorded.items() if k != "predictions"} == result.to_json()
+    assert {k: v for k, v in recorded.items() if k not in ("predictions", "comparison")} == result.to_json()
+    assert recorded["comparison"]["kind"] == "merged"
     assert len(recorded["predictions"]) == 4 * n  # the merged judgments, one row per sample and criterion
 
 
@@ -154,17 +155,18 @@ def verdict_from_numbers(c: Any, separate: Any, max_drop: float) -> str:
     """The verdict the README's rules give for the numbers the check reports, worked out here again:
     whatever a weak model answers, the verdict must be the one its numbers call for."""
     failed, before = sum(c.failures_merged.values()), sum(c.failures_separate.values())
-    merging_fails_judgments = failed / c.judged > separate.criterion.max_parse_failure_rate and failed > before
+    rate = failed / c.judged if c.judged else 0.0
+    merging_fails_judgments = rate > separate.criterion.max_parse_failure_rate and (failed > before or separate.rho is None)
     if separate.rho is None:
         kind = "no baseline"
     elif c.diff is None:
-        return "undefined"
-    elif -c.diff <= max_drop:
-        kind = "pass"
+        kind = "undefined"
     elif c.low is None or c.high is None:
-        return "undefined"
-    elif c.high < 0:
-        return "fail"
+        kind = "inconclusive"
+    elif c.low >= -max_drop:
+        kind = "pass"
+    elif -c.diff > max_drop and c.high < 0:
+        kind = "fail"
     else:
         kind = "inconclusive"
     return "fail" if merging_fails_judgments else kind
