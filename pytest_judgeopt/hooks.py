@@ -38,7 +38,7 @@ def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None]]:
     """Contribute agreement metrics that ``correlation.method`` can name.
 
     Each function takes two equal-length numpy arrays (judge scores, human scores) and
-    returns a float, or None (or NaN) when undefined; it is bootstrapped like the built-ins.
+    returns a float, or None (or NaN) when undefined; its interval is a document jackknife like the built-ins' (on its own scale, not Fisher's z).
     Example::
 
         import numpy as np

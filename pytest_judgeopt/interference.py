@@ -4,7 +4,7 @@ A merged prompt (one call per sample, all criteria) is cheaper than one prompt p
 but instructions that work alone can dilute each other once they share a prompt. The check
 treats the merged prompt as a new candidate: each criterion's rho with the merged prompt is
 compared with its rho with its own separate prompt on the same samples, with a paired
-bootstrap, because both numbers are noisy and most of their noise is shared.
+jackknife (each replicate leaves the same document out of both), because both numbers are noisy and most of their noise is shared.
 
 Verdicts per criterion:
 
@@ -127,7 +127,7 @@ def compare_criterion(spec: Spec, settings: Interference, separate: CriterionRes
     a, b, human, groups = paired(separate.judgments, merged.judgments)
     corr = spec.correlation
     measured = paired_difference(corr.method, a, b, human, groups=groups if spec.dataset.group else None,
-                                 level=corr.level, confidence=settings.confidence, resamples=corr.resamples,
+                                 level=corr.level, confidence=settings.confidence, min_groups=corr.min_groups,
                                  seed=spec.split.seed)
     decided = decide(measured, settings.max_drop, baseline_defined=separate.rho is not None)
     extra = failure_reasons(separate, merged)
@@ -172,7 +172,7 @@ def decide(measured: PairedDifference, max_drop: float, *, baseline_defined: boo
     where = f"merging drops rho by {drop:.3f} ({measured.a:.3f} -> {measured.b:.3f}), beyond max_drop {max_drop:g}"
     if measured.low is None or measured.high is None:
         return Verdict("undefined", f"{where}, and no interval could be computed to tell it from noise "
-                                    "(too few documents or too many degenerate resamples); judge more samples")
+                                    f"({measured.interval_reason}); judge more samples")
     ci = f"the {measured.confidence:.0%} interval of the difference [{measured.low:+.3f}, {measured.high:+.3f}]"
     if measured.high < 0:
         return Verdict("fail", f"{where}; {ci} excludes zero")

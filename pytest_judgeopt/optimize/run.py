@@ -81,7 +81,7 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
         diff = paired_difference(spec.correlation.method, [s[0] for s in both], [s[1] for s in both],
                                  [s[2] for s in both], groups=[s[3] for s in both] if spec.dataset.group else None,
                                  level=spec.correlation.level, confidence=spec.correlation.confidence,
-                                 resamples=spec.correlation.resamples, seed=seed)
+                                 min_groups=spec.correlation.min_groups, seed=seed)
         outcomes[c] = CriterionOutcome(c, initial[c], final[c], [h.step for h in state.history if c in h.accepted],
                                        state.history[0].val_before[c] if state.history else state.val[c], state.val[c],
                                        before[c].agreement, after[c].agreement, diff,
