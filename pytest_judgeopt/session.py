@@ -71,6 +71,8 @@ class Session:
         if path not in self._loaded:
             spec = load_spec(path, tuple(self.metrics))
             dataset = load_dataset(spec, self.loader)
+            if dataset.skipped_note():
+                self.notes.append(dataset.skipped_note())
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
                                         cases=load_cases(spec, dataset.records))
         return self._loaded[path]
