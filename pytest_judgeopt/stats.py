@@ -1,7 +1,9 @@
 """Agreement statistics between judge and human scores.
 
 Undefined results are ``None`` with a human-readable reason, never NaN, so a
-degenerate correlation can never pass a threshold check by accident.
+degenerate correlation can never pass a threshold check by accident. numpy and scipy are
+imported inside the functions that compute, so the result types (public names of the package)
+can be imported without paying for scipy's import.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-from scipy import stats
+if TYPE_CHECKING:
+    import numpy as np
 
 from .spec import BUILTIN_METRICS
 
@@ -29,11 +32,6 @@ MIN_GROUPS = 8
 JACKKNIFE_BLOCKS = 200  # above this many documents (or samples), the jackknife leaves out blocks of them
 FISHER_CLIP = 1 - 1e-12  # a correlation of exactly +-1 has an infinite z: kept finite, the interval stays a point
 
-_SCALAR = {
-    "spearman": stats.spearmanr,
-    "kendall": stats.kendalltau,
-    "pearson": stats.pearsonr,
-}
 
 @dataclass(frozen=True)
 class Agreement:
@@ -84,6 +82,7 @@ def _check_choice(method: str, level: str) -> None:
 
 def _as_scores(name: str, values: Sequence[float]) -> np.ndarray:
     """NaN or inf inputs would leak NaN into results, so they are the caller's bug."""
+    import numpy as np
     array = np.asarray(values, dtype=float)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional")
@@ -115,6 +114,7 @@ def _prepare(
 
 def _members(groups: Sequence[str]) -> list[np.ndarray]:
     """Row indices per group, in first-seen order so results do not depend on label sorting."""
+    import numpy as np
     rows: dict[str, list[int]] = {}
     for i, label in enumerate(groups):
         rows.setdefault(label, []).append(i)
@@ -131,6 +131,7 @@ def _plural(count: int, word: str) -> str:
 
 def _constant_reason(judge: np.ndarray, human: np.ndarray) -> str | None:
     """Name the constant side, since a constant judge and constant humans need different fixes."""
+    import numpy as np
     reasons = [
         f"{name} scores are constant (all {values[0]:g})"
         for name, values in (("judge", judge), ("human", human))
@@ -142,6 +143,7 @@ def _constant_reason(judge: np.ndarray, human: np.ndarray) -> str | None:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Degenerate inputs are reported as reasons, so scipy's warnings about them are noise."""
+    from scipy import stats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         warnings.simplefilter("ignore", stats.NearConstantInputWarning)
@@ -149,10 +151,10 @@ def _quiet() -> Iterator[None]:
 
 
 # Metrics added by pytest_judgeopt_metrics hooks: name -> f(judge, human) -> float (NaN if undefined).
-CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
+CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {}
 
 
-def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], float]) -> None:
+def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], float | None]) -> None:
     if name in BUILTIN_METRICS:
         raise ValueError(f"{name!r} is built in and cannot be replaced")
     CUSTOM[name] = function
@@ -160,11 +162,13 @@ def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], floa
 
 def _scalar(method: str, judge: np.ndarray, human: np.ndarray) -> float:
     """scipy value, or NaN for numerically degenerate input."""
+    from scipy import stats
     with _quiet():
         if method in CUSTOM:
             value = CUSTOM[method](judge, human)
             return float("nan") if value is None else float(value)
-        return float(_SCALAR[method](judge, human).statistic)
+        scalar = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}[method]
+        return float(scalar(judge, human).statistic)
 
 
 def _pooled(method: str, judge: np.ndarray, human: np.ndarray) -> tuple[float | None, str | None]:
@@ -186,6 +190,7 @@ def _group_values(
     method: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
 ) -> np.ndarray:
     """Per-group correlation, NaN for groups that are too small or constant (skipped)."""
+    import numpy as np
     values = np.full(len(members), np.nan)
     for k, rows in enumerate(members):
         if _qualifies(judge[rows], human[rows]):
@@ -196,6 +201,7 @@ def _group_values(
 def _grouped(
     method: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
 ) -> tuple[float | None, int, int, str | None]:
+    import numpy as np
     values = _group_values(method, judge, human, members)
     used = int(np.isfinite(values).sum())
     skipped = len(members) - used
@@ -244,6 +250,8 @@ def correlation(
 def _units(level: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray] | None) -> list[np.ndarray]:
     """The independent units an interval rests on: documents (only those with their own correlation at
     level group), or single samples when there are no groups."""
+    import numpy as np
+
     if members is None:
         return [np.array([i], dtype=np.intp) for i in range(len(judge))]
     if level == "group":
@@ -254,6 +262,8 @@ def _units(level: str, judge: np.ndarray, human: np.ndarray, members: list[np.nd
 def _blocks(units: int, seed: int) -> np.ndarray:
     """Which jackknife block each unit falls in: one block per unit, or, above JACKKNIFE_BLOCKS units,
     that many blocks of whole units (seeded), so the cost stays bounded on large datasets."""
+    import numpy as np
+
     if units <= JACKKNIFE_BLOCKS:
         return np.arange(units)
     order = np.random.default_rng(seed).permutation(units)
@@ -262,12 +272,14 @@ def _blocks(units: int, seed: int) -> np.ndarray:
     return block
 
 
-Replicate = Callable[[np.ndarray], float]  # the statistic on the units marked True
+Replicate = Callable[["np.ndarray"], float]  # the statistic on the units marked True
 
 
 def _statistic(method: str, level: str, judge: np.ndarray, human: np.ndarray,
                units: list[np.ndarray]) -> Replicate:
     """The estimate recomputed on a subset of the units (whole documents, or samples)."""
+    import numpy as np
+
     if level == "group":
         per_unit = _group_values(method, judge, human, units)
 
@@ -305,6 +317,9 @@ def _jackknife(estimate: float, replicate: Replicate, units: int, confidence: fl
     An estimate that becomes undefined when one document is left out rests on that document alone: no
     interval, with that reason.
     """
+    import numpy as np
+    from scipy import stats
+
     block = _blocks(units, seed)
     k = int(block.max()) + 1
     values = np.array([replicate(block != b) for b in range(k)])
@@ -425,6 +440,7 @@ def paired_difference(
 
 def mae(judge: Sequence[float], human: Sequence[float]) -> float:
     """Mean absolute error, which catches a judge that ranks well but is offset in scale."""
+    import numpy as np
     j, h = _as_scores("judge", judge), _as_scores("human", human)
     if len(j) != len(h):
         raise ValueError(f"judge has {len(j)} scores but human has {len(h)}")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import human_from_prompt, make_records, server_model, spec_text
-from tests.fake_llm import Fault, FakeLLMServer
+from tests.fake_llm import FakeLLMServer, Fault
 
 RECORDS = make_records()  # the test split (seed 1) holds 2 of the 6 documents: no interval (min_groups 8)
 MANY = make_records(n_groups=20)  # the test split holds 10 documents, 40 samples

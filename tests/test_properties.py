@@ -55,7 +55,7 @@ FIELDS: list[tuple[str | int, ...]] = [
     ("dataset", "id"), ("dataset", "inputs"), ("dataset", "inputs", "summary"), ("dataset", "scores"),
     ("dataset", "format"), ("split",), ("split", "train"), ("split", "test"), ("split", "seed"), ("correlation",),
     ("correlation", "method"), ("correlation", "level"), ("correlation", "gate"), ("correlation", "confidence"),
-    ("correlation", "resamples"), ("judge",), ("judge", "template"), ("judge", "system"), ("judge", "max_tokens"),
+    ("correlation", "min_groups"), ("correlation", "max_skipped_groups"), ("split", "by"), ("judge",), ("judge", "template"), ("judge", "system"), ("judge", "max_tokens"),
     ("judge", "n"), ("judge", "logprobs"), ("judge", "temperature"), ("judge", "max_parse_failure_rate"),
     ("inference",), ("interference",), ("interference", "max_drop"), ("criteria",), ("criteria", "coherence"),
     ("criteria", "coherence", "instruction"), ("criteria", "coherence", "scale"), ("criteria", "coherence", "scale", 0),
@@ -409,7 +409,7 @@ def test_broken_specs_are_collection_errors_naming_the_file(pytester: pytest.Pyt
     assert errors == refused, out
     for name in refused:
         assert re.search(rf"^E?\s*{re.escape(str(pytester.path / name))}:", out, re.M), out
-    for name in refused:
+    for _ in refused:
         counted("refused")
     for _ in range(SPECS_PER_RUN - len(refused)):
         counted("loaded")
