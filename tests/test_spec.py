@@ -99,7 +99,7 @@ BROKEN = [
     Broken("unknown top-level key", edit("criteria:", "critera:"), 16, "critera",
            "unknown key 'critera'", "did you mean 'criteria'?", problems=2),  # and criteria is missing
     Broken("unknown nested key", edit("min_rho: 0.5", "min_roh: 0.5"), 20, "criteria.coherence.min_roh",
-           "unknown key 'min_roh'", "did you mean 'min_rho'?"),
+           "unknown key 'min_roh'", "did you mean 'min_rho'?", problems=2),  # and min_rho is missing, as with critera
     Broken("unknown model role", edit("model: openai/gpt-4o-mini", "models:\n  jduge: openai/gpt-4o"), 3, "models.jduge",
            "unknown key 'jduge'", "did you mean 'judge'?"),
     Broken("min_rho as text", edit("min_rho: 0.5", "min_rho: high"), 20, "criteria.coherence.min_rho",
@@ -179,8 +179,9 @@ BROKEN = [
            "over the 1,000,000 limit for a spec", "keep data in the dataset file"),
     # issue 12.2: an unquoted comma in a flow mapping ends the value; the rest became "unknown key '1 to 5.'"
     Broken("unquoted comma in a flow mapping",
-           edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
-                "    {instruction: Rate the fluency, from 1 to 5., scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {"),
+           edit("    instruction: Rate the fluency.\n    min_rho: null\n    scale: [1, 5]\n",
+                "    {instruction: Rate the fluency, from 1 to 5., min_rho: null,\n     scale: [1, 5]}\n")
+           .replace("  fluency:\n    {", "  fluency: {"),
            21, "criteria.fluency.instruction",
            "the value was split at a comma: inside {...} YAML ends 'Rate the fluency' at the comma and reads "
            "'from 1 to 5.' as a key of its own", 'quote the value: instruction: "Rate the fluency, from 1 to 5."'),
@@ -205,8 +206,9 @@ def test_a_comma_in_a_field_name_mapping_without_prose_is_a_missing_value(tmp_pa
 
 
 def test_a_quoted_value_with_a_comma_is_fine(tmp_path: Path) -> None:
-    text = edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
-                "    {instruction: \"Rate the fluency, from 1 to 5.\", scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {")
+    text = edit("    instruction: Rate the fluency.\n    min_rho: null\n    scale: [1, 5]\n",
+                "    {instruction: \"Rate the fluency, from 1 to 5.\", min_rho: null,\n     scale: [1, 5]}\n")
+           .replace("  fluency:\n    {", "  fluency: {")
     assert load_spec(write(tmp_path, text)).criteria["fluency"].instruction == "Rate the fluency, from 1 to 5."
 
 
