@@ -208,7 +208,7 @@ def test_a_comma_in_a_field_name_mapping_without_prose_is_a_missing_value(tmp_pa
 def test_a_quoted_value_with_a_comma_is_fine(tmp_path: Path) -> None:
     text = edit("    instruction: Rate the fluency.\n    min_rho: null\n    scale: [1, 5]\n",
                 "    {instruction: \"Rate the fluency, from 1 to 5.\", min_rho: null,\n     scale: [1, 5]}\n")
-           .replace("  fluency:\n    {", "  fluency: {")
+    text = text.replace("  fluency:\n    {", "  fluency: {")
     assert load_spec(write(tmp_path, text)).criteria["fluency"].instruction == "Rate the fluency, from 1 to 5."
 
 
