@@ -584,8 +584,8 @@ def test_schema_rejects_what_load_spec_rejects(tmp_path: Path, old: str, new: st
 
 
 def test_scale_ends_written_as_integers_make_an_integer_scale(tmp_path: Path) -> None:
-    text = MINIMAL + "  consistency:\n    instruction: Consistent?\n    scale: [0.0, 1.0]\n" \
-                     "  mixed:\n    instruction: Mixed?\n    scale: [1, 4.5]\n"
+    text = MINIMAL + "  consistency:\n    instruction: Consistent?\n    scale: [0.0, 1.0]\n    min_rho: null\n" \
+                     "  mixed:\n    instruction: Mixed?\n    scale: [1, 4.5]\n    min_rho: null\n"
     spec = load_spec(write(tmp_path, text))
     assert spec.criteria["clarity"].integer is True  # [0, 10]
     assert spec.criteria["consistency"].integer is False
@@ -599,4 +599,4 @@ def test_structured_and_logprobs_take_auto_true_or_false(tmp_path: Path, key: st
         assert getattr(spec.judge, key) == expected
     with pytest.raises(SpecError) as caught:
         load_spec(write(tmp_path, MINIMAL + f"judge: {{{key}: always}}\n"))
-    assert str(caught.value).endswith(f".judge.yaml:9: judge.{key}: 'always' is not allowed. Fix: use one of: auto, true, false")
+    assert str(caught.value).endswith(f".judge.yaml:10: judge.{key}: 'always' is not allowed. Fix: use one of: auto, true, false")
