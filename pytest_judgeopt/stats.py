@@ -436,8 +436,9 @@ def paired_difference(
 
 @dataclass(frozen=True)
 class MeanChange:
-    """The mean of ``after - before`` over paired samples, with its bootstrap interval; ``reason`` explains a
-    ``None``. ``groups`` is the number of documents resampled (0 when the pairs themselves are)."""
+    """The mean of ``after - before`` over paired samples, with its interval; ``reason`` explains a ``None``
+    value or a missing interval. ``groups`` is the number of documents left out in turn (0 when the pairs
+    themselves are)."""
 
     value: float | None
     low: float | None
@@ -446,7 +447,6 @@ class MeanChange:
     n: int
     groups: int
     reason: str | None
-    resamples_dropped: int = 0
 
 
 def mean_change(
@@ -455,13 +455,14 @@ def mean_change(
     *,
     groups: Sequence[str] | None = None,
     confidence: float = 0.95,
-    resamples: int = 1000,
+    min_groups: int = MIN_GROUPS,
     seed: int = 0,
 ) -> MeanChange:
-    """Paired mean change (after minus before) with a percentile bootstrap that resamples whole groups.
+    """Paired mean change (after minus before) with the document jackknife of the other intervals.
 
-    A resample of documents is scored as the pooled mean of its pairs (the sum of their changes over
-    their number), so a long document weighs by its pairs, as in the point estimate.
+    Without one document the estimate is the pooled mean of the remaining pairs (the sum of their changes
+    over their number), so a long document weighs by its pairs, as in the point estimate. Below
+    ``min_groups`` documents (pairs without groups) there is no interval, with that reason.
     """
     import numpy as np
 
@@ -473,25 +474,25 @@ def mean_change(
     change = a - b
     value = float(change.mean())
     if groups is None:
-        units, statistic = len(change), lambda idx: change[idx].mean(axis=-1)
-        used = 0
+        sums, counts, used = change, np.ones(len(change)), 0
     else:
         if len(groups) != len(change):
             raise ValueError(f"groups has {len(groups)} labels but there are {len(change)} pairs")
         members = _members(groups)
         sums = np.array([change[rows].sum() for rows in members])
         counts = np.array([len(rows) for rows in members], dtype=float)
-        units, used = len(members), len(members)
+        used = len(members)
+    units = len(sums)
+    if units < min_groups:
+        word = "pairs" if groups is None else "documents"
+        return MeanChange(value, None, None, confidence, len(change), used,
+                          f"too few {word}: {units} (an interval needs at least {min_groups}; correlation.min_groups)")
 
-        def statistic(idx: np.ndarray) -> np.ndarray:
-            return sums[idx].sum(axis=-1) / counts[idx].sum(axis=-1)
+    def pooled_mean(keep: np.ndarray) -> float:
+        return float(sums[keep].sum() / counts[keep].sum())
 
-    low, high, dropped = _interval(units, statistic, confidence, resamples, seed, rows=len(change))
-    reason = None
-    if low is None:
-        unit = "documents" if groups is not None else "pairs"
-        reason = f"an interval needs at least 2 {unit}, there {'is' if units == 1 else 'are'} {units}"
-    return MeanChange(value, low, high, confidence, len(change), used, reason, dropped)
+    low, high, reason = _jackknife(value, pooled_mean, units, confidence, seed, fisher=False, bound=None)
+    return MeanChange(value, low, high, confidence, len(change), used, reason)
 
 
 # --------------------------------------------------------------------------
