@@ -139,12 +139,12 @@ def test_on_a_terminal_the_status_is_drawn_while_judging_and_leaves_no_trace(rep
     assert re.fullmatch(r"toy\.judge\.yaml \.\.\. +\[100%\]", lines[start + 4]) and len(lines[start + 4]) < 120
     clean = "\n".join(lines)
     assert "\x1b[32mpass" in screen  # the summary is coloured on a terminal
-    assert re.search(r"coherence\s+spearman\s+1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+8\s+0\s+pass", clean)
+    assert re.search(r"coherence\s+spearman\s+1\.000\s+-\s+0\.50\s+8\s+8\s+0\s+2\s+pass", clean)
 
 
 def test_with_no_color_the_status_and_the_summary_are_plain(replayable: Path) -> None:
     screen = in_terminal(replayable, env={"NO_COLOR": "1"})
     assert DRAW.search(screen)  # still a terminal: the status is drawn, without the dim style
     assert "\x1b[2m" not in screen and "\x1b[32m" not in screen and "\x1b[1m" not in screen
-    assert re.search(r"coherence\s+spearman\s+1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+8\s+0\s+pass", screen)
+    assert re.search(r"coherence\s+spearman\s+1\.000\s+-\s+0\.50\s+8\s+8\s+0\s+2\s+pass", screen)
     # (pytest-xdist in a terminal: tests/test_report.py's parallel run, where no worker draws a status)

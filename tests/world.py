@@ -193,7 +193,10 @@ def report_world() -> World:
 def everything(folder: Path, server: FakeLLMServer) -> Path:
     """A project whose run has an optimization, criterion items and the merged check."""
     server.responder = report_world()
-    return write_project(folder, server, optimize="steps: 2\nbatch_size: 2", min_rho=0.5)
+    spec = write_project(folder, server, optimize="steps: 2\nbatch_size: 2", min_rho=0.5)
+    # its test split holds 6 documents: intervals from 6 on (correlation.min_groups; the default is 8)
+    spec.write_text(spec.read_text().replace("criteria:\n", "correlation: {min_groups: 6}\ncriteria:\n", 1))
+    return spec
 
 
 def report_run(pytester: pytest.Pytester, server: FakeLLMServer, out: str, *args: str) -> pytest.RunResult:
