@@ -282,8 +282,9 @@ def optimization_section(o: Mapping[str, Any], seconds: float | None = None) -> 
 
 def study_section(study: Mapping[str, Any]) -> str:
     return (f'<section class="study"><h2>{escape(study["spec"])}: mode study</h2>'
-            f'<p class="muted">{study["runs"]} runs per mode, {study["steps"]} steps each, test split of '
-            f'{study["test_size"]} samples ({escape(study["level"])} {escape(study["method"])})</p>'
+            f'<p class="muted">{study["runs"]} runs per mode, {study["steps"]} steps each, val split of '
+            f'{study["val_size"]} samples, test split of {study["test_size"]} samples ({escape(study["level"])} '
+            f'{escape(study["method"])}). Choose a mode on val; test is held out.</p>'
             + table(study_table(study)) + "</section>")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,17 +121,20 @@ class Session:
             self._evaluations[key] = results
             self._usages[key] = judged.usage
             self._logprobs_missing[key] = judged.logprobs_missing
+        cached = self._evaluations[key]
+        if any(r.instruction_source != sources[n] for n, r in cached.items()):
+            # the memo is keyed by what was judged; where the instructions came from is the caller's
+            cached = {n: replace(r, instruction_source=sources[n]) for n, r in cached.items()}
         if record and key not in self._recorded:
             self._recorded.add(key)
-            results = self._evaluations[key]
             self.evaluations.append({
                 "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape,
                 "model": self.model_for(spec).describe(), "records": len(self.records(loaded, split)),
-                "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in results.values()],
+                "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in cached.values()],
                 "usage": self._usages[key].to_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
-                "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
+                "predictions": prediction_rows(cached.values()),  # per sample; the report writes them apart
             })
-        return self._evaluations[key]
+        return cached
 
     def in_force(self, loaded: Loaded) -> tuple[dict[str, str], dict[str, str]]:
         """The instructions ordinary runs test, and where each came from: the lock file while it
@@ -169,11 +172,18 @@ class Session:
 
         loaded = self.load(path)
         result = optimize_spec(self, loaded, mode, seed=seed, steps=steps, budget=budget)
+        if result.shape_note:
+            self.notes.append(result.shape_note)
         if write:
-            result.lock_path, result.lock_note = write_lock(result.spec, result.to_json(), loaded.dataset.digest)
-            if result.lock_note:
-                self.notes.append(result.lock_note)
-            self._in_force.pop(result.spec.path, None)
+            harmed = result.harmed
+            if harmed:  # val said better, the untouched test split says significantly worse: nothing to lock
+                result.lock_refused = ("; ".join(harmed.values())
+                                       + "; no lock was written (the instructions in force are unchanged)")
+            else:
+                result.lock_path, result.lock_note = write_lock(result.spec, result.to_json(), loaded.dataset.digest)
+                if result.lock_note:
+                    self.notes.append(result.lock_note)
+                self._in_force.pop(result.spec.path, None)
         self.optimizations.append(result)
         return result
 

@@ -28,6 +28,8 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
                   steps: int | None = None, budget: Budget | None = None, diagnostics: bool = False) -> OptimizationResult:
     """Optimize on train, gate on val, then compare initial and final instructions on test.
 
+    The loop judges in the mode's shape (SSS..CCC: one merged prompt); the test split is judged in the shape
+    the items test (``spec.inference``), so the lock's test numbers are those of the prompts that will be gated.
     ``diagnostics`` turns the diagnostics on whatever the spec says (the mode study measures them).
     """
     from ..stats import paired_difference
@@ -65,7 +67,7 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
             session.llm.budget = None
     initial, final = state.initial, state.instructions
     names = list(spec.criteria)
-    shape = mode.judge.shape
+    shape = spec.inference  # the items' shape: the numbers the lock reports are for the prompt they test
     sources = dict.fromkeys(names, "optimization")
     before = session.evaluate_instructions(loaded, initial, names, split="test", shape=shape, sources=sources)
     after = session.evaluate_instructions(loaded, final, names, split="test", shape=shape, sources=sources)
@@ -92,7 +94,8 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     return OptimizationResult(spec, mode, seed, len(state.history), state.stopped, resumed_from, outcomes,
                               state.history, planned, usage, {r: m.describe() for r, m in models.items()},
                               {"train": len(train), "val": len(val), "test": len(session.records(loaded, "test"))},
-                              reused=resumed_from == len(state.history) and resumed_from > 0)
+                              reused=resumed_from == len(state.history) and resumed_from > 0,
+                              shapes={"optimized": mode.judge.shape, "test": shape})
 
 
 def mean_diagnostic(history: Sequence[StepRecord], criterion: str, key: str) -> float | None:
