@@ -379,6 +379,9 @@ judge:
   max_parse_failure_rate: 0.2
 inference: merged
 interference: {max_drop: 0.05, confidence: 0.9}
+cases:
+  - {name: jumbled, inputs: {source: a, summary: b}, expect: {coherence: [1, 2]}, note: why}
+  - {name: from-data, record: r1, expect: {fluency: ">= 2"}}
 optimize:
   mode: SSC
   steps: 2
