@@ -172,6 +172,13 @@ def strict_improves(record: dict[str, Any], criterion: str, instruction: str) ->
     return human(record, criterion) if "Be strict." in instruction else noise(record, criterion)
 
 
+def gradual_improves(record: dict[str, Any], criterion: str, instruction: str) -> float:
+    """Each "Be strict." (up to four) moves the judge a quarter of the way from noise to the human score: on this
+    module's splits every step of a 4-step run gains on val, so no step repeats an earlier candidate."""
+    w = min(1.0, instruction.count("Be strict.") / 4)
+    return w * human(record, criterion) + (1 - w) * noise(record, criterion)
+
+
 def write_project(folder: Path, server: FakeLLMServer, *, records: list[dict[str, Any]] = RECORDS, optimize: str = "",
                   extra: str = "", **spec_args: Any) -> Path:
     """A spec and its data; ``optimize`` is the body of the spec's optimize: block (one setting per line),
