@@ -144,7 +144,8 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
     c = o["criteria"][name]
     history = o["history"]
     steps = len(history)
-    in_force = [c["val_before"]] + [h["val_after"][name] if name in h["accepted"] else h["val_before"][name]
+    # after a step that kept something, the values measured of the combination kept (every criterion's)
+    in_force = [c["val_before"]] + [(h["val_kept"] or h["val_after"])[name] if h["accepted"] else h["val_before"][name]
                                     for h in history]
     candidates = [(h["step"], h["val_after"].get(name), name in h["accepted"]) for h in history
                   if h["proposals"].get(name)]

@@ -480,6 +480,7 @@ def test_per_criterion_gate_keeps_one_gain_and_rejects_another_loss_in_sss(tmp_p
     assert step.rejected_reasons == {"fluency": "rejected by the val gate: fluency val spearman would fall from 1.000 "
                                                 "to 0.725 (tolerance 0)"}
     assert step.val_kept == pytest.approx({"coherence": 1.0, "fluency": 1.0})  # the kept combination, judged again
+    assert step.judged_again
     assert result.instructions == {"coherence": GOOD["coherence"], "fluency": INITIAL["fluency"]}
     assert read_yaml(tmp_path / "SSS" / LOCK)["criteria"]["fluency"]["instruction"] == INITIAL["fluency"]
 
@@ -976,6 +977,7 @@ def test_a_partial_acceptance_is_judged_as_the_combination_it_keeps(tmp_path: Pa
     assert step.val_before["fluency"] == pytest.approx(1.0)
     assert -0.9 < step.val_after["fluency"] < 0.99  # the candidate: degraded
     assert step.val_kept == pytest.approx({"coherence": 1.0, "fluency": -1.0})  # the combination, judged again
+    assert step.judged_again
     assert step.accepted == []
     assert step.rejected_reasons["coherence"].startswith("rejected by the val gate: kept without fluency's rewrite, ")
     assert "fluency val spearman would fall from 1.000 to -1.000" in step.rejected_reasons["coherence"]
@@ -1000,6 +1002,7 @@ def test_a_kept_combination_records_its_real_val_values(tmp_path: Path, fake_llm
     (step,) = result.history
     assert step.accepted == ["coherence"]
     assert step.val_after["fluency"] < 0.99 and step.val_kept["fluency"] == pytest.approx(1.0)
+    assert step.judged_again
     assert result.outcomes["fluency"].val_after == pytest.approx(1.0)
     assert result.outcomes["coherence"].val_after == pytest.approx(1.0)
 
@@ -1066,8 +1069,8 @@ def test_the_test_split_is_judged_in_the_shape_the_items_test_and_the_lock_says_
     assert any("mode SSS optimized and gated the instructions with one merged prompt, but the items test them "
                "with separate prompts" in note for note in session.notes), session.notes
 
-    result, session, spec = optimize_once(tmp_path / "merged", fake_llm, World(BIG, score=strict_improves), "SSS",
-                                          extra="inference: merged\n")
+    _, session, spec = optimize_once(tmp_path / "merged", fake_llm, World(BIG, score=strict_improves), "SSS",
+                                     extra="inference: merged\n")
     assert read_yaml(tmp_path / "merged" / LOCK)["shapes"]["test"] == "merged"
     assert not any("optimized and gated" in note for note in session.notes)
 

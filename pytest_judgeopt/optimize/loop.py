@@ -198,7 +198,8 @@ class Optimization:
         candidate = {c: proposals.get(c) or state.instructions[c] for c in criteria}
         metric = self.spec.optimize.gate.metric
         in_force = state.measured
-        after = kept = in_force
+        after = in_force
+        kept: Measured | None = None  # the combination the gate checked for keeping
         judged_again = False
         diagnostics: dict[str, dict[str, float | None]] = {}
         if proposed:
@@ -224,12 +225,12 @@ class Optimization:
         record = StepRecord(number, [r.id for r in batch], {c: proposals.get(c) for c in criteria}, reasons,
                             dict(in_force.value), dict(after.value), decision.keep,
                             {role: self._requests(role) - before[role] for role in ROLES if self._requests(role) - before[role]},
-                            diagnostics, dict(step.failures), dict(kept.value) if judged_again else None,
+                            diagnostics, dict(step.failures), None if kept is None else dict(kept.value), judged_again,
                             {"before": in_force.failure_counts(), "after": after.failure_counts(),
-                             **({"kept": kept.failure_counts()} if judged_again else {})})
+                             **({} if kept is None else {"kept": kept.failure_counts()})})
         for c in decision.keep:
             state.instructions[c] = candidate[c]
-        if decision.keep:
+        if decision.keep and kept is not None:
             state.set_measured(kept)  # what is in force now, as measured: every criterion's real val value
         state.rng = new_rng
         self.progress(f"step {number}: proposed {len(proposed)}, kept {', '.join(decision.keep) or 'none'}")

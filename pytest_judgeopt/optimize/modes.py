@@ -122,7 +122,10 @@ def modes_table() -> str:
         lines.append(f"| {mode.name} | {mode.judge.label} | {letter(mode.loss)} | {letter(mode.gradient)} | "
                      f"{letter(mode.optimizer)} | {calls} |")
     lines.append("")
-    lines.append(f"With diagnostics on, a step adds diagnostics {DIAGNOSTICS.formula} (specificity and adherence, "
-                 "per criterion). In a joint mode under the `per_criterion` rule, a step whose gate keeps only some "
-                 "of the rewrites judges val once more, gate V: the merged prompt it keeps.")
+    import textwrap
+
+    lines += textwrap.wrap(f"With diagnostics on, a step adds diagnostics {DIAGNOSTICS.formula} (specificity and "
+                           "adherence, per criterion). In a joint mode under the `per_criterion` rule, a step whose "
+                           "gate keeps only some of the rewrites judges val once more, gate V: the merged prompt it "
+                           "keeps.", 95)
     return "\n".join(lines) + "\n"

@@ -29,10 +29,12 @@ class StepRecord:
     calls: dict[str, int]
     diagnostics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
-    # the combination the gate kept, judged again on val when it was not the candidate judged (a merged prompt
-    # holding only some of the rewrites); None when the candidate's values were the combination's
+    # val values of the combination the gate checked for keeping (None: the rule kept nothing of the candidate);
+    # in force after the step when ``accepted`` is not empty. ``judged_again``: it was not the candidate, so the
+    # gate judged it (a merged prompt holding only some of the rewrites)
     val_kept: dict[str, float | None] | None = None
-    # failed and judged val judgments per criterion: "before", "after" (the candidate), "kept" (when judged again)
+    judged_again: bool = False
+    # failed and judged val judgments per criterion: "before", "after" (the candidate), "kept" (the combination)
     val_failed: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
