@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_judgeopt.judge import Judgment  # noqa: E402
-from pytest_judgeopt.optimize.gate import (  # noqa: E402
+from pytest_judgeopt.judge import Judgment
+from pytest_judgeopt.optimize.gate import (
     GateContext,
     Measured,
     choose,
@@ -35,7 +35,7 @@ from pytest_judgeopt.optimize.gate import (  # noqa: E402
     confirm,
     measure_judgments,
 )
-from pytest_judgeopt.spec import Gate  # noqa: E402
+from pytest_judgeopt.spec import Gate
 
 CRITERIA = ["coherence", "fluency"]
 DOCUMENTS, PER_DOCUMENT = 8, 5  # a val split of 40 samples from 8 documents
@@ -136,7 +136,7 @@ def failures_raise_rho(quick: bool = False) -> dict[str, Any]:
         if after.value["coherence"] is None:
             continue  # too few extreme samples for a correlation at all: not the world this case is about
         gained += (after.value["coherence"] or 0) > (before.value["coherence"] or -1)
-        rejected += "coherence" not in kept(context(), before, after, ["coherence"], lambda keep: after)
+        rejected += "coherence" not in kept(context(), before, after, ["coherence"], lambda keep, after=after: after)
         n += 1
     rate = rejected / n
     return {"name": f"failures-raise-rho world: a rewrite answering only on extreme samples is rejected ({n} seeds; "
@@ -158,7 +158,7 @@ def harmless_rewrite_kept(quick: bool = False) -> dict[str, Any]:
             changed = w.rng.random(len(fluency)) < 0.15  # 15% of fluency's judgments come out differently
             again = np.where(changed, w.judge("fluency", 1.0), fluency)
             after = w.measured({"coherence": w.judge("coherence", 1.0), "fluency": again})
-            keep_count += "coherence" in kept(context(tolerance=tolerance), before, after, ["coherence"], lambda k: after)
+            keep_count += "coherence" in kept(context(tolerance=tolerance), before, after, ["coherence"], lambda k, after=after: after)
             n += 1
         rates[tolerance] = keep_count / n
     return {"name": f"harmless-rewrite world: a coherence gain that leaves fluency's true agreement unchanged is kept "

@@ -8,6 +8,7 @@ keys.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "answers.sqlite"
+# The answer cache's modes (--judge-cache): read and write, bypass, ask again and store, read only.
 MODES = ("use", "off", "refresh", "replay")
 BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 
@@ -94,9 +96,8 @@ class Cache:
         with self._lock:
             if self._db is None:
                 return
-            try:
+            # another process may hold the database: the last one to close folds the log in
+            with contextlib.suppress(sqlite3.OperationalError):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.OperationalError:
-                pass  # another process holds the database; the last one to close folds the log in
             self._db.close()
             self._db = None

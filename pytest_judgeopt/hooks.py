@@ -16,10 +16,13 @@ hookspec = pluggy.HookspecMarker("pytest")
 
 
 @hookspec(firstresult=True)
-def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int, dict[str, Any]]] | None:
+def pytest_judgeopt_load_records(path: Path, format: str, dataset: Any) -> Iterable[tuple[int, dict[str, Any]]] | None:
     """Read the records of a dataset file, or return None to leave the file to other loaders.
 
     ``format`` is ``dataset.format`` from the spec, or the file's extension without the dot.
+    ``dataset`` is the spec's dataset settings (``pytest_judgeopt.spec.DatasetSpec``: ``delimiter``,
+    ``paths``, ...); a hook may leave it out of its parameters. With several data files the hook is
+    called once per file.
     Yield ``(line_number, record)`` pairs: the line number is quoted in error messages.
     Example, in a ``conftest.py``::
 
@@ -34,11 +37,13 @@ def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int,
 
 
 @hookspec
-def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None]]:
+def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None] | None:
     """Contribute agreement metrics that ``correlation.method`` can name.
 
     Each function takes two equal-length numpy arrays (judge scores, human scores) and
     returns a float, or None (or NaN) when undefined; it is bootstrapped like the built-ins.
+    (A None in place of a function marks a metric stats.py computes itself, as the built-ins'
+    implementation does; an implementation returning None contributes nothing.)
     Example::
 
         import numpy as np

@@ -21,21 +21,30 @@ from typing import Any
 import yaml
 
 SCHEMA_FILE = "judge-spec.schema.json"
-ROLES = ("judge", "loss", "gradient", "optimizer", "diagnostics")
 MAX_SPEC_BYTES = 1_000_000
-# the agreement metrics stats.py computes natively; named here, where specs are checked against them,
-# because stats.py brings scipy and collecting a spec must not
+# the agreement metrics stats.py computes natively; named here, where specs are checked against them
 BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nesting stays cheap to check
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Path_ = tuple[str | int, ...]
-CREDENTIAL_NAME = re.compile(r"key|secret|password|auth|credential|(^|_)token$", re.IGNORECASE)
 # Model settings that say where and how to connect, not what to answer: left out of the
 # answer cache's key (a committed cache replays against any endpoint) and out of reports.
 CONNECTION_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "organization", "headers",
                                "extra_headers", "timeout", "max_retries", "num_retries", "aws_access_key_id",
                                "aws_secret_access_key", "vertex_credentials"})
+# Words that make a model setting, a header or an environment variable a credential by its name
+# (api_key, aws_secret_access_key, Authorization, X-Api-Key, OPENAI_API_KEY, HF_TOKEN). Whole words
+# only, so max_tokens and TOKENIZERS_PARALLELISM are settings, not secrets.
+CREDENTIAL_WORDS = frozenset({"key", "keys", "apikey", "token", "secret", "secrets", "password", "passwd", "credential",
+                              "credentials", "auth", "authorization"})
+
+
+def is_credential_name(name: str) -> bool:
+    """The one rule for "does this name hold a credential?": reports leave such settings out, and
+    error texts have their values removed (the model's own and those in the environment)."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)  # apiKey -> api_Key
+    return not CREDENTIAL_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", spaced.lower()))
 
 
 class SpecError(Exception):
@@ -78,7 +87,7 @@ class Model:
 
     def describe(self) -> str:
         """The name with the settings that change answers; no endpoints, no credentials."""
-        shown = {k: v for k, v in self.params if k not in CONNECTION_PARAMS and not CREDENTIAL_NAME.search(k)}
+        shown = {k: v for k, v in self.params if k not in CONNECTION_PARAMS and not is_credential_name(k)}
         return self.name if not shown else f"{self.name} {json.dumps(shown, sort_keys=True)}"
 
 
@@ -94,12 +103,25 @@ class Criterion:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    path: Path
-    format: str
+    paths: tuple[Path, ...]  # one file, or several (a list or a glob in `dataset.path`) read as one dataset
+    declared_format: str | None  # `dataset.format`; else each file's extension says
     id: str
     group: str | None
     inputs: dict[str, str]
     scores: str | dict[str, str]
+    delimiter: str | None = None
+    skip_missing: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
+
+    @property
+    def format(self) -> str:
+        return self.format_of(self.path)
+
+    def format_of(self, path: Path) -> str:
+        return self.declared_format or path.suffix.lstrip(".").lower()
 
 
 @dataclass(frozen=True)
@@ -137,8 +159,6 @@ class Interference:
 
 
 OPTIMIZE_MODES = ("ST", "SSS", "SSC", "SCC", "CCC")
-PROMPT_NAMES = ("loss", "loss_combined", "gradient", "gradient_combined", "optimizer", "optimizer_combined",
-                "specificity", "adherence")
 
 
 @dataclass(frozen=True)
@@ -212,12 +232,13 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise SpecError([problem(path, None, "", f"cannot read the file ({exc.strerror})", "check the path")])
+        raise SpecError([problem(path, None, "", f"cannot read the file ({exc.strerror})", "check the path")]) from None
     if size > MAX_SPEC_BYTES:
         raise SpecError([problem(path, None, "", f"the file is {size:,} bytes, over the {MAX_SPEC_BYTES:,} limit for a spec",
                                  "keep data in the dataset file that `dataset.path` names")])
-    data, lines = read_yaml(path)
-    problems = schema_problems(path, data, lines)
+    splits: dict[Path_, tuple[str, str]] = {}
+    data, lines = read_yaml(path, splits)
+    problems = schema_problems(path, data, lines, splits)
     if not problems:
         problems = rule_problems(path, data, lines, metrics)
     if problems:
@@ -225,14 +246,15 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     return build(path, data, lines)
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
-    """Parse YAML and remember the line of every key and value, so errors can point at them."""
+def read_yaml(path: Path, splits: dict[Path_, tuple[str, str]] | None = None) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML and remember the line of every key and value, so errors can point at them; ``splits``
+    collects the keys an unquoted comma made (see comma_splits)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise SpecError([problem(path, line, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]) from None
+        at_line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError([problem(path, at_line, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]) from None
     # libyaml when present: the pure-Python parser takes seconds on a spec near the size limit. Its
     # messages are worded differently, so a file it refuses is parsed again by the pure one for the message.
     fast = getattr(yaml, "CSafeLoader", None)
@@ -252,12 +274,15 @@ def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
                 continue
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
-            raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}", "fix the YAML syntax at that line")])
+            raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}",
+                                     "fix the YAML syntax at that line")]) from None
         except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
-            raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")])
+            raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")]) from None
     lines: dict[Path_, int] = {}
     if node is not None:
         record_lines(node, (), lines)
+        if splits is not None:
+            comma_splits(node, (), splits)
     return data, lines
 
 
@@ -297,14 +322,14 @@ def check_nodes(path: Path, root: yaml.Node) -> None:
             for key, value in node.value:
                 name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
                 if name in first and key.tag != MERGE_TAG:
-                    duplicates.append(problem(path, key.start_mark.line + 1, dotted(at + (name,)),
+                    duplicates.append(problem(path, key.start_mark.line + 1, dotted((*at, name)),
                                               f"'{name}' is written twice (first on line {first[name]}); YAML would keep only the last",
                                               "remove or rename one of the two"))
                 first.setdefault(name, key.start_mark.line + 1)
-                walk(value, at + (name,))
+                walk(value, (*at, name))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                walk(item, at + (i,))
+                walk(item, (*at, i))
         open_.discard(id(node))
 
     walk(root, ())
@@ -317,11 +342,54 @@ def record_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
-            lines[at + (name,)] = key.start_mark.line + 1
-            record_lines(value, at + (name,), lines)
+            lines[(*at, name)] = key.start_mark.line + 1
+            record_lines(value, (*at, name), lines)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            record_lines(item, at + (i,), lines)
+            record_lines(item, (*at, i), lines)
+
+
+def comma_splits(node: yaml.Node, at: Path_, found: dict[Path_, tuple[str, str]]) -> None:
+    """Keys that an unquoted comma cut out of the value before them, in a flow mapping.
+
+    In ``{instruction: Rate it from 1 to 5, fluently}`` YAML ends the value at the comma and reads
+    ``fluently`` as a key with no value. A key like that, after a plain (unquoted) value, is recorded
+    with the key and value it was cut from, so the error can say what happened instead of "unknown key".
+    Only prose counts (a space on either side of the comma): `{source: doc, text}` lacks a value instead.
+    """
+    if isinstance(node, yaml.MappingNode):
+        previous: tuple[str, yaml.Node] | None = None
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
+            empty = (isinstance(value, yaml.ScalarNode) and value.value == "" and plain(value)
+                     and value.start_mark.index == value.end_mark.index)
+            if (node.flow_style and empty and isinstance(key, yaml.ScalarNode) and plain(key)
+                    and previous is not None and isinstance(previous[1], yaml.ScalarNode) and plain(previous[1])
+                    and (" " in previous[1].value or " " in name)):  # prose, not `{a: x, b}` with a value left out
+                found[(*at, name)] = (previous[0], previous[1].value)
+            previous = (name, value)
+            comma_splits(value, (*at, name), found)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            comma_splits(item, (*at, i), found)
+
+
+def plain(node: yaml.ScalarNode) -> bool:
+    """Written without quotes (the pure-Python parser says None, libyaml '')."""
+    return node.style in (None, "")
+
+
+def comma_problem(path: Path, at: Path_, lines: dict[Path_, int], splits: dict[Path_, tuple[str, str]]) -> str | None:
+    """The message for a key an unquoted comma made, or None when the key was written as a key."""
+    if at not in splits:
+        return None
+    key, value = splits[at]
+    whole = f"{value}, {at[-1]}"
+    where = dotted((*at[:-1], key))
+    return problem(path, lines.get(at), where,
+                   f"the value was split at a comma: inside {{...}} YAML ends '{value}' at the comma and reads "
+                   f"'{at[-1]}' as a key of its own",
+                   f"quote the value: {key}: {json.dumps(whole, ensure_ascii=False)}")
 
 
 def dotted(at: Path_) -> str:
@@ -331,7 +399,8 @@ def dotted(at: Path_) -> str:
     return out
 
 
-def schema_problems(path: Path, data: Any, lines: dict[Path_, int]) -> list[str]:
+def schema_problems(path: Path, data: Any, lines: dict[Path_, int],
+                    splits: dict[Path_, tuple[str, str]] | None = None) -> list[str]:
     import jsonschema
 
     if not isinstance(data, dict):
@@ -340,7 +409,7 @@ def schema_problems(path: Path, data: Any, lines: dict[Path_, int]) -> list[str]
     validator = jsonschema.Draft202012Validator(schema())
     found = []
     for error in validator.iter_errors(data):
-        found.extend(explain(path, error, lines))
+        found.extend(explain(path, error, lines, splits or {}))
     return sorted(set(found), key=lambda text: line_number(text))
 
 
@@ -355,25 +424,34 @@ def type_name(value: Any) -> str:
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
+def explain(path: Path, error: Any, lines: dict[Path_, int],
+            splits: dict[Path_, tuple[str, str]] | None = None) -> list[str]:
     """One readable sentence per schema error, at the line of the key concerned."""
+    splits = splits or {}
     at: Path_ = tuple(error.absolute_path)
+    cut = comma_problem(path, at, lines, splits)
+    if cut is not None:  # an empty value where a text or a mapping belongs, because a comma cut it out
+        return [cut]
     where = dotted(at)
     line = lines.get(at)
     rule = error.validator
     sub = error.schema
     value = error.instance
     if "propertyNames" in error.schema_path:  # the error is about a key, so point at the key
-        key = at + (str(value),)
+        key = (*at, str(value))
         return [problem(path, lines.get(key, line), dotted(key), f"'{value}' is not a valid criterion name",
                         "use letters, digits, '_' and '-', starting with a letter; quote a name YAML reads as a number or true/false")]
     if rule == "additionalProperties":
         known = sorted(sub.get("properties", {}))
         out = []
         for key in sorted(set(value) - set(known), key=str):
+            cut = comma_problem(path, (*at, key), lines, splits)
+            if cut is not None:
+                out.append(cut)
+                continue
             guess = difflib.get_close_matches(str(key), known, n=1)
             fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(known)}"
-            out.append(problem(path, lines.get(at + (key,), line), dotted(at + (key,)), f"unknown key '{key}'", fix))
+            out.append(problem(path, lines.get((*at, key), line), dotted((*at, key)), f"unknown key '{key}'", fix))
         return out
     if rule == "required":
         missing = error.message.split("'")[1]
@@ -403,6 +481,10 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
         return [problem(path, line, where, f"{value} is outside {span}{open_}", f"use a value in {span}{open_}")]
     if rule in ("minItems", "maxItems") and at and at[-1] == "scale":
         return [problem(path, line, where, f"a scale is two numbers [lowest, highest], got {short(value)}", "write e.g. `scale: [1, 5]`")]
+    if rule == "maxLength":
+        n = sub["maxLength"]
+        return [problem(path, line, where, f"{short(value)} is longer than {n} character{'s' if n > 1 else ''}",
+                        f"write {'one character' if n == 1 else f'at most {n} characters'}")]
     if rule == "pattern":
         return [problem(path, line, where, f"{short(value)} is not a valid name",
                         "use letters, digits, '_', '-' and '.', starting with a letter or digit")]
@@ -416,7 +498,7 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
         # branch's error is the useful one: "missing key 'name'", not "unexpected a mapping"
         inner = [e for e in error.context if e.relative_path or e.validator not in ("type", "const")]
         if inner:
-            return [text for e in inner for text in explain(path, e, lines)]
+            return [text for e in inner for text in explain(path, e, lines, splits)]
         return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
     return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
 
@@ -433,6 +515,8 @@ def one_of_fix(at: Path_) -> str:
     last = at[-1] if at else ""
     if last == "scores":
         return "write the name of a field holding {criterion: score}, or a mapping {criterion: field}"
+    if last == "path":
+        return "write the data file's path, a glob such as data/*.jsonl, or a list of paths"
     if last == "interference":
         return "write `interference: false`, or a mapping with max_drop and confidence"
     return "write a litellm model string such as openai/gpt-4o-mini, or a mapping with `name:` and litellm arguments"
@@ -484,13 +568,20 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
             if name not in scores:
                 out.append(problem(path, lines.get(("dataset", "scores")), "dataset.scores",
                                    f"no field given for criterion '{name}'", f"add `{name}: <field with its human score>`"))
-    data_path = path.parent / data["dataset"]["path"]
-    if not data_path.is_file():
-        out.append(problem(path, lines.get(("dataset", "path")), "dataset.path", f"no such file: {data_path}",
-                           "give the data file's path relative to the spec file"))
+    written = data["dataset"]["path"]
+    for i, entry in enumerate([written] if isinstance(written, str) else written):
+        at = ("dataset", "path") if isinstance(written, str) else ("dataset", "path", i)
+        if data_files(path.parent, entry):
+            continue
+        if GLOB_CHARS.search(entry):
+            out.append(problem(path, lines.get(at), dotted(at), f"no file matches '{entry}' (in {path.parent})",
+                               "fix the pattern; it is relative to the spec file"))
+        else:
+            out.append(problem(path, lines.get(at), dotted(at), f"no such file: {path.parent / entry}",
+                               "give the data file's path relative to the spec file"))
     mode = data.get("optimize", {}).get("mode")
-    if mode is not None and mode_problem(mode):
-        out.append(problem(path, lines.get(("optimize", "mode")), "optimize.mode", mode_problem(mode),
+    if mode is not None and (why := mode_problem(mode)):
+        out.append(problem(path, lines.get(("optimize", "mode")), "optimize.mode", why,
                            f"use one of {', '.join(OPTIMIZE_MODES)} (ST: each criterion alone; SSS: per criterion throughout)"))
     diagnostics = data.get("optimize", {}).get("diagnostics", {})
     for floor in ("min_specificity", "min_adherence"):
@@ -518,13 +609,27 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
     return out
 
 
+GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def data_files(folder: Path, entry: str) -> list[Path]:
+    """The files one entry of `dataset.path` names: a path, or a glob (sorted, so the order is stable)."""
+    if GLOB_CHARS.search(entry):
+        import glob
+
+        return [Path(found).resolve() for found in sorted(glob.glob(str(folder / entry), recursive=True))
+                if Path(found).is_file()]
+    target = folder / entry
+    return [target.resolve()] if target.is_file() else []
+
+
 def non_finite(value: Any, at: Path_ = ()) -> list[tuple[Path_, float]]:
     if isinstance(value, float):
         return [] if math.isfinite(value) else [(at, value)]
     if isinstance(value, dict):
-        return [found for key, item in value.items() for found in non_finite(item, at + (key,))]
+        return [found for key, item in value.items() for found in non_finite(item, (*at, key))]
     if isinstance(value, list):
-        return [found for i, item in enumerate(value) for found in non_finite(item, at + (i,))]
+        return [found for i, item in enumerate(value) for found in non_finite(item, (*at, i))]
     return []
 
 
@@ -552,7 +657,8 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         for name, body in data["criteria"].items()
     }
     ds = data["dataset"]
-    data_path = (path.parent / ds["path"]).resolve()
+    written = [ds["path"]] if isinstance(ds["path"], str) else ds["path"]
+    paths = tuple(dict.fromkeys(found for entry in written for found in data_files(path.parent, entry)))
     interference = data.get("interference", {})
     return Spec(
         path=path,
@@ -560,12 +666,14 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         model=Model.parse(data["model"]) if "model" in data else None,
         models={role: Model.parse(value) for role, value in data.get("models", {}).items()},
         dataset=DatasetSpec(
-            path=data_path,
-            format=ds.get("format") or data_path.suffix.lstrip(".").lower(),
+            paths=paths,
+            declared_format=ds.get("format"),
             id=ds.get("id", "id"),
             group=ds.get("group"),
             inputs=dict(ds["inputs"]),
             scores=ds["scores"],
+            delimiter=ds.get("delimiter"),
+            skip_missing=ds.get("skip_missing", False),
         ),
         split=Split(**data.get("split", {})),
         correlation=Correlation(**data.get("correlation", {})),
@@ -585,7 +693,8 @@ def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
     diagnostics = data.get("diagnostics", {})
     return Optimize(
         mode=mode,
-        **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs") if k in data},
+        **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs")
+           if k in data},
         gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),

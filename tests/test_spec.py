@@ -17,8 +17,8 @@ from pytest_judgeopt.spec import (
     Interference,
     JudgeSettings,
     Model,
-    Split,
     SpecError,
+    Split,
     load_spec,
     schema,
 )
@@ -91,11 +91,12 @@ class Broken:
     key: str | None  # the dotted key path the message names
     what: str
     fix: str
+    problems: int = 1  # one mistake, one problem: an edit that breaks one thing is not reported as several
 
 
 BROKEN = [
     Broken("unknown top-level key", edit("criteria:", "critera:"), 16, "critera",
-           "unknown key 'critera'", "did you mean 'criteria'?"),
+           "unknown key 'critera'", "did you mean 'criteria'?", problems=2),  # and criteria is missing
     Broken("unknown nested key", edit("min_rho: 0.5", "min_roh: 0.5"), 20, "criteria.coherence.min_roh",
            "unknown key 'min_roh'", "did you mean 'min_rho'?"),
     Broken("unknown model role", edit("model: openai/gpt-4o-mini", "models:\n  jduge: openai/gpt-4o"), 3, "models.jduge",
@@ -175,7 +176,37 @@ BROKEN = [
            "not UTF-8 text (byte", "save the file as UTF-8"),
     Broken("over the size limit", BASE + "#" * spec_module.MAX_SPEC_BYTES, None, None,
            "over the 1,000,000 limit for a spec", "keep data in the dataset file"),
+    # issue 12.2: an unquoted comma in a flow mapping ends the value; the rest became "unknown key '1 to 5.'"
+    Broken("unquoted comma in a flow mapping",
+           edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
+                "    {instruction: Rate the fluency, from 1 to 5., scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {"),
+           21, "criteria.fluency.instruction",
+           "the value was split at a comma: inside {...} YAML ends 'Rate the fluency' at the comma and reads "
+           "'from 1 to 5.' as a key of its own", 'quote the value: instruction: "Rate the fluency, from 1 to 5."'),
+    Broken("unquoted comma in an input mapping", edit("{source: source, summary: summary}",
+                                                      "{source: source text, plain, summary: summary}"), 6,
+           "dataset.inputs.source", "the value was split at a comma", 'quote the value: source: "source text, plain"'),
+    Broken("delimiter of two characters", edit("  scores: scores\n", "  scores: scores\n  delimiter: ';;'\n"), 8,
+           "dataset.delimiter", '";;" is longer than 1 character', "write one character"),
+    Broken("data glob matching nothing", edit("path: data.jsonl", "path: parts/*.jsonl"), 4, "dataset.path",
+           "no file matches 'parts/*.jsonl'", "fix the pattern"),
+    Broken("data path list with a missing file", edit("path: data.jsonl", "path: [data.jsonl, more.jsonl]"), 4,
+           "dataset.path[1]", "no such file: ", "give the data file's path relative to the spec file"),
+    Broken("data path a number", edit("path: data.jsonl", "path: 5"), 4, "dataset.path",
+           "unexpected a number (5)", "a glob such as data/*.jsonl, or a list of paths"),
 ]
+
+
+def test_a_comma_in_a_field_name_mapping_without_prose_is_a_missing_value(tmp_path: Path) -> None:
+    """`{source: doc, text}` left a value out: no talk of quoting there."""
+    found = problems_of(write(tmp_path, edit("{source: source, summary: summary}", "{source: source, summary: summary, text}")))
+    assert found == [f"{tmp_path / 'toy.judge.yaml'}:6: dataset.inputs.text: expected text, got empty (null). Fix: write text here"]
+
+
+def test_a_quoted_value_with_a_comma_is_fine(tmp_path: Path) -> None:
+    text = edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
+                "    {instruction: \"Rate the fluency, from 1 to 5.\", scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {")
+    assert load_spec(write(tmp_path, text)).criteria["fluency"].instruction == "Rate the fluency, from 1 to 5."
 
 
 @pytest.mark.parametrize("case", BROKEN, ids=[case.id for case in BROKEN])
@@ -186,13 +217,17 @@ def test_broken_spec_names_file_line_key_and_fix(tmp_path: Path, case: Broken) -
     head = f"{location} {case.key}: " if case.key is not None else f"{location} "
     matching = [p for p in problems if p.startswith(head) and case.what in p]
     assert matching, f"no problem starts with {head!r} and says {case.what!r}:\n" + "\n".join(problems)
+    assert len(problems) == case.problems, "\n".join(problems)
     assert f"Fix: {case.fix}" in matching[0] or case.fix in matching[0].split(". Fix: ", 1)[1]
     for text in problems:  # every sentence has the file and a fix, never a Python repr of an exception
         assert text.startswith(f"{path}:") and ". Fix: " in text and "Traceback" not in text
 
 
-def test_broken_table_is_big_enough() -> None:
-    assert len(BROKEN) >= 20 and len({case.id for case in BROKEN}) == len(BROKEN)
+def test_the_broken_cases_start_from_a_spec_that_loads(tmp_path: Path) -> None:
+    """Each case is BASE with one edit, so the problems a case reports come from its edit alone."""
+    spec = load_spec(write(tmp_path, BASE))
+    assert list(spec.criteria) == ["coherence", "fluency"] and spec.criteria["coherence"].min_rho == 0.5
+    assert spec.criteria["coherence"].line == 17 and spec.line_of("correlation", "method") == 14
 
 
 def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path) -> None:
@@ -363,6 +398,8 @@ models:
 dataset:
   path: data.jsonl
   format: jsonl
+  delimiter: ";"
+  skip_missing: false
   id: uid
   group: doc
   inputs: {source: src, summary: summ}
@@ -412,11 +449,11 @@ def schema_keys(node: dict[str, Any], at: tuple[str, ...] = ()) -> set[tuple[str
     node = resolve(node)
     keys: set[tuple[str, ...]] = set()
     for name, sub in node.get("properties", {}).items():
-        keys.add(at + (name,))
-        keys |= schema_keys(sub, at + (name,))
+        keys.add((*at, name))
+        keys |= schema_keys(sub, (*at, name))
     extra = node.get("additionalProperties")
     if isinstance(extra, dict) and "properties" in resolve(extra):
-        keys |= schema_keys(extra, at + ("*",))
+        keys |= schema_keys(extra, (*at, "*"))
     for branch in node.get("oneOf", []):
         keys |= schema_keys(branch, at)
     return keys

@@ -31,7 +31,6 @@ from .results import StepRecord
 from .roles import Seen
 from .step import Step, together
 
-
 CHECKPOINT_VERSION = 2  # 2: the gate counts failed judgments and judges the combination it keeps
 
 

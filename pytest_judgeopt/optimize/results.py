@@ -84,6 +84,7 @@ class OptimizationResult:
     lock_path: Path | None = None  # set by the caller that writes the lock file
     lock_note: str | None = None
     lock_refused: str | None = None  # why no lock was written, when the caller refused to write one
+    wall_seconds: float | None = None  # set by the caller that timed the run (the optimize item)
 
     @property
     def instructions(self) -> dict[str, str]:
