@@ -21,18 +21,23 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .compare import Comparison
     from .interference import InterferenceResult
     from .judge import CriterionResult
     from .session import Session
+
+
+# The parsers raise ValueError saying what is wrong with the text; `named` and `setting` add which
+# option (or ini key) it was and the fix, so every option error names its option.
 
 
 def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise pytest.UsageError(f"expected a whole number, got {text!r}") from None
+        raise ValueError(f"expected a whole number, got {text!r}") from None
     if value < 1:
-        raise pytest.UsageError(f"expected a number of at least 1, got {value}")
+        raise ValueError(f"expected a whole number of at least 1, got {value}")
     return value
 
 
@@ -40,37 +45,59 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise pytest.UsageError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise pytest.UsageError(f"expected a positive number of seconds, got {value}")
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {value:g}")
     return value
 
 
 def optimize_mode(text: str) -> str:
-    from .spec import mode_problem
+    from .spec import OPTIMIZE_MODES, mode_problem
 
     mode = text.upper()
     problem = mode_problem(mode)
     if problem:
-        raise pytest.UsageError(f"--judge-mode: {problem}; use ST, SSS, SSC, SCC or CCC")
+        raise ValueError(f"{problem}; use {', '.join(OPTIMIZE_MODES[:-1])} or {OPTIMIZE_MODES[-1]}")
     return mode
 
 
 def budget(text: str) -> Any:
     from .optimize.budget import Budget
 
-    try:
-        return Budget.parse(text)
-    except ValueError as exc:
-        raise pytest.UsageError(f"--judge-budget: {exc}") from None
+    parsed = Budget.parse(text)
+    if (parsed.calls is not None and parsed.calls < 1) or (parsed.usd is not None and not parsed.usd > 0):
+        raise ValueError("a budget allows at least one call and more than $0")
+    return parsed
 
 
 def cache_mode(text: str) -> str:
     from .cache import MODES
 
     if text not in MODES:
-        raise pytest.UsageError(f"--judge-cache must be one of {', '.join(MODES)}, not {text!r}")
+        raise ValueError(f"must be one of {', '.join(MODES)}, not {text!r}")
     return text
+
+
+def named(flag: str, parse: Any) -> Any:
+    """The option's parser for the command line: its complaint becomes a usage error naming the option."""
+
+    def parse_option(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{flag} {text}: {exc}. Fix: {option_fix(flag)}") from None
+
+    parse_option.__name__ = parse.__name__
+    return parse_option
+
+
+EXAMPLES = {"judge_cache": "replay", "judge_concurrency": "8", "judge_timeout": "60", "judge_retries": "4",
+            "judge_sample": "4", "judge_mode": "SSS", "judge_steps": "4", "judge_budget": "calls=500,usd=2"}
+
+
+def option_fix(flag: str) -> str:
+    name, help_ = next((n, h) for f, n, _, _, h in OPTIONS if f == flag)
+    return f"write e.g. {flag} {EXAMPLES.get(name, '...')} ({help_.rstrip('.')})"
 
 
 # (option, ini name, parser, default, help)
@@ -88,6 +115,11 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--judge-sample", "judge_sample", positive_int, None,
      "judge only N groups (documents) of each split, chosen by the split seed: quick, document-whole runs."),
     ("--judge-report", "judge_report", str, None, "write results.json to this folder."),
+    ("--judge-baseline", "judge_baseline", str, None,
+     "compare each spec with an earlier run: a folder its --judge-report wrote (results.json, predictions.jsonl); "
+     "adds a ::baseline item per spec found there."),
+    ("--judge-compare-model", "judge_compare_model", str, None,
+     "compare each spec's judge with the same judge on this litellm model (test split): adds a ::compare item."),
     ("--judge-mode", "judge_mode", optimize_mode, None,
      "decomposition mode for --judge-optimize: ST, SSS, SSC, SCC, CCC (default: the spec's optimize.mode, else SSS)."),
     ("--judge-steps", "judge_steps", positive_int, None, "optimization steps (default: the spec's optimize.steps)."),
@@ -99,7 +131,8 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("judgeopt", "LLM judge tests (pytest-judgeopt)")
     for flag, name, kind, default, help_ in OPTIONS:
-        group.addoption(flag, dest=name, metavar=name.removeprefix("judge_").upper(), type=kind, default=None, help=help_)
+        group.addoption(flag, dest=name, metavar=name.removeprefix("judge_").upper(), type=named(flag, kind), default=None,
+                        help=help_)
         parser.addini(name, help=f"{help_} (ini twin of {flag})", default=None if default is None else str(default))
     group.addoption("--judge-optimize", dest="judge_optimize", nargs="?", const="run", default=None,
                     choices=("run", "study"), metavar="study",
@@ -117,8 +150,11 @@ def setting(config: pytest.Config, name: str) -> Any:
     text = config.getini(name)
     if text in (None, ""):
         return None
-    kind = next(kind for _, n, kind, _, _ in OPTIONS if n == name)
-    return kind(text)
+    flag, kind = next((f, kind) for f, n, kind, _, _ in OPTIONS if n == name)
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option {name} = {text}: {exc}. Fix: {option_fix(flag)}") from None
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -139,6 +175,7 @@ class JudgeRun:
         self.live: Any = None  # the live progress status (progress.Progress), on a terminal only
         self.current_item: pytest.Item | None = None  # while an item runs: messages put its line back after them
         self.report_files: list[Path] = []
+        self.baseline: Any = None  # baseline.BaselineRun of --judge-baseline, read when the run is configured
 
     @property
     def session(self) -> Session:
@@ -209,7 +246,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.has_plugin("judgeopt-defaults"):
         config.pluginmanager.register(defaults, "judgeopt-defaults")
-    config.stash[run_key] = JudgeRun(config)
+    for _, name, _, _, _ in OPTIONS:  # a bad ini value is a usage error now, not a traceback mid-collection
+        setting(config, name)
+    run = config.stash[run_key] = JudgeRun(config)
+    folder = setting(config, "judge_baseline")
+    if folder:
+        from .baseline import BaselineError, read_baseline
+
+        try:
+            run.baseline = read_baseline(Path(folder))
+        except BaselineError as exc:
+            raise pytest.UsageError(f"--judge-baseline: {exc}") from None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -291,6 +338,16 @@ class JudgeFile(pytest.File):
             yield CriterionItem.from_parent(self, name=name, criterion=name, line=criterion.line)
         if loaded.spec.interference is not None:  # after the criteria, so their separate judgments are reused
             yield MergedItem.from_parent(self, name="merged", line=loaded.spec.line_of("interference") or 1)
+        baseline = self.config.stash[run_key].baseline
+        if baseline is not None:
+            from .text import relative
+
+            found = baseline.find(relative(str(self.path), self.config.rootpath), loaded.spec.name)
+            if found is not None:
+                yield ComparisonItem.from_parent(self, name="baseline", line=loaded.spec.line_of("baseline") or 1,
+                                                 baseline=found)
+        if setting(self.config, "judge_compare_model"):
+            yield ComparisonItem.from_parent(self, name="compare", line=1, baseline=None)
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.item_name, case=case.name, line=case.line)
 
@@ -362,6 +419,45 @@ class MergedItem(pytest.Item):
         return self.path, self.line - 1, f"judge {self.path.name}::merged"
 
 
+class ComparisonFailed(Exception):
+    """Judge b is worse than judge a on some criterion, or the two cannot be compared; carries the comparison."""
+
+    def __init__(self, comparison: Comparison):
+        super().__init__(comparison.kind)
+        self.comparison = comparison
+
+
+class ComparisonItem(pytest.Item):
+    """``::baseline`` (this run against an earlier run's report) or ``::compare`` (the configured model against
+    --judge-compare-model): fails when a criterion drops beyond ``baseline.max_drop`` and the interval excludes zero."""
+
+    def __init__(self, *, line: int, baseline: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.line = line
+        self.baseline = baseline
+
+    def runtest(self) -> None:
+        run = self.config.stash[run_key]
+        if self.name == "baseline":
+            comparison = run.session.against_baseline(self.path, self.baseline, source=str(run.baseline.folder))
+        else:
+            comparison = run.session.compare(self.path, model=setting(self.config, "judge_compare_model"))
+        for key, value in comparison_properties(comparison).items():
+            self.user_properties.append((key, value))
+        if not comparison.passed:
+            raise ComparisonFailed(comparison)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, ComparisonFailed):
+            from .text import comparison_failure
+
+            return comparison_failure(excinfo.value.comparison.to_json())
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
+
+
 class ItemFailed(Exception):
     """A case or probe that does not hold; the message says what was expected and what the judge did."""
 
@@ -418,6 +514,28 @@ def interference_properties(result: InterferenceResult) -> dict[str, Any]:
                     f"interference_{name}_verdict": c.verdict})
     for shape, usage in (("separate", result.usage_separate), ("merged", result.usage_merged)):
         out.update({f"interference_calls_{shape}": usage.answered, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
+    return out
+
+
+def comparison_properties(comparison: Comparison) -> dict[str, Any]:
+    """A ::baseline or ::compare item's JUnit properties (prefix: its kind): per criterion rho of a and b, their
+    difference with its interval, the paired n, the verdict; the threshold; what each side cost."""
+    data = comparison.to_json()
+    kind = data["kind"]
+    out: dict[str, Any] = {f"{kind}_max_drop": data["max_drop"], f"{kind}_a": data["a"]["label"],
+                           f"{kind}_b": data["b"]["label"], f"{kind}_model_a": data["a"]["model"],
+                           f"{kind}_model_b": data["b"]["model"], f"{kind}_differs": "; ".join(data["differs"]),
+                           f"{kind}_unpaired_a": len(data["unpaired"].get("a", [])),
+                           f"{kind}_unpaired_b": len(data["unpaired"].get("b", []))}
+    for c in data["criteria"]:
+        name = c["criterion"]
+        out.update({f"{kind}_{name}_{key}": c[key] for key in ("a", "b", "diff", "low", "high", "n", "verdict")})
+    for side in ("a", "b"):
+        usage = data["usage"][side]
+        if usage is not None:
+            out.update({f"{kind}_calls_{side}": usage["calls"], f"{kind}_prompt_tokens_{side}": usage["prompt_tokens"],
+                        f"{kind}_completion_tokens_{side}": usage["completion_tokens"],
+                        f"{kind}_cost_usd_{side}": usage["cost_usd"]})
     return out
 
 
@@ -535,6 +653,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
 
     session = run.session
     return {"evaluations": session.evaluations, "interference": session.interferences, "cases": session.case_results,
+            "comparisons": session.comparisons,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, result.wall_seconds)
                               for result in session.optimizations],
@@ -585,7 +704,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run is None or hasattr(config, "workerinput") or not (run.started or run.workers):
         return  # nothing judged or collected here: gathering would import the report and llm modules for nothing
     found = gathered(run)
-    if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
+    if not any(found[key] for key in ("evaluations", "interference", "comparisons", "optimizations", "studies", "notes")):
         return
     from .report import summary_sections
     from .text import render

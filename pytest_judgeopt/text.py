@@ -17,12 +17,11 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from .interference import PASSING
 
 if TYPE_CHECKING:
     from .judge import CriterionResult
@@ -125,12 +124,15 @@ def instruction_sources(ev: Mapping[str, Any]) -> str | None:
         f"{source}: {', '.join(r['criterion'] for r in results if r['instruction_source'] == source)}" for source in sources)
 
 
-def interference_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
-    """The word in the table (failing verdicts in capitals) and its kind."""
+def comparison_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
+    """A compared criterion's word in the table (failing verdicts in capitals) and its kind; an inconclusive
+    one says how many judged samples would settle it, in a warning's colour when it passes."""
     verdict = c["verdict"]
-    if verdict == "inconclusive":  # passes, in the colour of a warning
-        return f"inconclusive (about {c['required_n']} samples would settle it)", "warn"
-    return (verdict, "pass") if verdict in PASSING else (verdict.upper(), "fail")
+    if verdict == "inconclusive":
+        settle = f" (about {c['required_n']} judged samples would settle it)" if c.get("required_n") else ""
+        return ("inconclusive" + settle, "warn") if c["passed"] else ("INCONCLUSIVE" + settle, "fail")
+    return (verdict, "pass") if c["passed"] else (verdict.upper(), "fail")
+
 
 
 def interference_heading(check: Mapping[str, Any]) -> str:
@@ -155,7 +157,7 @@ def interference_table(check: Mapping[str, Any]) -> Table:
                   [("criterion", "left"), ("separate", "right"), ("merged", "right"), ("diff", "right"),
                    ("interval", "right"), ("n", "right"), ("failed s/m", "right"), ("verdict", "left")])
     for c in check["criteria"]:
-        verdict, kind = interference_verdict(c)
+        verdict, kind = comparison_verdict(c)
         failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
         table.rows.append([c["criterion"], number(c["separate"]), number(c["merged"]), number(c["diff"], sign=True),
                            interval(c["low"], c["high"], sign=True), str(c["n"]), failed, verdict])
@@ -213,10 +215,22 @@ def optimization_table(o: Mapping[str, Any], root: Path | None = None) -> Table:
 
 
 def instruction_diff(criterion: str, old: str, new: str) -> list[Line]:
-    """A unified diff of two instructions, wrapped to a readable width, each line with its kind."""
-    lines = difflib.unified_diff(wrap(old), wrap(new), fromfile=f"{criterion} (before)", tofile=f"{criterion} (after)",
-                                 lineterm="")
+    """A unified diff of two instructions, one sentence a line, each line with its kind.
+
+    Sentences, not a fixed width: wrapped at a width, one changed word re-flows the rest of its
+    paragraph and the diff shows every later line as changed; a sentence changes alone.
+    """
+    lines = difflib.unified_diff(sentences(old), sentences(new), fromfile=f"{criterion} (before)",
+                                 tofile=f"{criterion} (after)", lineterm="")
     return [Line(line, diff_kind(line)) for line in lines]
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def sentences(text: str) -> list[str]:
+    """The instruction's own lines, each cut after every sentence's end."""
+    return [part for line in text.splitlines() for part in (SENTENCE_END.split(line.strip()) if line.strip() else [""])]
 
 
 def diff_kind(line: str) -> str:
@@ -225,12 +239,6 @@ def diff_kind(line: str) -> str:
     if line.startswith("@@"):
         return "hunk"
     return {"+": "add", "-": "del"}.get(line[:1], "context")
-
-
-def wrap(text: str, width: int = 88) -> list[str]:
-    import textwrap
-
-    return [line for paragraph in text.splitlines() for line in (textwrap.wrap(paragraph, width) or [""])]
 
 
 def instruction_changes(o: Mapping[str, Any]) -> dict[str, list[Line]]:
@@ -267,15 +275,23 @@ def study_table(study: Mapping[str, Any]) -> Table:
                   f"{study['method']}; val in each mode's prompt shape, test with {study['test_shape']} prompts)",
                   [("mode", "left"), ("criterion", "left"), ("val before", "right"), ("val after (mean ± sd)", "right"),
                    ("test before (held out)", "right"), ("test after (held out)", "right"), ("improved steps", "right"),
-                   ("specificity", "right"), ("calls/run", "right"), ("cost/run", "right")])
+                   ("specificity", "right"), ("calls/run made", "right"), ("cached", "right"), ("cost/run", "right")])
+    reused = {}
     for row in study["rows"]:
         table.rows.append([row["mode"], row["criterion"], number(row["val_before"]),
                            number(row["val_after_mean"]) + spread_text(row["val_after_sd"]), number(row["test_before"]),
                            number(row["test_after_mean"]) + spread_text(row["test_after_sd"]),
-                           f"{row['improved_steps']:.1f}", number(row["specificity"], 1), f"{row['calls']:.0f}",
+                           f"{row['improved_steps']:.1f}", number(row["specificity"], 1),
+                           f"{row.get('calls_made', row['calls']):.0f}", f"{row.get('calls_cached', 0):.0f}",
                            dollars(row["cost"])])
+        if row.get("reused_runs"):
+            reused[row["mode"]] = row["reused_runs"]
     table.after.append(Line("choose a mode on val (the numbers the gate selected by); test is held out: read it once, "
                             "for the mode chosen, since picking the best test number makes it a selection number too"))
+    if reused:
+        counts = ", ".join(f"{m}: {n}" for m, n in reused.items())
+        table.after.append(Line(f"runs finished before were reused from their checkpoints ({counts}): their optimization "
+                                "steps were neither asked again nor counted, only the test split's judgments"))
     return table
 
 
@@ -346,7 +362,7 @@ def criterion_failure(result: CriterionResult) -> str:
     if failed:
         lines.append("  failed judgments, for example:")
         for j in failed:
-            lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]} reply {json.dumps((j.reply or '')[:80])}")
+            lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]}; the reply: {json.dumps((j.reply or '')[:80])}")
     if result.agreement.value is not None and result.criterion.min_rho is None:
         lines.append("  (no min_rho set for this criterion)")
     return "\n".join(lines)
@@ -356,19 +372,26 @@ def measured_line(result: CriterionResult) -> str:
     """What a criterion's verdict rests on: the estimate, protocol, confidence, n, threshold, failed judgments."""
     a = result.agreement
     value = "undefined" if a.value is None else number(a.value)
-    shown = f" {interval(a.low, a.high)}" if a.low is not None and a.high is not None else ""
+    has_interval = a.low is not None and a.high is not None
+    shown = f" {interval(a.low, a.high)}" if has_interval else ""
+    confidence = f"{a.confidence:.0%} CI" if has_interval else "no interval"  # a CI level without a CI says nothing
     threshold = f", min_rho {number(result.criterion.min_rho, 2)}" if result.criterion.min_rho is not None else ""
-    return (f"{a.method} {value}{shown} ({a.level}, {a.confidence:.0%} CI, n={a.n}{threshold}, "
+    return (f"{a.method} {value}{shown} ({a.level}, {confidence}, n={a.n}{threshold}, "
             f"failed {result.failed_count}/{result.n})")
 
 
 def interference_failure(check: Mapping[str, Any]) -> str:
     """The failure text of the merged item: which criteria lose, by how much, with what confidence, and the
     savings; below the headline, the same table the terminal summary shows."""
-    lost = [c["criterion"] for c in check["criteria"] if c["verdict"] == "fail"]
-    unknown = [c["criterion"] for c in check["criteria"] if c["verdict"] == "undefined"]
+    def failing(verdict: str) -> list[str]:
+        return [c["criterion"] for c in check["criteria"] if c["verdict"] == verdict and not c["passed"]]
+
+    lost, unknown, undecided = failing("fail"), failing("undefined"), failing("inconclusive")
+    unknown += failing("no baseline")
     parts = ([f"costs agreement on {', '.join(lost)}"] if lost else []) + (
-        [f"cannot be measured on {', '.join(unknown)}"] if unknown else [])
+        [f"cannot be measured on {', '.join(unknown)}"] if unknown else []) + (
+        [f"is not shown to keep agreement on {', '.join(undecided)} (inconclusive fails unless "
+         "interference.inconclusive: pass)"] if undecided else [])
     headline = f"merging the instructions into one prompt {' and '.join(parts)}"
     # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
     missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in check["criteria"]), default=0)
@@ -376,3 +399,82 @@ def interference_failure(check: Mapping[str, Any]) -> str:
         headline = (f"{missing} merged answers are not in the cache and the cache mode is replay; record them with "
                     "--judge-cache=use (needs the model) and commit the cache")
     return "\n".join([f"{check['spec']}::merged failed: {headline}", *render([interference_table(check)])])
+
+
+# --------------------------------------------------------------------------------------------
+# paired comparisons (compare.py): ::baseline, ::compare, judge.compare, the optimizer's test before/after
+
+COMPARISON_TITLES = {"merged": "merged vs separate prompts", "baseline": "this run against the baseline",
+                     "compare": "model comparison", "optimize": "initial vs final instructions"}
+# who is compared with whom, in a failure's headline: (side b, side a)
+COMPARISON_SUBJECTS = {"baseline": ("this run", "the baseline"), "optimize": ("the final instructions", "the initial ones"),
+                       "merged": ("the merged prompt", "separate prompts")}
+
+
+def comparison_heading(c: Mapping[str, Any]) -> str:
+    held = sum(x["passed"] for x in c["criteria"])
+    a, b = c["a"], c["b"]
+    return (f"{c['spec']} {COMPARISON_TITLES.get(c['kind'], c['kind'])}: {b['label']} ({b['model']}, {b['shape']}) "
+            f"against {a['label']} ({a['model']}, {a['shape']}) ({c['split']} split, {c['records']} samples, "
+            f"{c['method']} {c['level']}, {c['confidence']:.0%} paired interval, max_drop {c['max_drop']:g}, "
+            f"inconclusive {'passes' if c['inconclusive'] == 'pass' else 'fails'}): "
+            f"{held}/{len(c['criteria'])} criteria hold")
+
+
+def unpaired_text(ids: Sequence[str], label: str, shown: int = 5) -> str:
+    more = ", ..." if len(ids) > shown else ""
+    return f"{len(ids)} {label} samples ({', '.join(ids[:shown])}{more})"
+
+
+def side_cost(label: str, usage: Mapping[str, Any] | None) -> str:
+    if usage is None:
+        return f"{label} not spent in this run"
+    return (f"{label} {usage['calls']} calls, {usage['prompt_tokens']:,} prompt tokens, "
+            f"{usage['completion_tokens']:,} completion tokens, {dollars(usage['cost_usd'], 'cost unknown')}")
+
+
+def comparison_table(c: Mapping[str, Any]) -> Table:
+    """Per criterion: rho of a and b on the samples both scored, the difference with its paired interval, the pairs,
+    documents skipped (level group), failed judgments a/b, verdict; under it what differs, the samples that could
+    not be paired, what each side cost, and the reasons."""
+    a, b = c["a"]["label"], c["b"]["label"]
+    table = Table(comparison_heading(c),
+                  [("criterion", "left"), (a, "right"), (b, "right"), ("diff", "right"), ("interval", "right"),
+                   ("n", "right"), ("skipped docs", "right"), ("failed a/b", "right"), ("verdict", "left")])
+    for x in c["criteria"]:
+        verdict, kind = comparison_verdict(x)
+        failed = f"{sum(x['failures_a'].values())}/{sum(x['failures_b'].values())}"
+        table.rows.append([x["criterion"], number(x["a"]), number(x["b"]), number(x["diff"], sign=True),
+                           interval(x["low"], x["high"], sign=True), str(x["n"]), str(x["documents_skipped"]), failed,
+                           verdict])
+        table.verdicts.append(kind)
+    table.after += [Line(problem, "item") for problem in c["problems"]]
+    differs = "; ".join(c["differs"]) or "nothing (same instructions, model, shape, scoring and data)"
+    table.after.append(Line(f"differs: {differs}"))
+    unpaired = [unpaired_text(c["unpaired"][side], c[side]["label"]) for side in ("a", "b") if c["unpaired"].get(side)]
+    if unpaired:
+        table.after.append(Line(f"could not be paired: {'; '.join(unpaired)}"))
+    if c["usage"]["a"] is not None or c["usage"]["b"] is not None:
+        table.after.append(Line(f"cost: {side_cost(a, c['usage']['a'])}; {side_cost(b, c['usage']['b'])}"))
+    table.after += [Line(note) for note in c["notes"]]
+    for x in c["criteria"]:
+        table.after += [Line(f"{x['criterion']}: {reason}", "item") for reason in x["reasons"]]
+    return table
+
+
+def comparison_failure(c: Mapping[str, Any]) -> str:
+    """The failure text of a ::baseline or ::compare item: which criteria got worse and why, then the table."""
+    b, a = COMPARISON_SUBJECTS.get(c["kind"], (c["b"]["label"], "the configured judge"))
+
+    def failing(*verdicts: str) -> list[str]:
+        return [x["criterion"] for x in c["criteria"] if x["verdict"] in verdicts and not x["passed"]]
+
+    parts = []
+    if failing("fail"):
+        parts.append(f"{b} is worse than {a} on {', '.join(failing('fail'))}")
+    if failing("undefined", "no baseline"):
+        parts.append(f"the difference cannot be measured on {', '.join(failing('undefined', 'no baseline'))}")
+    if failing("inconclusive"):
+        parts.append(f"{b} is not shown to be as good as {a} on {', '.join(failing('inconclusive'))}")
+    parts += list(c["problems"])
+    return "\n".join([f"{c['spec']}::{c['kind']} failed: {'; '.join(parts)}", *render([comparison_table(c)])])

@@ -14,6 +14,7 @@ from ..spec import Spec
 from .modes import Mode
 
 if TYPE_CHECKING:  # stats imports scipy: only once something is measured
+    from ..compare import Comparison
     from ..stats import Agreement, PairedDifference
 
 
@@ -81,6 +82,7 @@ class OptimizationResult:
     reused: bool = False
     # the prompt shape of the loop's judgments (train, val) and of the test numbers (the items' shape)
     shapes: dict[str, str] = field(default_factory=lambda: {"optimized": "separate", "test": "separate"})
+    comparison: Comparison | None = None  # initial against final instructions on test (compare.py)
     lock_path: Path | None = None  # set by the caller that writes the lock file
     lock_note: str | None = None
     lock_refused: str | None = None  # why no lock was written, when the caller refused to write one
@@ -121,4 +123,5 @@ class OptimizationResult:
                 "planned_calls_per_step": self.planned, "usage": self.usage, "models": self.models,
                 "split_sizes": self.split_sizes, "shapes": self.shapes, "lock_refused": self.lock_refused,
                 "criteria": {c: o.to_json() for c, o in self.outcomes.items()},
-                "history": [asdict(h) for h in self.history]}
+                "history": [asdict(h) for h in self.history],
+                "comparison": None if self.comparison is None else self.comparison.to_json()}
