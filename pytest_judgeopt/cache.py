@@ -62,6 +62,7 @@ class Cache:
             enable_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS facts (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self._db = db
         return self._db
 
@@ -86,6 +87,17 @@ class Cache:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def fact(self, key: str) -> Any:
+        """A fact about a model that costs an import to learn (does litellm know it to take a response schema?),
+        kept apart from the answers; None when not known."""
+        with self._lock:
+            row = self._connect().execute("SELECT value FROM facts WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def remember(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._connect().execute("INSERT OR REPLACE INTO facts (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def __len__(self) -> int:
         with self._lock:

@@ -189,6 +189,7 @@ class LLM:
         # the same run() is not asked again before the flush
         self._pending_writes: dict[str, dict[str, Any]] = {}
         self._last_flush = time.monotonic()
+        self._schema_support: dict[str, bool] = {}
 
     # -- running async work from synchronous code -------------------------------------------
     def run(self, work: Awaitable[T]) -> T:
@@ -236,6 +237,32 @@ class LLM:
             out.add(usage)
         return out
 
+    def supports_response_schema(self, model: Model) -> bool:
+        """Whether litellm knows the model to take a JSON-schema ``response_format`` (the embedded model does).
+
+        The answer is kept beside the answer cache (keyed by the litellm version that gave it), so a run
+        answered from the cache does not import litellm to ask again.
+        """
+        if is_embedded(model):
+            return True
+        if model.name not in self._schema_support:
+            from importlib.metadata import version
+
+            key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
+            cache = self.cache if self.cache_mode != "off" else None
+            stored = cache.fact(key) if cache is not None else None
+            if stored is None:
+                litellm = import_litellm()
+                try:
+                    supported = bool(litellm.supports_response_schema(model=model.name))
+                except Exception:  # litellm raises for a model it does not know: no claim of support
+                    supported = False
+                stored = {"supported": supported}
+                if cache is not None:
+                    cache.remember(key, stored)
+            self._schema_support[model.name] = bool(stored["supported"])
+        return self._schema_support[model.name]
+
     def _usage(self, role: str) -> Usage:
         return self.usage.setdefault(role, Usage())
 
@@ -250,9 +277,15 @@ class LLM:
 
     async def complete(self, model: Model, messages: list[dict[str, str]], *, role: str = "judge",
                        temperature: float = 0.0, max_tokens: int = 256, n: int = 1, logprobs: int = 0,
-                       seed: int | None = None) -> Reply:
-        """One chat completion (``n`` choices), from the cache when it holds the answer."""
+                       seed: int | None = None, response_format: dict[str, Any] | None = None) -> Reply:
+        """One chat completion (``n`` choices), from the cache when it holds the answer.
+
+        ``response_format`` asks for structured output (litellm's, e.g. a JSON schema); it is part of
+        the cache key, so a reply held to one schema never answers a call asking for another.
+        """
         params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
+        if response_format is not None:
+            params["response_format"] = response_format
         answer_params = {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}
         key = cache_key({"model": model.name, "messages": messages, "params": answer_params, "n": n,
                          "logprobs": logprobs, "seed": seed})
@@ -334,7 +367,7 @@ class LLM:
     async def _request(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
                        logprobs: int, seed: int | None) -> Reply:
         litellm = import_litellm()
-        if model.name.startswith(f"{LOCAL_PROVIDER}/"):
+        if is_embedded(model):
             register_local_model(litellm)
         kwargs = dict(params)
         if n > 1:
@@ -485,6 +518,11 @@ def import_litellm() -> Any:
 
 
 LOCAL_PROVIDER = "local"
+
+
+def is_embedded(model: Model) -> bool:
+    """The in-process model of ``local_model.py`` (``local/smollm2``), not a hosted provider."""
+    return model.name.startswith(f"{LOCAL_PROVIDER}/")
 
 
 def register_local_model(litellm: Any) -> None:

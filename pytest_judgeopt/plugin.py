@@ -669,6 +669,15 @@ def gathered(run: JudgeRun) -> dict[str, Any]:
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tell the judging session which specs' ``::merged`` checks will run, after deselection: their separate
+    passes then make the merged calls too, each sample's calls together (see Session.merged_ahead)."""
+    merged = {Path(item.path).resolve() for item in session.items if isinstance(item, MergedItem)}
+    run = session.config.stash.get(run_key, None)
+    if merged and run is not None:
+        run.session.merged_ahead.update(merged)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist's default ``--dist load``, except that a spec's items stay together on one worker,
     in order, as in a serial run: the optimize item writes the lock its criterion items then test, and
