@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .items import CaseItem, ProbeItem, known_failure
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -201,7 +203,7 @@ class JudgeRun:
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
                                     loader=lambda path, fmt, ds: config.hook.pytest_judgeopt_load_records(path=path, format=fmt,
                                                                                                           dataset=ds),
-                                    metrics=metrics, state_dir=cache_dir)
+                                    metrics=metrics, state_dir=cache_dir, transforms=lambda: transforms(config))
             self._session.base = config.rootpath
         return self._session
 
@@ -239,6 +241,16 @@ class JudgeRun:
 
 
 run_key = pytest.StashKey[JudgeRun]()
+
+
+def transforms(config: pytest.Config) -> dict[str, Any]:
+    """The probes' transforms the hooks give, asked when a spec loads (so a conftest.py beside it counts);
+    a name two hooks give is the first one's, in pluggy's call order (the most recently registered first)."""
+    found: dict[str, Any] = {}
+    for contributed in config.hook.pytest_judgeopt_transforms():
+        for name, function in (contributed or {}).items():
+            found.setdefault(name, function)
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -325,7 +337,8 @@ class JudgeFile(pytest.File):
         from .spec import SpecError
 
         try:
-            loaded = self.config.stash[run_key].session.load(self.path)
+            self.judging = self.config.stash[run_key].session  # the case and probe items judge through it
+            loaded = self.judging.load(self.path)
         except SpecError as exc:
             raise self.CollectError(str(exc)) from None
         for name, criterion in loaded.spec.criteria.items():
@@ -350,6 +363,8 @@ class JudgeFile(pytest.File):
             yield ComparisonItem.from_parent(self, name="compare", line=1, baseline=None)
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.item_name, case=case.name, line=case.line)
+        for probe in loaded.probes:
+            yield ProbeItem.from_parent(self, name=probe.item_name, probe=probe.name, line=probe.line)
 
 
 class JudgeFailed(Exception):
@@ -456,50 +471,6 @@ class ComparisonItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
-
-
-class ItemFailed(Exception):
-    """A case or probe that does not hold; the message says what was expected and what the judge did."""
-
-
-class CaseItem(pytest.Item):
-    """One case of a spec: the judge must score its inputs within the expectation, per criterion."""
-
-    def __init__(self, *, case: str, line: int, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.case = case
-        self.line = line
-
-    def runtest(self) -> None:
-        from .cases import describe_failure
-
-        # the spec's cases selected in this run (after -k and node ids) are judged together, in one pass
-        together = [i.case for i in self.session.items if isinstance(i, CaseItem) and i.path == self.path]
-        result = self.config.stash[run_key].session.case(self.path, self.case, together=together)
-        self.user_properties.extend(result.properties().items())
-        if not result.passed:
-            raise ItemFailed(describe_failure(result))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, ItemFailed):
-            return str(excinfo.value)
-        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
-
-
-def known_failure(error: BaseException) -> str | None:
-    """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model)."""
-    from .llm import CallError
-    from .local_model import LocalModelUnavailable
-    from .spec import SpecError
-
-    if isinstance(error, (SpecError, CallError)):
-        return str(error)
-    if isinstance(error, LocalModelUnavailable):
-        return f"cannot run the embedded judge model: {error}"
-    return None
 
 
 def interference_properties(result: InterferenceResult) -> dict[str, Any]:
@@ -653,6 +624,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
 
     session = run.session
     return {"evaluations": session.evaluations, "interference": session.interferences, "cases": session.case_results,
+            "probes": session.probe_results,
             "comparisons": session.comparisons,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, result.wall_seconds)
@@ -713,7 +685,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run is None or hasattr(config, "workerinput") or not (run.started or run.workers):
         return  # nothing judged or collected here: gathering would import the report and llm modules for nothing
     found = gathered(run)
-    if not any(found[key] for key in ("evaluations", "interference", "comparisons", "optimizations", "studies", "notes")):
+    if not any(found[key] for key in ("evaluations", "interference", "comparisons", "cases", "probes", "optimizations",
+                                      "studies", "notes")):
         return
     from .report import summary_sections
     from .text import render

@@ -151,8 +151,16 @@ def test_auto_asks_for_the_schema_where_litellm_says_the_model_supports_it(
 
 def test_a_reply_breaking_the_schema_is_a_failure_of_its_own_a_reply_ignoring_it_is_parsed(
         fake_llm: FakeLLMServer, project: Any, tmp_path: Path) -> None:
-    replies = iter(['{"coherence": 7}', "coherence: 4", '{"coherence": 4.5}'] * 20)
-    fake_llm.responder = lambda body: next(replies)
+    # the reply depends on the sample in the prompt, not on the order concurrent calls arrive in
+    replies = ['{"coherence": 7}', "coherence: 4", '{"coherence": 4.5}']
+    position = {r["summary"]: i for i, r in enumerate(make_records())}
+
+    def responder(body: dict[str, Any]) -> str:
+        summary = re.search(r"<summary>\n(.*?)\n</summary>", body["messages"][-1]["content"], re.DOTALL)
+        assert summary is not None
+        return replies[position[summary.group(1)] % len(replies)]
+
+    fake_llm.responder = responder
     spec = project(fake_llm, "{structured: true}")
     session = session_for(tmp_path)
     try:
