@@ -838,8 +838,8 @@ def half_mended(record: dict[str, Any], criterion: str, asked: dict[str, str]) -
     return harmful(record, criterion, asked)
 
 
-def optimize_once(folder: Path, server: FakeLLMServer, world: World, mode: str, *, records: list[dict[str, Any]] = BIG,
-                  extra: str = "", optimize: str = "") -> tuple[Any, Session, Path]:
+def optimize_once(folder: Path, server: FakeLLMServer, world: Callable[[dict[str, Any]], Any], mode: str, *,
+                  records: list[dict[str, Any]] = BIG, extra: str = "", optimize: str = "") -> tuple[Any, Session, Path]:
     server.responder = world
     spec = write_project(folder, server, records=records, extra=extra, optimize=f"steps: 1\nbatch_size: 2\n{optimize}")
     session = new_session(folder / ".judgeopt")
@@ -1013,3 +1013,41 @@ def test_the_mode_study_shows_val_numbers_and_marks_test_as_held_out(pytester: p
     row = re.search(r"^\s+SSS\s+coherence\s.*$", out, re.M).group(0).split()
     assert row[2:4] == [f"{noisy:.3f}", "1.000"], row  # val before (the initial noise) and after (the human score)
     assert "choose a mode on val" in out
+
+
+CASE_TEXT = "Sentences out of order, the end before the start."
+
+
+def mends_or_reverses(record: dict[str, Any], criterion: str, asked: dict[str, str]) -> float:
+    """Coherence is right under HARM; fluency is degraded under its initial instruction, right under MENDS, and
+    reversed when HARM shares its prompt without MENDS."""
+    if criterion == "coherence":
+        return human(record, criterion) if asked.get("coherence") == HARM else noise(record, criterion)
+    if asked.get("fluency") == MENDS:
+        return human(record, criterion)
+    return reversed_score(record, criterion) if asked.get("coherence") == HARM else degraded(record, criterion)
+
+
+def test_what_the_case_gate_leaves_is_judged_on_val_as_the_combination_it_is(tmp_path: Path,
+                                                                             fake_llm: FakeLLMServer) -> None:
+    """The val gate keeps both rewrites (both gain, judged together); the case gate drops fluency's (it breaks a
+    case). Coherence's left alone reverses fluency in the merged prompt: judged again, the step keeps nothing."""
+    world = World(BIG, joint=mends_or_reverses, proposals={"coherence": HARM, "fluency": MENDS})
+
+    def respond(body: dict[str, Any]) -> str | Fault:
+        text = body["messages"][-1]["content"]
+        if role_of(body) == "judge" and f"<summary>\n{CASE_TEXT}\n</summary>" in text:
+            scores = {c: 5 if i == MENDS else 1 for c, i in judged_instructions(text).items()}
+            return f"{next(iter(scores))}: {next(iter(scores.values()))}" if SEPARATE_FORMAT in text else json.dumps(scores)
+        return world(body)
+
+    cases = f"cases:\n  - {{name: jumbled, inputs: {{source: s, summary: {CASE_TEXT!r}}}, expect: {{fluency: [1, 2]}}}}\n"
+    result, _, _ = optimize_once(tmp_path, fake_llm, respond, "SSS", extra=cases, optimize="gate: {cases: true}")
+    (step,) = result.history
+    assert step.val_after == pytest.approx({"coherence": 1.0, "fluency": 1.0})  # the candidate: both gain
+    assert step.rejected_reasons["fluency"].startswith("rejected by the case gate: case[jumbled] breaks")
+    assert step.judged_again and step.val_kept["fluency"] == pytest.approx(-1.0)
+    assert step.accepted == []
+    assert step.rejected_reasons["coherence"].startswith("rejected by the val gate: kept without fluency's rewrite, "
+                                                         "fluency val spearman would fall")
+    assert result.instructions == INITIAL
