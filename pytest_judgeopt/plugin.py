@@ -178,6 +178,7 @@ class JudgeRun:
         self.current_item: pytest.Item | None = None  # while an item runs: messages put its line back after them
         self.report_files: list[Path] = []
         self.baseline: Any = None  # baseline.BaselineRun of --judge-baseline, read when the run is configured
+        self.hook_proxies: dict[Path, Any] = {}  # spec file -> the hooks of its directory (its node's ihook)
 
     @property
     def session(self) -> Session:
@@ -191,9 +192,6 @@ class JudgeRun:
             llm = LLM(cache=Cache(cache_dir), cache_mode=setting(config, "judge_cache"),
                       concurrency=setting(config, "judge_concurrency"), timeout=setting(config, "judge_timeout"),
                       retries=setting(config, "judge_retries"))
-            metrics: dict[str, Any] = {}
-            for contributed in config.hook.pytest_judgeopt_metrics():
-                metrics.update(contributed)
             reporter = config.pluginmanager.get_plugin("terminalreporter")
             progress = None if reporter is None or hasattr(config, "workerinput") else self.message
             if self.live is not None:
@@ -201,11 +199,24 @@ class JudgeRun:
                 llm.listeners.append(self.live)
             self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
-                                    loader=lambda path, fmt, ds: config.hook.pytest_judgeopt_load_records(path=path, format=fmt,
-                                                                                                          dataset=ds),
-                                    metrics=metrics, state_dir=cache_dir, transforms=lambda: transforms(config))
+                                    hooks=self.spec_hooks, state_dir=cache_dir, transforms=lambda: transforms(config))
             self._session.base = config.rootpath
         return self._session
+
+    def spec_hooks(self, spec_path: Path) -> tuple[Any, dict[str, Any]]:
+        """The loader and metrics for one spec, asked when it is loaded: from the hooks of its directory (its file
+        node's ``ihook``: plugins and the conftest files above it, not a sibling folder's), so a conftest collected
+        after the first spec counts too. A spec pytest did not collect (the judge fixture given another path) gets
+        the hooks of every conftest loaded so far."""
+        hook = self.hook_proxies.get(spec_path, self.config.hook)
+        metrics: dict[str, Any] = {}
+        for contributed in hook.pytest_judgeopt_metrics():
+            metrics.update(contributed)
+
+        def loader(path: Path, format: str, dataset: Any) -> Any:
+            return hook.pytest_judgeopt_load_records(path=path, format=format, dataset=dataset)
+
+        return loader, metrics
 
     @property
     def started(self) -> bool:
@@ -325,6 +336,23 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
             run.live.end()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A spec's optimize (or study) item runs before its other items, whatever reordered them (pytest-randomly,
+    which runs first): it writes the lock they test. Its ::merged runs after its criterion items, whose
+    judgments it reuses. Each spec's items keep the places they have; only their order among them changes,
+    so other tests, and other specs' items, stay where the reordering put them."""
+    rank = {OptimizeItem: 0, StudyItem: 0, MergedItem: 2}
+    places: dict[Path, list[int]] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, JUDGE_ITEMS):
+            places.setdefault(item.path, []).append(index)
+    for indices in places.values():
+        ordered = sorted((items[i] for i in indices), key=lambda item: rank.get(type(item), 1))  # stable
+        for index, item in zip(indices, ordered, strict=True):
+            items[index] = item
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     patterns = parent.config.getini("judge_spec_glob")
     if any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns):
@@ -336,8 +364,10 @@ class JudgeFile(pytest.File):
     def collect(self) -> Any:
         from .spec import SpecError
 
+        run = self.config.stash[run_key]
+        run.hook_proxies[self.path.resolve()] = self.ihook
         try:
-            self.judging = self.config.stash[run_key].session  # the case and probe items judge through it
+            self.judging = run.session  # the case and probe items judge through it
             loaded = self.judging.load(self.path)
         except SpecError as exc:
             raise self.CollectError(str(exc)) from None
@@ -384,11 +414,20 @@ class CriterionItem(pytest.Item):
         self.line = line
 
     def runtest(self) -> None:
-        result = self.config.stash[run_key].session.evaluate(self.path, self.criterion)
+        result = self.config.stash[run_key].session.evaluate(self.path, self.criterion, together=self.together())
         for key, value in junit_properties(result).items():
             self.user_properties.append((key, value))
         if not result.passed:
             raise JudgeFailed(result)
+
+    def together(self) -> list[str]:
+        """The criteria this run judges of the spec, in one pass (after -k and node ids): those of its selected
+        criterion items, or all of them when an item that needs every criterion's judgments is selected too
+        (::merged, ::baseline, ::compare), so those judgments are the items' own."""
+        mine = [i for i in self.session.items if i.path == self.path]
+        if any(isinstance(i, (MergedItem, ComparisonItem)) for i in mine):
+            return []  # every criterion
+        return [i.criterion for i in mine if isinstance(i, CriterionItem)]
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, JudgeFailed):
@@ -596,6 +635,9 @@ class StudyItem(OptimizeItem):
                                                        budget=setting(config, "judge_budget")))
 
 
+JUDGE_ITEMS = (CriterionItem, MergedItem, ComparisonItem, CaseItem, OptimizeItem, StudyItem)
+
+
 class OptimizationFailed(Exception):
     pass
 
@@ -651,22 +693,65 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist's default ``--dist load``, except that a spec's items stay together on one worker,
-    in order, as in a serial run: the optimize item writes the lock its criterion items then test, and
-    ``::merged`` reuses the criteria's judgments (on another worker it would ask the model again).
-    Every other test is its own unit, as with ``load``; other ``--dist`` modes are left alone."""
+    """pytest-xdist's default ``--dist load``, left as it is unless judge items are collected; then a spec's
+    items stay together on one worker, in order, as in a serial run: the optimize item writes the lock its
+    criterion items then test, and ``::merged`` reuses the criteria's judgments (on another worker it would ask
+    the model again). Every other test stays its own unit. Other ``--dist`` modes are left alone.
+
+    The controller does not collect, so the choice is made when the workers' collections arrive, before
+    anything is scheduled: a project with the plugin installed and no spec file is scheduled by xdist's own
+    LoadScheduling."""
     if config.getvalue("dist") != "load":
         return None
-    from xdist.scheduler import LoadScopeScheduling
+    from xdist.scheduler import LoadScheduling, LoadScopeScheduling
 
     patterns = config.getini("judge_spec_glob")
 
+    def spec_file(nodeid: str) -> str | None:
+        file = nodeid.split("::", 1)[0]
+        return file if any(fnmatch.fnmatch(file.rsplit("/", 1)[-1], p) for p in patterns) else None
+
     class SpecScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            file = nodeid.split("::", 1)[0]
-            return file if any(fnmatch.fnmatch(file.rsplit("/", 1)[-1], p) for p in patterns) else nodeid
+            return spec_file(nodeid) or nodeid
 
-    return SpecScheduling(config, log)
+    class JudgeScheduling:
+        """xdist's LoadScheduling until the collection is complete; SpecScheduling from then on if it holds
+        a judge item. Until the first schedule() xdist only adds and removes workers and their collections,
+        which are kept here and handed to the scheduler chosen."""
+
+        def __init__(self) -> None:
+            self.active: Any = LoadScheduling(config, log)
+            self.collections: dict[Any, Any] = {}
+            self.decided = False
+
+        def add_node(self, node: Any) -> None:
+            self.active.add_node(node)
+
+        def add_node_collection(self, node: Any, collection: Any) -> None:
+            self.collections[node] = collection
+            self.active.add_node_collection(node, collection)
+
+        def remove_node(self, node: Any) -> Any:
+            self.collections.pop(node, None)
+            return self.active.remove_node(node)
+
+        def schedule(self) -> None:
+            if not self.decided:
+                self.decided = True
+                if any(spec_file(nodeid) for ids in self.collections.values() for nodeid in ids):
+                    chosen = SpecScheduling(config, log)
+                    for node in self.active.nodes:
+                        chosen.add_node(node)
+                        if node in self.collections:
+                            chosen.add_node_collection(node, self.collections[node])
+                    self.active = chosen
+            self.active.schedule()
+
+        def __getattr__(self, name: str) -> Any:  # the rest of xdist's Scheduling protocol, as the chosen one has it
+            return getattr(self.active, name)
+
+    return JudgeScheduling()
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -41,13 +41,15 @@ class Loaded:
     splits: Splits
     cases: tuple[Case, ...] = ()
     probes: tuple[Probe, ...] = ()
+    metrics: Mapping[str, Metric | None] = field(default_factory=lambda: dict.fromkeys(BUILTIN_METRICS))
 
 
 class Session:
     def __init__(self, llm: LLM | None = None, *, model_override: str | None = None, default_model: str | None = None,
                  sample: int | None = None, loader: Loader | None = None, metrics: Mapping[str, Metric | None] | None = None,
                  progress: Callable[[str], None] | None = None, state_dir: str | Path = ".judgeopt",
-                 transforms: Mapping[str, Transform] | Callable[[], Mapping[str, Transform]] | None = None):
+                 transforms: Mapping[str, Transform] | Callable[[], Mapping[str, Transform]] | None = None,
+                 hooks: Callable[[Path], tuple[Loader | None, Mapping[str, Metric | None]]] | None = None):
         self.llm = llm or LLM()
         # the probes' transforms by name (pytest_judgeopt_transforms hooks), or a function asked when a spec loads;
         # None: not known, so a transform's name is checked only when its probe runs
@@ -58,6 +60,9 @@ class Session:
         self.loader = loader
         # name -> function for metrics added by hooks; None for those stats.py computes itself
         self.metrics = dict(metrics) if metrics is not None else dict.fromkeys(BUILTIN_METRICS)
+        # given a spec's path, the loader and metrics that apply to it (under pytest: the hooks of the conftest
+        # files of its directory, asked when the spec is loaded); else ``loader`` and ``metrics`` for every spec
+        self.hooks = hooks
         self.progress = progress
         self.state_dir = Path(state_dir)
         self.notes: list[str] = []  # things the user should know that are no test's failure (stale lock files, ...)
@@ -87,8 +92,9 @@ class Session:
         """Spec, data and splits; raises SpecError naming file, line and fix."""
         path = (self.base / path).resolve()
         if path not in self._loaded:
-            spec = load_spec(path, tuple(self.metrics))
-            dataset = load_dataset(spec, self.loader)
+            loader, metrics = self.hooks(path) if self.hooks is not None else (self.loader, self.metrics)
+            spec = load_spec(path, tuple(metrics))
+            dataset = load_dataset(spec, loader)
             problems: list[str] = []
             cases: tuple[Case, ...] = ()
             probes: tuple[Probe, ...] = ()
@@ -97,7 +103,7 @@ class Session:
             except SpecError as exc:
                 problems += exc.problems
             try:
-                probes = load_probes(spec, tuple(self.metrics), self.known_transforms())
+                probes = load_probes(spec, tuple(metrics), self.known_transforms())
             except SpecError as exc:
                 problems += exc.problems
             if problems:
@@ -107,7 +113,7 @@ class Session:
             for text in spec.warnings:  # under pytest, shown in its warnings summary; filterwarnings can make it an error
                 warnings.warn(SpecWarning(text), stacklevel=2)
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split), cases=cases,
-                                        probes=probes)
+                                        probes=probes, metrics=dict(metrics))
         return self._loaded[path]
 
     def model_for(self, spec: Spec, role: str = "judge") -> Model:
@@ -128,30 +134,38 @@ class Session:
 
     @overload
     def evaluate(self, path: str | Path, criterion: str, *, instruction: str | None = None, split: str = "test",
-                 shape: str | None = None) -> CriterionResult: ...
+                 shape: str | None = None, together: Sequence[str] = ()) -> CriterionResult: ...
 
     @overload
     def evaluate(self, path: str | Path, criterion: None = None, *, instruction: None = None, split: str = "test",
-                 shape: str | None = None) -> dict[str, CriterionResult]: ...
+                 shape: str | None = None, together: Sequence[str] = ()) -> dict[str, CriterionResult]: ...
 
     def evaluate(self, path: str | Path, criterion: str | None = None, *, instruction: str | None = None,
-                 split: str = "test", shape: str | None = None) -> CriterionResult | dict[str, CriterionResult]:
-        """Judge a split and measure agreement: one criterion's result, or all of them when criterion is None."""
+                 split: str = "test", shape: str | None = None,
+                 together: Sequence[str] = ()) -> CriterionResult | dict[str, CriterionResult]:
+        """Judge a split and measure agreement: one criterion's result, or all of them when criterion is None.
+
+        ``together`` names the criteria judged in the same pass (the criterion items a run selected): with
+        separate prompts only those are judged, record by record, so ``pytest spec.yaml::fluency`` pays for one
+        criterion. Without it every criterion is judged. A merged prompt holds every criterion whatever is asked.
+        """
         loaded = self.load(path)
         spec = loaded.spec
         if criterion is not None and criterion not in spec.criteria:
             raise SpecError([f"{spec.path}: no criterion '{criterion}'. Fix: use one of {', '.join(spec.criteria)}"])
         instructions, sources = self.in_force(loaded)
         instructions, sources = dict(instructions), dict(sources)
-        names = list(spec.criteria)
+        shape = shape or spec.inference
+        wanted = set(together) | ({criterion} if criterion is not None else set())
+        names = [n for n in spec.criteria if n in wanted] if together and shape == "separate" else list(spec.criteria)
         if instruction is not None:
             if criterion is None:
                 raise ValueError("an instruction replaces one criterion's: name the criterion too")
             instructions[criterion] = instruction
             sources[criterion] = "argument"
             names = [criterion]
-        results = self.evaluate_instructions(loaded, instructions, names, split=split,
-                                             shape=shape or spec.inference, sources=sources, record=True)
+        results = self.evaluate_instructions(loaded, instructions, names, split=split, shape=shape, sources=sources,
+                                             record=True)
         return results[criterion] if criterion is not None else results
 
     def evaluate_instructions(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], *, split: str,
@@ -169,10 +183,11 @@ class Session:
                 shapes.append("merged")
             if self.progress:
                 also = ", and merged for the ::merged check, each sample's calls together" if len(shapes) > 1 else ""
-                self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}{also}) "
+                criteria = f"{len(names)} criterion" if len(names) == 1 else f"{len(names)} criteria"
+                self.progress(f"judging {spec.name}: {len(records)} samples x {criteria} ({shape}{also}) "
                               f"on {model.name}")
             judged = self.llm.run(judge_shapes(self.llm, model, spec, records, instructions, criteria=names, shapes=shapes))
-            self._register_metrics()
+            self._register_metrics(loaded.metrics)
             for each in shapes:
                 each_key = self._evaluation_key(loaded, instructions, names, split=split, shape=each, model=model)
                 self._evaluations[each_key] = {
@@ -289,10 +304,12 @@ class Session:
         self.optimizations.append(result)
         return result
 
-    def _register_metrics(self) -> None:
+    def _register_metrics(self, metrics: Mapping[str, Metric | None]) -> None:
+        """The spec's own metrics, registered before its agreement is measured: two folders may each define a
+        metric of the same name."""
         from .stats import CUSTOM, register_metric  # scipy: only once something was judged
 
-        for name, function in self.metrics.items():
+        for name, function in metrics.items():
             if function is not None and CUSTOM.get(name) is not function:
                 register_metric(name, function)
 
