@@ -607,6 +607,8 @@ class OptimizeItem(pytest.Item):
         for key, value in optimize_properties(result).items():
             self.user_properties.append((key, value))
         problems = diagnostics_problems(result)
+        if result.lock_refused:
+            problems.insert(0, f"{result.spec.name}: {result.lock_refused}")
         if problems:
             raise OptimizationFailed("\n".join(problems))
 

@@ -296,9 +296,16 @@ def optimization_heading(o: Mapping[str, Any], root: Path | None = None) -> str:
     resumed = f"; resumed after step {o['resumed_from']}" if o["resumed_from"] and not o["reused"] else ""
     reused = "; this run had finished before: its result is reused, not repeated" if o["reused"] else ""
     where = f"; wrote {relative(o['lock_path'], root)}" if o.get("lock_path") else ""
+    if o.get("lock_refused"):
+        fell = [name for name, c in o["criteria"].items()
+                if c["test_diff"]["high"] is not None and c["test_diff"]["value"] is not None and c["test_diff"]["high"] < 0]
+        where = f"; no lock written: the test agreement of {', '.join(fell)} fell significantly"
     sizes = o["split_sizes"]
+    shapes = o["shapes"]
+    shape = (f"; val with {shapes['optimized']} prompts, test with {shapes['test']} prompts (the items' shape)"
+             if shapes["optimized"] != shapes["test"] else f"; {shapes['test']} prompts")
     return (f"{o['spec']}: mode {o['mode']}, {o['steps_run']} steps, seed {o['seed']} "
-            f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){stopped}{resumed}{reused}{where}")
+            f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){shape}{stopped}{resumed}{reused}{where}")
 
 
 def optimization_table(o: Mapping[str, Any], root: Path | None = None) -> Table:
@@ -369,26 +376,35 @@ def usage_text(usage: Mapping[str, Mapping[str, Any]], seconds: float | None) ->
 
 
 def study_table(study: Mapping[str, Any]) -> Table:
-    """The paper's table: per mode and criterion, test rho before and after over runs, and what it cost."""
-    table = Table(f"{study['spec']}: {study['runs']} runs per mode, {study['steps']} steps each, test split of "
-                  f"{study['test_size']} samples ({study['level']} {study['method']})",
-                  [("mode", "left"), ("criterion", "left"), ("before", "right"), ("after (mean ± sd)", "right"),
-                   ("improved steps", "right"), ("specificity", "right"), ("calls/run made", "right"),
-                   ("cached", "right"), ("cost/run", "right")])
+    """The paper's table: per mode and criterion, val agreement before and after (the selection numbers, to choose
+    a mode by), test before and after over runs (held out), and what it cost."""
+    table = Table(f"{study['spec']}: {study['runs']} runs per mode, {study['steps']} steps each, val split of "
+                  f"{study['val_size']} samples, test split of {study['test_size']} samples ({study['level']} "
+                  f"{study['method']}; val in each mode's prompt shape, test with {study['test_shape']} prompts)",
+                  [("mode", "left"), ("criterion", "left"), ("val before", "right"), ("val after (mean ± sd)", "right"),
+                   ("test before (held out)", "right"), ("test after (held out)", "right"), ("improved steps", "right"),
+                   ("specificity", "right"), ("calls/run made", "right"), ("cached", "right"), ("cost/run", "right")])
     reused = {}
     for row in study["rows"]:
-        sd = f" ± {row['after_sd']:.3f}" if row["after_sd"] is not None else ""
-        table.rows.append([row["mode"], row["criterion"], number(row["before"]), number(row["after_mean"]) + sd,
+        table.rows.append([row["mode"], row["criterion"], number(row["val_before"]),
+                           number(row["val_after_mean"]) + spread_text(row["val_after_sd"]), number(row["test_before"]),
+                           number(row["test_after_mean"]) + spread_text(row["test_after_sd"]),
                            f"{row['improved_steps']:.1f}", number(row["specificity"], 1),
                            f"{row.get('calls_made', row['calls']):.0f}", f"{row.get('calls_cached', 0):.0f}",
                            dollars(row["cost"])])
         if row.get("reused_runs"):
             reused[row["mode"]] = row["reused_runs"]
+    table.after.append(Line("choose a mode on val (the numbers the gate selected by); test is held out: read it once, "
+                            "for the mode chosen, since picking the best test number makes it a selection number too"))
     if reused:
         counts = ", ".join(f"{m}: {n}" for m, n in reused.items())
         table.after.append(Line(f"runs finished before were reused from their checkpoints ({counts}): their optimization "
                                 "steps were neither asked again nor counted, only the test split's judgments"))
     return table
+
+
+def spread_text(sd: float | None) -> str:
+    return f" ± {sd:.3f}" if sd is not None else ""
 
 
 # --------------------------------------------------------------------------------------------
