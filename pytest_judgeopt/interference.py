@@ -22,6 +22,7 @@ Verdicts per criterion:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .spec import Interference
@@ -130,7 +131,7 @@ def compare_criterion(spec: Spec, settings: Interference, separate: CriterionRes
                                  level=corr.level, confidence=settings.confidence, resamples=corr.resamples,
                                  seed=spec.split.seed)
     decided = decide(measured, settings.max_drop, baseline_defined=separate.rho is not None)
-    extra = failure_reasons(separate, merged)
+    extra = failure_reasons(spec, separate, merged)
     kind = "fail" if extra and decided.passed else decided.kind
     reasons = tuple(extra) + ((decided.reason,) if decided.reason else ())
     return CriterionInterference(
@@ -181,14 +182,15 @@ def decide(measured: PairedDifference, max_drop: float, *, baseline_defined: boo
                                    f"about {needed} samples would settle it", needed)
 
 
-def failure_reasons(separate: CriterionResult, merged: CriterionResult) -> list[str]:
+def failure_reasons(spec: Spec, separate: CriterionResult, merged: CriterionResult) -> list[str]:
     """Failed judgments that merging caused: over the criterion's allowed rate, and more than separate had."""
+    from .judge import replay_missing
+
     out = []
     n = len(merged.judgments)
-    missing = merged.failures.get("call_replay_miss", 0)
+    missing = [j.record_id for j in merged.judgments if j.failure == "call_replay_miss"]
     if missing:
-        out.append(f"{missing} merged answers are not in the cache and the cache mode is replay; "
-                   "record them with --judge-cache=use (needs the model) and commit the cache")
+        out.append(replay_missing(spec, missing, "merged answers"))
     allowed = separate.criterion.max_parse_failure_rate
     failed, before = merged.failed_count, separate.failed_count
     if n and failed / n > allowed and failed > before:  # the kinds follow in the report's detail lines
@@ -268,7 +270,10 @@ def describe(result: dict[str, Any]) -> str:
     # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
     missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in result["criteria"]), default=0)
     if missing:
-        headline = (f"{missing} merged answers are not in the cache and the cache mode is replay; record them with "
-                    "--judge-cache=use (needs the model) and commit the cache")
+        from .answers import answers_path
+
+        name = answers_path(Path(result["path"])).name
+        headline = (f"{missing} merged answers are not in {name} or the cache (cache mode is replay). Fix: record them "
+                    f"with pytest --judge-record (needs the model) and commit {name}")
     lines = [f"{result['spec']}::merged failed: {headline}", heading(result)]
     return "\n".join(lines + table_lines(result) + detail_lines(result))

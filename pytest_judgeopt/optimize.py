@@ -143,8 +143,11 @@ class ReplayIncomplete(Exception):
     checkpoint or lock is written from it: a finished checkpoint would be taken as done by a later run."""
 
     def __init__(self, spec: Spec, what: str):
+        from .answers import answers_path
+
         super().__init__(f"{spec.path.name}: the optimization needs answers that are not in the cache (cache mode is "
-                         f"replay): {what}. Fix: record them with --judge-cache=use (needs the model) and commit the cache")
+                         f"replay): {what}. Fix: record them with pytest --judge-optimize --judge-record (needs the "
+                         f"model) and commit {answers_path(spec.path).name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +238,8 @@ class Step:
         """One role call; a failed call is counted and yields None (its sample then carries no feedback)."""
         try:
             reply = await self.llm.complete(self.models[role], messages, role=role,
-                                            temperature=self.spec.optimize.temperature, max_tokens=max_tokens)
+                                            temperature=self.spec.optimize.temperature, max_tokens=max_tokens,
+                                            spec=self.spec.path)
         except CallError as exc:
             if exc.kind == "budget":
                 raise BudgetExceeded(str(exc)) from None

@@ -65,6 +65,20 @@ def budget(text: str) -> Any:
         raise pytest.UsageError(f"--judge-budget: {exc}") from None
 
 
+def duration(text: str) -> float:
+    """Seconds, or a number with a unit: 90s, 30m, 12h, 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise pytest.UsageError(f"--judge-cache-ttl: expected seconds or a number with s, m, h or d (e.g. 7d), "
+                                f"got {text!r}") from None
+    if value <= 0:
+        raise pytest.UsageError(f"--judge-cache-ttl: expected a positive duration, got {text!r}")
+    return value
+
+
 def cache_mode(text: str) -> str:
     if text not in CACHE_MODES:
         raise pytest.UsageError(f"--judge-cache must be one of {', '.join(CACHE_MODES)}, not {text!r}")
@@ -80,6 +94,13 @@ OPTIONS = [
      "answer cache: use (default), off, refresh (ask again, store), replay (cache only; a miss fails the item)."),
     ("--judge-cache-dir", "judge_cache_dir", str, ".judgeopt",
      "folder of the answer cache, relative to the rootdir (default .judgeopt)."),
+    ("--judge-cache-url", "judge_cache_url", str, None,
+     "a Redis that shares answers between checkouts and CI runners: redis://host:port/db, rediss:// for TLS "
+     "(also JUDGEOPT_CACHE_URL); needs the `redis` extra."),
+    ("--judge-cache-prefix", "judge_cache_prefix", str, "judgeopt:",
+     "prefix of every key in the shared cache (default judgeopt:)."),
+    ("--judge-cache-ttl", "judge_cache_ttl", duration, None,
+     "expire shared-cache entries after this long: seconds, or 90m, 12h, 7d (default: never)."),
     ("--judge-concurrency", "judge_concurrency", positive_int, 8, "model calls in flight at once (default 8)."),
     ("--judge-timeout", "judge_timeout", positive_float, 60.0, "seconds before one model call times out (default 60)."),
     ("--judge-retries", "judge_retries", positive_int, 4, "retries of a failed model call (default 4)."),
@@ -94,6 +115,16 @@ OPTIONS = [
 ]
 
 
+# (flag, ini name, help): on/off options
+FLAGS = [
+    ("--judge-record", "judge_record",
+     "write each spec's answers to <spec stem>.answers.jsonl beside it (sorted, reviewable, to commit); answers "
+     "the run no longer used are dropped."),
+    ("--judge-cache-required", "judge_cache_required",
+     "fail the items when the shared cache (--judge-cache-url) cannot be used, instead of going on with the local cache."),
+]
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("judgeopt", "LLM judge tests (pytest-judgeopt)")
     for flag, name, kind, default, help_ in OPTIONS:
@@ -103,6 +134,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     choices=("run", "study"), metavar="study",
                     help="improve each spec's instructions and write <spec>.lock.yaml for review; "
                          "--judge-optimize=study compares the five modes instead (writes nothing).")
+    for flag, name, help_ in FLAGS:
+        group.addoption(flag, dest=name, action="store_true", default=None, help=help_)
+        parser.addini(name, type="bool", default=False, help=f"{help_} (ini twin of {flag})")
     parser.addini("judge_spec_glob", type="args", default=["*.judge.yaml"],
                   help="file name patterns of judge spec files (default *.judge.yaml).")
 
@@ -117,6 +151,16 @@ def setting(config: pytest.Config, name: str) -> Any:
         return None
     kind = next(kind for _, n, kind, _, _ in OPTIONS if n == name)
     return kind(text)
+
+
+def flag(config: pytest.Config, name: str) -> bool:
+    value = config.getoption(name)
+    return bool(value) if value is not None else bool(config.getini(name))
+
+
+def cache_url(config: pytest.Config) -> str | None:
+    """The command line, then JUDGEOPT_CACHE_URL (a CI job's secret), then the ini file."""
+    return config.getoption("judge_cache_url") or os.environ.get("JUDGEOPT_CACHE_URL") or config.getini("judge_cache_url") or None
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -137,6 +181,10 @@ class JudgeRun:
         self.live: Any = None  # the live progress status (progress.Progress), on a terminal only
         self.current_item: pytest.Item | None = None  # while an item runs: messages put its line back after them
         self.report_files: list[Path] = []
+        # --judge-record: per spec file, its items and those selected in this run (to tell whether every one ran)
+        self.spec_items: dict[Path, int] = {}
+        self.partial_specs: set[str] = set()
+        self.recorded: list[Any] = []  # answers.Outcome per answer file written, or an error line
 
     @property
     def session(self) -> Session:
@@ -147,9 +195,21 @@ class JudgeRun:
 
             config = self.config
             cache_dir = config.rootpath / setting(config, "judge_cache_dir")
-            llm = LLM(cache=Cache(cache_dir), cache_mode=setting(config, "judge_cache"),
+            notes: list[str] = []
+            shared = None
+            url = cache_url(config)
+            if url:
+                from .redis_cache import RedisCache
+
+                shared = RedisCache(url, prefix=setting(config, "judge_cache_prefix"), ttl=setting(config, "judge_cache_ttl"),
+                                    required=flag(config, "judge_cache_required"), report=notes.append)
+            llm = LLM(cache=Cache(cache_dir), shared=shared, cache_mode=setting(config, "judge_cache"),
                       concurrency=setting(config, "judge_concurrency"), timeout=setting(config, "judge_timeout"),
                       retries=setting(config, "judge_retries"))
+            if flag(config, "judge_record"):
+                from .answers import Recorder
+
+                llm.recorder = Recorder()
             metrics: dict[str, Any] = {}
             for contributed in config.hook.pytest_judgeopt_metrics():
                 metrics.update(contributed)
@@ -162,6 +222,7 @@ class JudgeRun:
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
                                     loader=lambda path, fmt: config.hook.pytest_judgeopt_load_records(path=path, format=fmt),
                                     metrics=metrics, state_dir=cache_dir)
+            self._session.notes = notes  # the shared cache reports its troubles here, once each
             self._session.base = config.rootpath
         return self._session
 
@@ -206,6 +267,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.has_plugin("judgeopt-defaults"):
         config.pluginmanager.register(defaults, "judgeopt-defaults")
+    url = cache_url(config)
+    if url:
+        from .redis_cache import url_problem
+
+        problem = url_problem(url)
+        if problem:
+            raise pytest.UsageError(f"--judge-cache-url: {problem}")
     config.stash[run_key] = JudgeRun(config)
 
 
@@ -262,6 +330,19 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
             run.live.end()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Which specs this run covers only in part (``-k``, ``spec.yaml::coherence``): recording them must not
+    drop the answers of their items that did not run."""
+    run = session.config.stash.get(run_key, None)
+    if run is None or not run.spec_items:
+        return
+    selected: dict[Path, int] = {}
+    for item in session.items:
+        if isinstance(item, (CriterionItem, MergedItem, OptimizeItem)):
+            selected[item.path.resolve()] = selected.get(item.path.resolve(), 0) + 1
+    run.partial_specs = {str(path) for path, total in run.spec_items.items() if 0 < selected.get(path, 0) < total}
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     patterns = parent.config.getini("judge_spec_glob")
     if any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns):
@@ -273,10 +354,17 @@ class JudgeFile(pytest.File):
     def collect(self) -> Any:
         from .spec import SpecError
 
+        run = self.config.stash[run_key]
         try:
-            loaded = self.config.stash[run_key].session.load(self.path)
+            loaded = run.session.load(self.path)
         except SpecError as exc:
             raise self.CollectError(str(exc)) from None
+        run.spec_items[loaded.spec.path] = 0
+        for item in self._items(loaded):
+            run.spec_items[loaded.spec.path] += 1
+            yield item
+
+    def _items(self, loaded: Any) -> Any:
         for name, criterion in loaded.spec.criteria.items():
             if name == next(iter(loaded.spec.criteria)):
                 optimize = self.config.getoption("judge_optimize")
@@ -357,12 +445,14 @@ class MergedItem(pytest.Item):
 
 
 def known_failure(error: BaseException) -> str | None:
-    """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model)."""
+    """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model,
+    a shared cache that is required)."""
     from .llm import CallError
     from .local_model import LocalModelUnavailable
+    from .redis_cache import SharedCacheError
     from .spec import SpecError
 
-    if isinstance(error, (SpecError, CallError)):
+    if isinstance(error, (SpecError, CallError, SharedCacheError)):
         return str(error)
     if isinstance(error, LocalModelUnavailable):
         return f"cannot run the embedded judge model: {error}"
@@ -449,7 +539,7 @@ class OptimizeItem(pytest.Item):
 
         if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, ReplayIncomplete, SpecError, ValueError)):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
@@ -498,7 +588,9 @@ def measured(run: JudgeRun) -> dict[str, Any]:
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, getattr(result, "wall_seconds", None))
                               for result in session.optimizations],
-            "studies": [study.to_json() for study in run.studies]}
+            "studies": [study.to_json() for study in run.studies],
+            "answers": session.llm.recorder.state() if session.llm.recorder is not None else {},
+            "partial_specs": sorted(run.partial_specs)}
 
 
 def gathered(run: JudgeRun) -> dict[str, Any]:
@@ -546,6 +638,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return  # nothing judged or collected here: gathering would import the report and llm modules for nothing
     found = gathered(run)
     if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
+        answers_summary(terminalreporter, run, config.rootpath)
         return
     from .report import render, summary_sections
 
@@ -559,9 +652,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run.report_files:
         terminalreporter.write_sep("=", "judge report")
         terminalreporter.write_line(f"wrote {', '.join(str(path) for path in run.report_files)}")
+    answers_summary(terminalreporter, run, config.rootpath)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def answers_summary(terminalreporter: Any, run: JudgeRun, root: Path) -> None:
+    """--judge-record: per answer file, how many answers were added, kept and dropped."""
+    if run.recorded:
+        terminalreporter.write_sep("=", "judge answers")
+        for outcome in run.recorded:
+            terminalreporter.write_line(outcome if isinstance(outcome, str) else f"recorded {outcome.describe(root)}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(run_key, None)
     if run is None:
         return
@@ -570,12 +672,36 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if run.started:
             workeroutput["judgeopt"] = json.dumps(measured(run))
         return
+    if flag(session.config, "judge_record") and (run.started or run.workers):
+        stopped = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldfail or session.shouldstop)
+        run.recorded = record_answers(run, stopped)
     report = setting(session.config, "judge_report")
     if report and (run.started or run.workers):
         from .report import write_report
 
         run.report_files = write_report(Path(report), gathered(run), root=session.config.rootpath,
                                         run_seconds=time.monotonic() - run.started_at)
+
+
+def record_answers(run: JudgeRun, stopped: bool) -> list[Any]:
+    """Write the answer file of every spec this run worked on (with its xdist workers' answers)."""
+    from .answers import Recorder
+    from .spec import SpecError
+
+    recorder = Recorder()
+    partial: set[str] = set()
+    for part in [measured(run)] + [run.workers[name] for name in sorted(run.workers)]:
+        recorder.add_state(part.get("answers", {}))
+        partial.update(part.get("partial_specs", []))
+    out: list[Any] = []
+    for spec_path in sorted(set(recorder.used) | set(recorder.failed)):
+        why = ("the run stopped early" if stopped else
+               "not every item of the spec was selected" if str(spec_path) in partial else "")
+        try:
+            out.append(recorder.write(spec_path, keep_unused=why))
+        except (SpecError, OSError) as exc:
+            out.append(f"could not record the answers of {spec_path.name}: {exc}")
+    return out
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

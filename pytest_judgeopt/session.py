@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,14 @@ class Session:
         self.interferences: list[dict[str, Any]] = []
 
     def load(self, path: str | Path) -> Loaded:
-        """Spec, data and splits; raises SpecError naming file, line and fix."""
+        """Spec, data, splits and the spec's answer file; raises SpecError naming file, line and fix."""
+        from .answers import answers_path, read_answers
+
         path = (self.base / path).resolve()
         if path not in self._loaded:
             spec = load_spec(path, tuple(self.metrics))
             dataset = load_dataset(spec, self.loader)
+            self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split))
         return self._loaded[path]
 
@@ -73,10 +76,12 @@ class Session:
         The optimizer's roles use the judge's model unless the spec's ``models:`` names one for them.
         """
         if role != "judge" and role in spec.models:
-            return spec.models[role]
-        if self.model_override:
-            return Model(self.model_override)
-        return spec.model_for("judge") or Model(self.default_model or EMBEDDED_MODEL)
+            model = spec.models[role]
+        elif self.model_override:
+            model = Model(self.model_override)
+        else:
+            model = spec.model_for("judge") or Model(self.default_model or EMBEDDED_MODEL)
+        return replace(model, by_endpoint=True) if spec.cache.by_endpoint else model
 
     def records(self, loaded: Loaded, split: str) -> tuple[Any, ...]:
         if split not in SPLITS:

@@ -61,6 +61,7 @@ class Model:
 
     name: str
     params: tuple[tuple[str, Any], ...] = ()
+    by_endpoint: bool = False  # the spec's `cache: {by_endpoint: true}`: answers are cached per endpoint
 
     @classmethod
     def parse(cls, value: str | dict[str, Any]) -> Model:
@@ -72,6 +73,13 @@ class Model:
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.params)
+
+    @property
+    def endpoint(self) -> str | None:
+        """Where calls go (``api_base``, or ``base_url``); None for the provider's own."""
+        params = dict(self.params)
+        value = params.get("api_base") or params.get("base_url")
+        return None if value is None else str(value).rstrip("/")
 
     def describe(self) -> str:
         """The name with the settings that change answers; no endpoints, no credentials."""
@@ -125,6 +133,11 @@ class JudgeSettings:
     n: int = 1
     logprobs: bool = False
     max_parse_failure_rate: float = 0.1
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    by_endpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,7 @@ class Spec:
     criteria: dict[str, Criterion]
     optimize: Optimize
     lines: dict[Path_, int] = field(repr=False, compare=False)
+    cache: CacheSettings = CacheSettings()
 
     def line_of(self, *path: str | int) -> int | None:
         return self.lines.get(tuple(path))
@@ -557,6 +571,7 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         criteria=criteria,
         optimize=build_optimize(path, data.get("optimize", {})),
         lines=lines,
+        cache=CacheSettings(**data.get("cache", {})),
     )
 
 

@@ -379,6 +379,7 @@ judge:
   max_parse_failure_rate: 0.2
 inference: merged
 interference: {max_drop: 0.05, confidence: 0.9}
+cache: {by_endpoint: true}
 optimize:
   mode: SSC
   steps: 2
@@ -456,6 +457,7 @@ def test_full_spec_uses_every_schema_key_and_validates_directly(tmp_path: Path) 
     assert spec.judge.logprobs is True and spec.inference == "merged" and spec.interference == Interference(0.05, 0.9)
     assert spec.dataset.id == "uid" and spec.dataset.scores == {"coherence": "coh", "fluency": "flu"}
     assert spec.model_for("gradient") == Model("openai/gpt-4o", (("temperature", 0.7),))
+    assert spec.cache.by_endpoint is True
 
 
 @pytest.mark.parametrize(("old", "new", "key"), [
