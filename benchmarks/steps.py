@@ -46,14 +46,17 @@ def one_step(ctx: Context, spec: Path, mode_name: str, concurrency: int, run: in
     from pytest_judgeopt.cache import Cache
     from pytest_judgeopt.judge import render_inputs
     from pytest_judgeopt.llm import LLM
-    from pytest_judgeopt.optimize import Optimization, State, gate_values, get_mode, plan_text, run_key
+    from pytest_judgeopt.optimize.gate import gate_values
+    from pytest_judgeopt.optimize.loop import Optimization, State, run_key
+    from pytest_judgeopt.optimize.modes import get_mode, plan_text
+    from pytest_judgeopt.optimize.roles import MODEL_ROLES
     from pytest_judgeopt.session import Session
 
     folder = spec.parent / f"{mode_name}-{run}"
     session = Session(LLM(cache=Cache(folder / "cache"), concurrency=concurrency), state_dir=folder / "state")
     loaded = session.load(spec)
     the_spec, mode = loaded.spec, get_mode(mode_name)
-    models = {role: session.model_for(the_spec, role) for role in ("judge", "loss", "gradient", "optimizer", "diagnostics")}
+    models = {role: session.model_for(the_spec, role) for role in MODEL_ROLES}
     train, val = session.records(loaded, "train"), session.records(loaded, "val")
     key = run_key(the_spec, loaded.dataset.digest, mode, models, None, SEED)
     optimization = Optimization(session.llm, the_spec, mode, models, train=train, val=val,

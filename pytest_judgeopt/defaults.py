@@ -9,7 +9,6 @@ from typing import Any
 import pluggy
 
 hookimpl = pluggy.HookimplMarker("pytest")
-BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 
 
 @hookimpl(trylast=True)
@@ -25,4 +24,6 @@ def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int,
 @hookimpl
 def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None]:
     # None marks a metric that stats.py computes natively (vectorised over bootstrap resamples)
+    from .spec import BUILTIN_METRICS
+
     return dict.fromkeys(BUILTIN_METRICS)

@@ -19,6 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
+from .text import (LINE_STYLES, VERDICT_STYLES, Line, Table, dollars, estimate, evaluation_table, instruction_changes,
+                   interference_table, interval, optimization_table, study_table, usage_text)
+
 JITTER = 0.18  # in score units: spreads tied integer scores without moving a point past the next score
 REPLY_CHARS = 160  # of a raw reply shown in a point's tooltip
 
@@ -54,36 +57,23 @@ svg .title { font-size: 12px; fill: #1f2328; font-weight: 600; }
 """
 
 
-def fmt(value: float | None, digits: int = 3, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-
-
-def interval(low: float | None, high: float | None, sign: bool = False) -> str:
-    return f"[{fmt(low, sign=sign)}, {fmt(high, sign=sign)}]" if low is not None and high is not None else "-"
-
-
-def verdict_class(text: str) -> str:
-    if text.startswith(("pass", "no baseline")):
-        return "pass"
-    if text.startswith("inconclusive"):
-        return "warn"
-    return "fail"
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, verdict: bool = True, cls: str = "") -> str:
-    """An HTML table of escaped cells; the last column is a verdict, coloured by its meaning."""
+def table(t: Table, *, cls: str = "") -> str:
+    """A table of escaped cells; a verdict column is coloured by the kind of each row's verdict."""
     out = [f'<table class="{cls}"><thead><tr>' if cls else "<table><thead><tr>",
-           *(f"<th>{escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
-    for row in rows:
+           *(f"<th>{escape(h)}</th>" for h in t.headers), "</tr></thead><tbody>"]
+    for i, row in enumerate(t.rows):
         cells = []
-        for i, cell in enumerate(row):
-            cls = f' class="{verdict_class(cell)} text"' if verdict and i == len(row) - 1 else ""
-            cells.append(f"<td{cls}>{escape(cell)}</td>")
+        for j, cell in enumerate(row):
+            verdict = f' class="{VERDICT_STYLES[t.verdicts[i]][1]} text"' if t.verdicts and j == len(row) - 1 else ""
+            cells.append(f"<td{verdict}>{escape(cell)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, cls: str = "") -> str:
+    """A table of the page alone (the instructions, the model calls), with no verdict column."""
+    return table(Table("", [(h, "left") for h in headers], [list(row) for row in rows]), cls=cls)
 
 
 def jitter(key: str) -> tuple[float, float]:
@@ -234,15 +224,12 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
     return "".join(parts)
 
 
-def diff_html(name: str, initial: str, final: str) -> str:
-    from .lockfile import instruction_diff
-
-    lines = []
-    for line in instruction_diff(name, initial, final).splitlines():
-        cls = ("hunk" if line.startswith("@@") else "add" if line.startswith("+") and not line.startswith("+++")
-               else "del" if line.startswith("-") and not line.startswith("---") else "head")
-        lines.append(f'<span class="{cls}">{escape(line)}</span>')
-    return f'<pre class="diff">{"".join(lines)}</pre>'
+def lines_html(lines: Sequence[Line]) -> str:
+    """An instruction's diff as a coloured block; any other lines as paragraphs."""
+    if lines and lines[0].kind == "head":
+        spans = "".join(f'<span class="{LINE_STYLES[line.kind][1]}">{escape(line.text)}</span>' for line in lines)
+        return f'<pre class="diff">{spans}</pre>'
+    return "".join(f"<p>{escape(line.text)}</p>" for line in lines)
 
 
 def evaluation_section(ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -250,13 +237,7 @@ def evaluation_section(ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
     passed = sum(r["passed"] for r in results)
     out = [f'<section class="evaluation"><h2>{escape(ev["spec"])}: {passed}/{len(results)} criteria pass</h2>',
            f'<p class="muted">{escape(ev["path"])}: {escape(ev["split"])} split, {ev["records"]} samples, '
-           f'{escape(ev["shape"])} prompts, model {escape(ev["model"])}</p>']
-    body = []
-    for r in results:
-        verdict = "pass" if r["passed"] else "FAIL"
-        body.append([r["criterion"], r["method"], fmt(r["value"]), interval(r["low"], r["high"]), fmt(r["min_rho"], 2),
-                     str(r["n"]), str(sum(r["parse_failures"].values())), verdict])
-    out.append(table(["criterion", "metric", "rho", "interval", "min", "n", "failed", "verdict"], body))
+           f'{escape(ev["shape"])} prompts, model {escape(ev["model"])}</p>', table(evaluation_table(ev))]
     for r in results:
         if r["reasons"]:
             out.append(f'<p class="fail">{escape(r["criterion"])}: {escape("; ".join(r["reasons"]))}</p>')
@@ -265,85 +246,55 @@ def evaluation_section(ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
         mine = [row for row in rows if row["criterion"] == r["criterion"]]
         failed = sum(row["judge"] is None for row in mine)
         title = r["criterion"]
-        measured = f"{fmt(r['value'])} {interval(r['low'], r['high'])}" if r["value"] is not None else "undefined"
+        measured = estimate(r["value"], r["low"], r["high"]) if r["value"] is not None else "undefined"
         subtitle = f"{r['method']} {measured}, n={r['pairs']}"
         caption = (f"{len(mine) - failed} judgments, jittered; the dashed line is exact agreement."
                    + (f" {failed} failed judgments are not plotted." if failed else ""))
         out.append(f'<figure>{scatter_svg(mine, title, subtitle)}<figcaption>{escape(caption)}</figcaption></figure>')
     out.append("</div>")
-    sources = {r["criterion"]: r["instruction_source"] for r in results}
-    out.append("<h3>Instructions</h3>" + table(["criterion", "source", "instruction"],
-                                                [[r["criterion"], sources[r["criterion"]], r["instruction"]] for r in results],
-                                                verdict=False, cls="text"))
+    out.append("<h3>Instructions</h3>" + plain_table(["criterion", "source", "instruction"],
+                                                      [[r["criterion"], r["instruction_source"], r["instruction"]]
+                                                       for r in results], cls="text"))
     out.append("</section>")
     return "".join(out)
 
 
 def interference_section(check: Mapping[str, Any]) -> str:
-    from .interference import heading, savings_line, verdict_text
-
-    body = []
-    for c in check["criteria"]:
-        body.append([c["criterion"], fmt(c["separate"]), fmt(c["merged"]), fmt(c["diff"], sign=True),
-                     interval(c["low"], c["high"], sign=True), str(c["n"]),
-                     f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}", verdict_text(dict(c))])
-    reasons = [f"{c['criterion']}: {reason}" for c in check["criteria"] for reason in c["reasons"]]
+    t = interference_table(check)
     return (f'<section class="interference"><h2>{escape(check["spec"])}: merged vs separate prompts</h2>'
-            f'<p class="muted">{escape(heading(dict(check)))}</p>'
-            + table(["criterion", "separate", "merged", "diff", "interval", "n", "failed s/m", "verdict"], body)
-            + f"<p>{escape(savings_line(check['usage']))}</p>"
-            + "".join(f"<p>{escape(reason)}</p>" for reason in reasons) + "</section>")
+            f'<p class="muted">{escape(t.heading)}</p>' + table(t) + lines_html(t.after) + "</section>")
 
 
 def optimization_section(o: Mapping[str, Any], seconds: float | None = None) -> str:
-    from .report import optimization_heading, usage_text
-
-    body = []
-    for name, c in o["criteria"].items():
-        b, a, d = c["test_before"], c["test_after"], c["test_diff"]
-        body.append([name, fmt(c["val_before"]), fmt(c["val_after"]), f"{fmt(b['value'])} {interval(b['low'], b['high'])}",
-                     f"{fmt(a['value'])} {interval(a['low'], a['high'])}", f"{fmt(d['value'], sign=True)} "
-                     f"{interval(d['low'], d['high'], sign=True)}", ", ".join(map(str, c["accepted_steps"])) or "none"])
+    t = optimization_table(o)
     out = [f'<section class="optimization"><h2>{escape(o["spec"])}: optimization, mode {escape(o["mode"])}</h2>',
-           f'<p class="muted">{escape(optimization_heading(dict(o)))}</p>',
-           table(["criterion", "val before", "val after", "test before", "test after", "difference", "accepted steps"],
-                 body, verdict=False),
+           f'<p class="muted">{escape(t.heading)}</p>', table(t),
            f"<p>{escape(usage_text(o['usage'], seconds))}</p>", '<div class="charts">']
     for name in o["criteria"]:
         out.append(f"<figure>{steps_svg(o, name)}<figcaption>Val rho is measured by the gate on the val split at every "
                    f"step; test rho only before and after the run (the test split is never seen while optimizing)."
                    f"</figcaption></figure>")
     out.append("</div><h3>Instruction changes</h3>")
-    for name, c in o["criteria"].items():
-        if c["final"] != c["initial"]:
-            out.append(diff_html(name, c["initial"], c["final"]))
-        else:
-            reasons = sorted({h["rejected_reasons"][name] for h in o["history"] if h["rejected_reasons"].get(name)})
-            out.append(f"<p>{escape(name)}: unchanged ({escape('; '.join(reasons) or 'no step proposed a change')})</p>")
+    out += [lines_html(lines) for lines in instruction_changes(o).values()]
     out.append("</section>")
     return "".join(out)
 
 
 def study_section(study: Mapping[str, Any]) -> str:
-    body = [[row["mode"], row["criterion"], fmt(row["before"]),
-             fmt(row["after_mean"]) + (f" ± {row['after_sd']:.3f}" if row["after_sd"] is not None else ""),
-             f"{row['improved_steps']:.1f}", fmt(row["specificity"], 1), f"{row['calls']:.0f}",
-             "-" if row["cost"] is None else f"${row['cost']:.4f}"] for row in study["rows"]]
     return (f'<section class="study"><h2>{escape(study["spec"])}: mode study</h2>'
             f'<p class="muted">{study["runs"]} runs per mode, {study["steps"]} steps each, test split of '
             f'{study["test_size"]} samples ({escape(study["level"])} {escape(study["method"])})</p>'
-            + table(["mode", "criterion", "before", "after (mean ± sd)", "improved steps", "specificity", "calls/run",
-                     "cost/run"], body, verdict=False) + "</section>")
+            + table(study_table(study)) + "</section>")
 
 
 def usage_section(usage: Mapping[str, Mapping[str, Any]], timing: Mapping[str, Any]) -> str:
     body = [[role, str(u["requests"]), str(u["calls"]), str(u["cache_hits"]), str(u["retries"]),
              str(sum(u["errors"].values())), f"{u['prompt_tokens']:,}", f"{u['completion_tokens']:,}",
-             "unknown" if u["cost_usd"] is None else f"${u['cost_usd']:.4f}"] for role, u in usage.items()]
+             dollars(u["cost_usd"], "unknown")] for role, u in usage.items()]
     seconds = timing.get("run_seconds")
     return ('<section class="usage"><h2>Model calls</h2>'
-            + table(["role", "requests", "calls", "from cache", "retries", "failed", "tokens in", "tokens out", "cost"],
-                    body, verdict=False)
+            + plain_table(["role", "requests", "calls", "from cache", "retries", "failed", "tokens in", "tokens out",
+                           "cost"], body)
             + (f'<p class="muted">wall time of the run: {seconds:.1f} s</p>' if seconds is not None else "") + "</section>")
 
 

@@ -22,7 +22,6 @@ Verdicts per criterion:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .spec import Interference
@@ -170,7 +169,7 @@ def decide(measured: PairedDifference, max_drop: float, *, baseline_defined: boo
     drop = -measured.diff
     if drop <= max_drop:
         return Verdict("pass")
-    where = f"merging drops rho by {drop:.3f} ({fmt(measured.a)} -> {fmt(measured.b)}), beyond max_drop {max_drop:g}"
+    where = f"merging drops rho by {drop:.3f} ({measured.a:.3f} -> {measured.b:.3f}), beyond max_drop {max_drop:g}"
     if measured.low is None or measured.high is None:
         return Verdict("undefined", f"{where}, and no interval could be computed to tell it from noise "
                                     "(too few documents or too many degenerate resamples); judge more samples")
@@ -197,83 +196,3 @@ def failure_reasons(spec: Spec, separate: CriterionResult, merged: CriterionResu
         out.append(f"{failed}/{n} merged judgments failed ({failed / n:.0%}), above the allowed "
                    f"{allowed:.0%}; separate prompts failed {before}/{len(separate.judgments)}")
     return out
-
-
-# --------------------------------------------------------------------------
-# text, from the JSON form so the terminal summary and the item's failure share it
-
-
-def fmt(value: float | None, digits: int = 3, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-
-
-def percent_change(new: int, old: int) -> str:
-    return f" ({(new - old) / old:+.0%})" if old else ""
-
-
-def savings_line(usage: dict[str, dict[str, int]]) -> str:
-    s, m = usage["separate"], usage["merged"]
-    return (f"merging would use {m['calls']} calls instead of {s['calls']}{percent_change(m['calls'], s['calls'])}, "
-            f"{m['prompt_tokens']:,} prompt tokens instead of {s['prompt_tokens']:,}"
-            f"{percent_change(m['prompt_tokens'], s['prompt_tokens'])}, "
-            f"{m['completion_tokens']:,} completion tokens instead of {s['completion_tokens']:,}")
-
-
-def verdict_text(c: dict[str, Any]) -> str:
-    kind = c["verdict"]
-    if kind == "inconclusive":
-        return f"inconclusive (about {c['required_n']} samples would settle it)"
-    return kind if kind in PASSING else kind.upper()
-
-
-def heading(result: dict[str, Any]) -> str:
-    held = sum(c["passed"] for c in result["criteria"])
-    return (f"{result['spec']} merged vs separate prompts ({result['split']} split, {result['records']} samples, "
-            f"{result['method']} {result['level']}, {result['confidence']:.0%} paired bootstrap, "
-            f"max_drop {result['max_drop']:g}, {result['model']}): {held}/{len(result['criteria'])} criteria hold")
-
-
-def table_lines(result: dict[str, Any]) -> list[str]:
-    """Per criterion: rho separate, rho merged, difference, interval, paired n, failed judgments, verdict."""
-    lines = [f"  {'criterion':<16} {'separate':>8} {'merged':>7} {'diff':>7} {'interval':>17} {'n':>5} "
-             f"{'failed s/m':>10}  verdict"]
-    for c in result["criteria"]:
-        interval = f"[{fmt(c['low'], sign=True)}, {fmt(c['high'], sign=True)}]" if c["low"] is not None else "-"
-        failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
-        lines.append(f"  {c['criterion']:<16} {fmt(c['separate']):>8} {fmt(c['merged']):>7} "
-                     f"{fmt(c['diff'], sign=True):>7} {interval:>17} {c['n']:>5} {failed:>10}  {verdict_text(c)}")
-    lines.append(f"  {savings_line(result['usage'])}")
-    return lines
-
-
-def detail_lines(result: dict[str, Any]) -> list[str]:
-    """Reasons, and the kinds of failed merged judgments, per criterion that has any."""
-    lines = []
-    for c in result["criteria"]:
-        lines += [f"  - {c['criterion']}: {reason}" for reason in c["reasons"]]
-        if c["failures_merged"]:
-            kinds = ", ".join(f"{k} {v}" for k, v in sorted(c["failures_merged"].items(), key=lambda kv: -kv[1]))
-            lines.append(f"  - {c['criterion']}: failed merged judgments {sum(c['failures_merged'].values())}/"
-                         f"{c['judged']} ({kinds})")
-    return lines
-
-
-def describe(result: dict[str, Any]) -> str:
-    """The failure text of the merged item: which criteria lose, by how much, with what confidence, and the savings."""
-    lost = [c["criterion"] for c in result["criteria"] if c["verdict"] == "fail"]
-    unknown = [c["criterion"] for c in result["criteria"] if c["verdict"] == "undefined"]
-    parts = ([f"costs agreement on {', '.join(lost)}"] if lost else []) + (
-        [f"cannot be measured on {', '.join(unknown)}"] if unknown else [])
-    headline = f"merging the instructions into one prompt {' and '.join(parts)}"
-    # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
-    missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in result["criteria"]), default=0)
-    if missing:
-        from .answers import answers_path
-
-        name = answers_path(Path(result["path"])).name
-        headline = (f"{missing} merged answers are not in {name} or the cache (cache mode is replay). Fix: record them "
-                    f"with pytest --judge-record (needs the model) and commit {name}")
-    lines = [f"{result['spec']}::merged failed: {headline}", heading(result)]
-    return "\n".join(lines + table_lines(result) + detail_lines(result))

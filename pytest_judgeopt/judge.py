@@ -9,9 +9,8 @@ are never parsed as a template, so braces or instructions inside them change not
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -302,35 +301,8 @@ def verdict_reasons(gate: str, criterion: Criterion, measured: Agreement, failur
     return reasons
 
 
-def describe_failure(result: CriterionResult) -> str:
-    """The failure text of a regression item: by how much, on which samples, and why."""
-    a = result.agreement
-    lines = [f"{result.spec_name}::{result.criterion.name} failed on the {result.split} split ({result.shape} prompts):"]
-    lines += [f"  - {reason}" for reason in result.reasons]
-    lines.append(f"  measured: {summary_line(result)}")
-    if result.failures:
-        kinds = ", ".join(f"{k} {v}" for k, v in result.failures.most_common())
-        lines.append(f"  failed judgments: {result.failed_count}/{result.n} ({kinds})")
-    worst = result.worst()
-    if worst:
-        lines.append("  largest disagreements:")
-        for j in worst:
-            reply = json.dumps((j.reply or "")[:80])
-            lines.append(f"    {j.record_id}: human {j.human:g}, judge {j.score:g}, reply {reply}")
-    failed = [j for j in result.judgments if j.failure][:WORST_SHOWN]
-    if failed:
-        lines.append("  failed judgments, for example:")
-        for j in failed:
-            lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]} reply {json.dumps((j.reply or '')[:80])}")
-    if a.value is not None and result.criterion.min_rho is None:
-        lines.append("  (no min_rho set for this criterion)")
-    return "\n".join(lines)
-
-
-def summary_line(result: CriterionResult) -> str:
-    a = result.agreement
-    value = "undefined" if a.value is None else f"{a.value:.3f}"
-    interval = f" [{a.low:.3f}, {a.high:.3f}]" if a.low is not None and a.high is not None else ""
-    threshold = f", min_rho {result.criterion.min_rho:.2f}" if result.criterion.min_rho is not None else ""
-    return (f"{a.method} {value}{interval} ({a.level}, {a.confidence:.0%} CI, n={a.n}{threshold}, "
-            f"failed {result.failed_count}/{result.n})")
+def prediction_rows(results: Iterable[CriterionResult]) -> list[dict[str, Any]]:
+    """Every judgment of some criterion results as plain rows (predictions.jsonl, the HTML scatter plots):
+    kept with the evaluation they belong to, so pytest-xdist workers ship them with it."""
+    return [{"criterion": j.criterion, "record_id": j.record_id, "group": j.group, "human": j.human, "judge": j.score,
+             "failure": j.failure, "reply": j.reply} for result in results for j in result.judgments]

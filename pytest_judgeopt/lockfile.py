@@ -8,21 +8,18 @@ hand from one we wrote, so a hand edit is never overwritten silently.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from .files import write_atomic
 from .spec import Spec
-
-if TYPE_CHECKING:
-    from .optimize import OptimizationResult
 
 VERSION = 1
 HEADER = """\
@@ -100,18 +97,18 @@ def read_lock(spec_path: Path) -> Lock | None:
                 content.get("checksum") != checksum(content), content)
 
 
-def lock_content(result: OptimizationResult, data_digest: str) -> dict[str, Any]:
-    spec = result.spec
+def lock_content(spec: Spec, result: Mapping[str, Any], data_digest: str) -> dict[str, Any]:
+    """``result`` is an optimization's JSON form (``OptimizationResult.to_json``), ``spec`` the spec it ran
+    with (its gate rule resolved for the mode run)."""
     criteria = {}
-    for name, outcome in result.outcomes.items():
-        data = outcome.to_json()
+    for name, outcome in result["criteria"].items():
         criteria[name] = {
-            "instruction": outcome.final,
-            "initial_instruction": outcome.initial,
-            "accepted_steps": outcome.accepted_steps,
-            "val": {"before": data["val_before"], "after": data["val_after"]},
-            "test": {"before": data["test_before"], "after": data["test_after"], "difference": data["test_diff"]},
-            "diagnostics": {"specificity": outcome.specificity, "adherence": outcome.adherence},
+            "instruction": outcome["final"],
+            "initial_instruction": outcome["initial"],
+            "accepted_steps": outcome["accepted_steps"],
+            "val": {"before": outcome["val_before"], "after": outcome["val_after"]},
+            "test": {"before": outcome["test_before"], "after": outcome["test_after"], "difference": outcome["test_diff"]},
+            "diagnostics": {"specificity": outcome["specificity"], "adherence": outcome["adherence"]},
         }
     content = {
         "version": VERSION,
@@ -119,25 +116,26 @@ def lock_content(result: OptimizationResult, data_digest: str) -> dict[str, Any]
         "made": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "spec_hash": spec_hash(spec),
         "data_hash": data_digest,
-        "mode": result.mode.name,
-        "seed": result.seed,
-        "models": result.models,
-        "steps_run": result.steps_run,
-        "stopped": result.stopped,
+        "mode": result["mode"],
+        "seed": result["seed"],
+        "models": result["models"],
+        "steps_run": result["steps_run"],
+        "stopped": result["stopped"],
         "gate": vars(spec.optimize.gate),
-        "split_sizes": result.split_sizes,
+        "split_sizes": result["split_sizes"],
         "criteria": criteria,
     }
     content["checksum"] = checksum(content)
     return content
 
 
-def write_lock(result: OptimizationResult, data_digest: str) -> tuple[Path, str | None]:
-    """Write the lock atomically; returns the path written and a note when a hand-edited lock was kept."""
-    target = lock_path(result.spec.path)
+def write_lock(spec: Spec, result: Mapping[str, Any], data_digest: str) -> tuple[Path, str | None]:
+    """Write the lock of an optimization (its JSON form) atomically; returns the path written and a note
+    when a hand-edited lock was kept."""
+    target = lock_path(spec.path)
     note = kept = None
     try:
-        existing = read_lock(result.spec.path)
+        existing = read_lock(spec.path)
     except LockError as exc:
         existing = None
         if not exc.outdated:
@@ -149,17 +147,6 @@ def write_lock(result: OptimizationResult, data_digest: str) -> tuple[Path, str 
         note = (f"{kept}; the new result is in {new}. Compare them and keep one (rename {new.name} to {target.name} "
                 "to take the new one)")
         target = new
-    text = HEADER + yaml.safe_dump(lock_content(result, data_digest), sort_keys=False, allow_unicode=True, width=100)
+    text = HEADER + yaml.safe_dump(lock_content(spec, result, data_digest), sort_keys=False, allow_unicode=True, width=100)
     write_atomic(target, text)
     return target, note
-
-
-def instruction_diff(criterion: str, old: str, new: str) -> str:
-    lines = difflib.unified_diff(wrap(old), wrap(new), fromfile=f"{criterion} (before)", tofile=f"{criterion} (after)", lineterm="")
-    return "\n".join(lines)
-
-
-def wrap(text: str, width: int = 88) -> list[str]:
-    import textwrap
-
-    return [line for paragraph in text.splitlines() for line in (textwrap.wrap(paragraph, width) or [""])]

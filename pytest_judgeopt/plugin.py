@@ -57,7 +57,7 @@ def optimize_mode(text: str) -> str:
 
 
 def budget(text: str) -> Any:
-    from .optimize import Budget
+    from .optimize.budget import Budget
 
     try:
         return Budget.parse(text)
@@ -402,9 +402,9 @@ class CriterionItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, JudgeFailed):
-            from .judge import describe_failure
+            from .text import criterion_failure
 
-            return describe_failure(excinfo.value.result)
+            return criterion_failure(excinfo.value.result)
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -435,9 +435,9 @@ class MergedItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, InterferenceFailed):
-            from .interference import describe
+            from .text import interference_failure
 
-            return describe(excinfo.value.result.to_json())
+            return interference_failure(excinfo.value.result.to_json())
         return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -534,7 +534,7 @@ class OptimizeItem(pytest.Item):
             raise OptimizationFailed("\n".join(problems))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from .optimize import OptimizationBusy, ReplayIncomplete
+        from .optimize.errors import OptimizationBusy, ReplayIncomplete
         from .spec import SpecError
 
         if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, ReplayIncomplete, SpecError, ValueError)):
@@ -549,7 +549,7 @@ class StudyItem(OptimizeItem):
     """``--judge-optimize=study``: every mode, several seeds, one table; writes no lock file."""
 
     def runtest(self) -> None:
-        from .optimize import run_study
+        from .optimize.study import run_study
 
         config = self.config
         session = config.stash[run_key].session

@@ -10,16 +10,18 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .defaults import BUILTIN_METRICS
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, compare
-from .judge import CriterionResult, Judged, Usage, assess, judge_records
+from .judge import CriterionResult, Judged, Usage, assess, judge_records, prediction_rows
 from .llm import LLM
-from .report import prediction_rows
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
-from .spec import Interference, Model, Spec, SpecError, load_spec
+from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from .optimize.budget import Budget
+    from .optimize.results import OptimizationResult
 
 SPLITS = ("train", "val", "test")
 Metric = Callable[[Any, Any], "float | None"]
@@ -46,7 +48,7 @@ class Session:
         self.progress = progress
         self.state_dir = Path(state_dir)
         self.notes: list[str] = []  # things the user should know that are no test's failure (stale lock files, ...)
-        self.optimizations: list[Any] = []
+        self.optimizations: list[OptimizationResult] = []
         self._in_force: dict[Path, tuple[dict[str, str], dict[str, str]]] = {}
         self._recorded: set[tuple[Any, ...]] = set()
         self._logprobs_missing: dict[tuple[Any, ...], int] = {}
@@ -165,14 +167,19 @@ class Session:
         return self._in_force[spec.path]
 
     def optimize(self, path: str | Path, mode: str | None = None, *, seed: int | None = None, steps: int | None = None,
-                 budget: Any = None, write: bool = False) -> Any:
+                 budget: Budget | None = None, write: bool = False) -> OptimizationResult:
         """Optimize a spec's instructions (``judge.optimize(spec, mode="SSS")``); ``write`` makes the lock file."""
-        from .optimize import optimize_spec
+        from .lockfile import write_lock
+        from .optimize.run import optimize_spec
 
-        result = optimize_spec(self, self.load(path), mode, seed=seed, steps=steps, budget=budget, write=write)
-        self.optimizations.append(result)
+        loaded = self.load(path)
+        result = optimize_spec(self, loaded, mode, seed=seed, steps=steps, budget=budget)
         if write:
+            result.lock_path, result.lock_note = write_lock(result.spec, result.to_json(), loaded.dataset.digest)
+            if result.lock_note:
+                self.notes.append(result.lock_note)
             self._in_force.pop(result.spec.path, None)
+        self.optimizations.append(result)
         return result
 
     def _register_metrics(self) -> None:

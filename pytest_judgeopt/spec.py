@@ -23,6 +23,9 @@ import yaml
 SCHEMA_FILE = "judge-spec.schema.json"
 ROLES = ("judge", "loss", "gradient", "optimizer", "diagnostics")
 MAX_SPEC_BYTES = 1_000_000
+# the agreement metrics stats.py computes natively; named here, where specs are checked against them,
+# because stats.py brings scipy and collecting a spec must not
+BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nesting stays cheap to check
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -154,7 +157,7 @@ PROMPT_NAMES = ("loss", "loss_combined", "gradient", "gradient_combined", "optim
 @dataclass(frozen=True)
 class Gate:
     metric: str = "spearman"
-    rule: str = "per_criterion"
+    rule: str | None = None  # None: the default of the mode run (optimize/gate.py: default_rule)
     tolerance: float = 0.0
 
 
@@ -215,7 +218,7 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("pytest_judgeopt").joinpath("schemas", SCHEMA_FILE).read_text())
 
 
-def load_spec(path: str | Path, metrics: tuple[str, ...] = ("spearman", "kendall", "pearson")) -> Spec:
+def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> Spec:
     """Read and validate a spec; raise SpecError listing every problem found."""
     path = Path(path)
     try:
@@ -578,13 +581,11 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
 def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
     mode = data.get("mode", Optimize.mode)
     gate = data.get("gate", {})
-    # a separate optimizer can accept each criterion on its own; a joint rewrite is all or nothing
-    rule = gate.get("rule", "per_criterion" if mode in ("ST", "SSS") else "no_regression")
     diagnostics = data.get("diagnostics", {})
     return Optimize(
         mode=mode,
         **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs") if k in data},
-        gate=Gate(metric=gate.get("metric", "spearman"), rule=rule, tolerance=gate.get("tolerance", 0.0)),
+        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),
         min_specificity=diagnostics.get("min_specificity"),

@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 from scipy import stats
 
-METHODS = ("spearman", "kendall", "pearson")
+from .spec import BUILTIN_METRICS
+
 LEVELS = ("pooled", "group")
 
 MIN_PAIRS = 3
@@ -70,8 +71,8 @@ class PairedDifference:
 
 def _check_choice(method: str, level: str) -> None:
     """Fail loudly on typos instead of silently computing something else."""
-    if method not in METHODS and method not in CUSTOM:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS + tuple(CUSTOM)}")
+    if method not in BUILTIN_METRICS and method not in CUSTOM:
+        raise ValueError(f"unknown method {method!r}; expected one of {BUILTIN_METRICS + tuple(CUSTOM)}")
     if level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
 
@@ -147,7 +148,7 @@ CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
 
 
 def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], float]) -> None:
-    if name in METHODS:
+    if name in BUILTIN_METRICS:
         raise ValueError(f"{name!r} is built in and cannot be replaced")
     CUSTOM[name] = function
 

@@ -295,7 +295,7 @@ import traceback
 from pytest_judgeopt.cache import Cache
 from pytest_judgeopt.llm import LLM, import_litellm
 from pytest_judgeopt.session import Session
-import pytest_judgeopt.optimize, pytest_judgeopt.stats
+import pytest_judgeopt.optimize.run, pytest_judgeopt.stats
 
 import_litellm()
 spec, state, log = sys.argv[1:4]
@@ -328,7 +328,7 @@ def intact(project: Path, earlier: set[str]) -> dict[str, Any]:
 
     from pytest_judgeopt.llm import Reply as Answer
     from pytest_judgeopt.lockfile import read_lock
-    from pytest_judgeopt.optimize import State
+    from pytest_judgeopt.optimize.loop import State
 
     lock = read_lock(project / "toy.judge.yaml")  # raises LockError on a partial or garbled file
     assert lock is None or not lock.edited  # a lock we wrote, checksum and all

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_judgeopt.llm import LLM
-from pytest_judgeopt.optimize import get_mode, planned_calls
+from pytest_judgeopt.optimize.modes import get_mode, modes_table, planned_calls
 from pytest_judgeopt.session import Session
 from tests.conftest import CRITERIA, make_records, server_model, spec_text
 from tests.fake_llm import Fault, FakeLLMServer
@@ -294,6 +294,12 @@ def test_calls_per_step_match_the_printed_formula(mode_run: Callable[[str, bool]
     assert Log.count(test) == {"test": shape}
 
 
+def test_the_readme_shows_the_calls_per_step_rendered_from_the_mode_table() -> None:
+    """The README's table is the mode table's own rendering, so its formulas are the ones measured above."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert modes_table() in readme, "the README's mode table is out of date: paste optimize.modes.modes_table() into it"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_each_role_sees_only_what_its_stage_may_contain(mode_run: Callable[[str, bool], ModeRun], mode: str) -> None:
     run = mode_run(mode, True)
@@ -309,52 +315,52 @@ def test_each_role_sees_only_what_its_stage_may_contain(mode_run: Callable[[str,
         for r in requests:
             if r.role == "loss":
                 (c,) = names_in(r.text)  # its own criterion and no other's name, instruction, score or critique
-                assert m.loss == "S"
+                assert m.loss.per_criterion
                 assert not any(i in r.text for i in instructions.values())  # the loss model never sees the prompt
                 (summary,) = r.summaries
                 assert f"Human score for {c}: {human(by_summary[summary], c):g}" in r.text
             elif r.role == "loss_c":
-                assert m.loss == "C" and names_in(r.text) == set(CRITERIA)
+                assert not m.loss.per_criterion and names_in(r.text) == set(CRITERIA)
                 assert not any(i in r.text for i in instructions.values())
             elif r.role == "gradient":
                 (c,) = names_in(r.text)
-                assert m.gradient == "S"
+                assert m.gradient.per_criterion
                 assert instructions[c] in r.text and f"The judge misread the {c} of this text." in r.text
             elif r.role == "gradient_c":
-                assert m.gradient == "C" and names_in(r.text) == set(CRITERIA)
+                assert not m.gradient.per_criterion and names_in(r.text) == set(CRITERIA)
                 assert all(f"- {c}: {instructions[c]}" in r.text for c in CRITERIA)
                 critique = r.text.split("<critique>\n")[1].split("\n</critique>")[0]
-                if m.loss == "C":  # one critique about all criteria, not labelled with the first one's name
+                if not m.loss.per_criterion:  # one critique about all criteria, not labelled with the first one's name
                     assert critique.startswith("(about all criteria)") and not names_in(critique)
                 else:
                     assert critique.splitlines()[0] == f"[{CRITERIA[0]}] The judge misread the {CRITERIA[0]} of this text."
                     assert f"[{CRITERIA[1]}] The judge misread the {CRITERIA[1]} of this text." in critique
             elif r.role == "optimizer":
                 (c,) = names_in(r.text)
-                assert m.optimizer == "S"
+                assert m.optimizer.per_criterion
                 assert instructions[c] in r.text and f"Change the {c} instruction: look closer at Summary" in r.text
             elif r.role == "optimizer_c":
-                assert m.optimizer == "C" and names_in(r.text) == set(CRITERIA)
+                assert not m.optimizer.per_criterion and names_in(r.text) == set(CRITERIA)
                 assert all(f"- {c}: {instructions[c]}" in r.text for c in CRITERIA)
-                if m.gradient == "S":
+                if m.gradient.per_criterion:
                     assert all(f"Change the {c} instruction" in r.text for c in CRITERIA)
             elif r.role == "specificity":
                 assert len(names_in(r.text.split("<feedback>")[0])) == 1
         train_judged = [r for r in requests if r.role == "judge"]
-        if m.judge_shape == "separate":  # once per sample per criterion, each prompt one criterion
+        if m.judge.shape == "separate":  # once per sample per criterion, each prompt one criterion
             assert Counter(s for r in train_judged for s in r.summaries) == dict.fromkeys(
                 {s for r in train_judged for s in r.summaries}, len(CRITERIA))
             assert all(len(judged_instructions(r.text)) == 1 for r in train_judged)
         else:  # once per sample, all criteria in one prompt
             assert len({s for r in train_judged for s in r.summaries}) == len(train_judged) == 2
             assert all(judged_instructions(r.text) == instructions for r in train_judged)
-        assert roles["optimizer" if m.optimizer == "S" else "optimizer_c"] == (len(CRITERIA) if m.optimizer == "S" else 1)
+        assert roles["optimizer" if m.optimizer.per_criterion else "optimizer_c"] == (len(CRITERIA) if m.optimizer.per_criterion else 1)
     # every judge prompt keeps its output format, before and after the instructions changed
     judge_requests = [r for r in run.log.requests if r.role in ("judge", "gate", "test")]
     updated = [r for r in judge_requests if "Be strict." in r.text]
     assert updated and len(updated) < len(judge_requests)
     for r in judge_requests:
-        assert (SEPARATE_FORMAT if m.judge_shape == "separate" else MERGED_FORMAT) in r.text, r.text
+        assert (SEPARATE_FORMAT if m.judge.shape == "separate" else MERGED_FORMAT) in r.text, r.text
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -137,7 +137,7 @@ OPTIMIZE = """\
 import sys
 
 from pytest_judgeopt.llm import LLM
-from pytest_judgeopt.optimize import OptimizationBusy
+from pytest_judgeopt.optimize.errors import OptimizationBusy
 from pytest_judgeopt.session import Session
 
 spec, state = sys.argv[1:3]

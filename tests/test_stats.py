@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from pytest_judgeopt.stats import (
+    BUILTIN_METRICS,
     LEVELS,
-    METHODS,
     Agreement,
     PairedDifference,
     agreement,
@@ -54,7 +54,7 @@ def documents(count: int, size: int) -> list[str]:
     return [f"doc{i // size}" for i in range(count * size)]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUILTIN_METRICS)
 def test_matches_hand_computed_values(method: str) -> None:
     value, used, skipped, reason = correlation(method, JUDGE, HUMAN)
     assert value == pytest.approx(BY_HAND[method])
@@ -71,7 +71,7 @@ def test_matches_scipy(method: str, scipy_fn) -> None:
     assert value == pytest.approx(scipy_fn(judge, human).statistic)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUILTIN_METRICS)
 def test_group_level_is_mean_over_varying_groups(method: str) -> None:
     value, used, skipped, reason = correlation(
         method, TOY_JUDGE, TOY_HUMAN, groups=TOY_GROUPS, level="group"
@@ -93,7 +93,7 @@ def test_pooled_ignores_groups_for_the_point_estimate() -> None:
     assert (used, skipped) == (0, 0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUILTIN_METRICS)
 @pytest.mark.parametrize("level", LEVELS)
 def test_interval_contains_point_estimate(method: str, level: str) -> None:
     judge, human = noisy(240, 1.0, seed=1)
@@ -189,7 +189,7 @@ def test_few_undefined_resamples_keep_interval() -> None:
     assert result.low is not None and result.low <= result.value <= result.high
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUILTIN_METRICS)
 def test_paired_difference_of_identical_judges_is_exactly_zero(method: str) -> None:
     judge, human = noisy(120, 1.0, seed=10)
     result = paired_difference(method, judge, judge, human, groups=documents(15, 8))
@@ -243,14 +243,14 @@ def test_paired_difference_undefined_names_the_judge() -> None:
         ),
     ],
 )
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUILTIN_METRICS)
 def test_undefined_pooled(method: str, judge, human, reason: str) -> None:
     assert correlation(method, judge, human) == (None, 0, 0, reason)
     result = agreement(method, judge, human)
     assert (result.value, result.low, result.high, result.reason) == (None, None, None, reason)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUILTIN_METRICS)
 def test_undefined_when_all_groups_constant(method: str) -> None:
     judge = [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 5.0]
     human = [2.0, 2.0, 2.0, 1.0, 2.0, 3.0, 4.0]
@@ -320,7 +320,7 @@ real_scores = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(
     data=st.data(),
-    method=st.sampled_from(METHODS),
+    method=st.sampled_from(BUILTIN_METRICS),
     level=st.sampled_from(LEVELS),
     values=st.one_of(scores, real_scores),
 )

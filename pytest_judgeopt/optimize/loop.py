@@ -1,0 +1,222 @@
+"""The optimization loop of one spec in one mode, its checkpoint state and the key of a run.
+
+One step: the judge scores a train batch; the loss model critiques each judgment; the gradient
+model turns critiques into feedback on the instructions; the optimizer model rewrites them; the
+gate on the val split keeps a rewrite only if agreement does not get worse. Which calls each
+stage makes is the mode's; the loop is written once for all five. After every step the state is
+written atomically, so a killed run continues from its last step and a finished one is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import Record
+from ..files import write_atomic
+from ..judge import Judged, judge_records
+from ..llm import LLM
+from ..spec import Model, Spec
+from .budget import Allowance, BudgetExceeded
+from .errors import ReplayIncomplete
+from .gate import accepted, gate_values
+from .modes import ROLES, Mode, planned_calls
+from .results import StepRecord
+from .roles import Seen
+from .step import Step, together
+
+
+@dataclass
+class State:
+    run_key: str
+    mode: str
+    initial: dict[str, str]
+    instructions: dict[str, str]
+    val: dict[str, float | None]
+    rng: Any
+    history: list[StepRecord] = field(default_factory=list)
+    finished: bool = False
+    stopped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rng"] = [self.rng[0], list(self.rng[1]), self.rng[2]]
+        data["version"] = 1
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        rng = (data["rng"][0], tuple(data["rng"][1]), data["rng"][2])
+        history = [StepRecord(**h) for h in data["history"]]
+        return cls(data["run_key"], data["mode"], data["initial"], data["instructions"], data["val"], rng, history,
+                   data["finished"], data["stopped"])
+
+
+def run_key(spec: Spec, data_digest: str, mode: Mode, models: Mapping[str, Model], sample: int | None, seed: int,
+            steps: int | None = None) -> str:
+    """Everything a finished run depends on: the same key means the same run, which is not repeated.
+
+    The step count is the one run (``--judge-steps`` may override the spec's): a finished 1-step run is
+    not the answer to a request for 4 steps, nor a 4-step run to a request for 1.
+    """
+    settings = asdict(spec.optimize)
+    settings["prompts"] = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in spec.optimize.prompts.items()}
+    settings.update(mode=mode.name, seed=seed, steps=steps or spec.optimize.steps)
+    payload = {"spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(), "data": data_digest, "settings": settings,
+               "models": {r: m.describe() for r, m in sorted(models.items())}, "sample": sample}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Optimization:
+    """One optimization run of one spec in one mode; resumable from its checkpoint after every step."""
+
+    def __init__(self, llm: LLM, spec: Spec, mode: Mode, models: Mapping[str, Model], *, train: Sequence[Record],
+                 val: Sequence[Record], checkpoint: Path, key: str, seed: int, steps: int | None = None,
+                 budget: Allowance | None = None, progress: Callable[[str], None] | None = None):
+        self.llm = llm
+        self.spec = spec
+        self.mode = mode
+        self.models = dict(models)
+        self.train = list(train)
+        self.val = list(val)
+        self.checkpoint = checkpoint
+        self.key = key
+        self.seed = seed
+        self.steps = steps or spec.optimize.steps
+        self.budget = budget
+        self.progress = progress or (lambda text: None)
+
+    def planned(self) -> dict[str, int]:
+        return planned_calls(self.mode, len(self.spec.criteria), min(self.spec.optimize.batch_size, len(self.train)),
+                             len(self.gate_set), self.spec.optimize.diagnostics)
+
+    @property
+    def gate_set(self) -> list[Record]:
+        """The val samples the gate judges; none when the gate metric is ``none`` (every rewrite is kept)."""
+        return [] if self.spec.optimize.gate.metric == "none" else self.val
+
+    def load_state(self) -> State | None:
+        if not self.checkpoint.is_file():
+            return None
+        try:
+            data = json.loads(self.checkpoint.read_text())
+            state = State.from_json(data)
+        except (ValueError, KeyError, TypeError, IndexError):
+            self.progress(f"checkpoint {self.checkpoint} is unreadable; starting over")
+            return None
+        return state if state.run_key == self.key else None
+
+    def save_state(self, state: State) -> None:
+        write_atomic(self.checkpoint, json.dumps(state.to_json(), indent=1, sort_keys=True))
+
+    async def judge(self, records: Sequence[Record], instructions: Mapping[str, str], role: str,
+                    criteria: Sequence[str] | None = None) -> Judged:
+        judged = await judge_records(self.llm, self.models["judge"], self.spec, records, instructions,
+                                     criteria=criteria, shape=self.mode.judge.shape, role=role)
+        if any(j.failure == "call_budget" for js in judged.judgments.values() for j in js):
+            raise BudgetExceeded("the budget ran out while judging")
+        missing = sum(j.failure == "call_replay_miss" for js in judged.judgments.values() for j in js)
+        if missing:
+            raise ReplayIncomplete(self.spec, f"{missing} {role} judgments by {self.models['judge'].name}")
+        return judged
+
+    def run(self) -> tuple[State, int]:
+        """Steps until done or out of budget; returns the final state and the step it resumed from."""
+        state = self.load_state()
+        if state is not None and state.stopped == "budget":
+            # a budget stop is a pause: run again (with a larger budget) and it goes on from its last step
+            state = state if state.history else None
+            if state is not None:
+                state.stopped, state.finished = None, False
+        resumed_from = len(state.history) if state else 0
+        if state is None:
+            initial = {c: crit.instruction for c, crit in self.spec.criteria.items()}
+            try:
+                val = gate_values(self.llm.run(self.judge(self.gate_set, initial, "gate")), self.spec.optimize.gate.metric)
+            except BudgetExceeded:
+                val = dict.fromkeys(initial)
+                state = State(self.key, self.mode.name, initial, dict(initial), val, random.Random(self.seed).getstate(),
+                              stopped="budget", finished=True)
+                self.save_state(state)
+                return state, 0
+            state = State(self.key, self.mode.name, initial, dict(initial), val, random.Random(self.seed).getstate())
+            self.save_state(state)
+        while not state.finished and len(state.history) < self.steps:
+            try:
+                record = self.llm.run(self.step(state, len(state.history) + 1))
+            except BudgetExceeded:
+                state.stopped, state.finished = "budget", True
+                self.save_state(state)
+                self.progress(f"budget reached after {len(state.history)} steps; keeping the best instructions so far")
+                break
+            state.history.append(record)
+            self.save_state(state)
+        if not state.finished:
+            state.finished = True
+            self.save_state(state)
+        return state, resumed_from
+
+    async def step(self, state: State, number: int) -> StepRecord:
+        before = {role: self._requests(role) for role in ROLES}
+        rng = random.Random()
+        rng.setstate(state.rng)
+        batch = rng.sample(self.train, min(self.spec.optimize.batch_size, len(self.train)))
+        new_rng = rng.getstate()
+        criteria = list(self.spec.criteria)
+        step = Step(self.llm, self.spec, self.mode, self.models, state.instructions)
+        self._check_budget()
+        judged = await self.judge(batch, state.instructions, "judge")
+        seen = []
+        for i, sample in enumerate(batch):
+            js = {c: judged.judgments[c][i] for c in criteria}
+            seen.append(Seen(sample, {c: js[c].reply for c in criteria}, {c: js[c].score for c in criteria}))
+        self._check_budget()
+        grads = await together(*[step.feedback(s) for s in seen])
+        self._check_budget()
+        proposals, reasons = await step.rewrite(seen, grads)
+        proposed = [c for c in criteria if proposals.get(c)]
+        candidate = {c: proposals.get(c) or state.instructions[c] for c in criteria}
+        val_after = dict(state.val)
+        diagnostics: dict[str, dict[str, float | None]] = {}
+        if proposed:
+            self._check_budget()
+            gate_judged, diagnostics = await together(
+                self.judge(self.gate_set, candidate, "gate", criteria=self.mode.judge.gate_criteria(proposed)),
+                step.diagnose(grads, proposals) if self.spec.optimize.diagnostics else _nothing())
+            val_after.update(gate_values(gate_judged, self.spec.optimize.gate.metric))  # the criteria judged again
+        elif self.spec.optimize.diagnostics:
+            diagnostics = await step.diagnose(grads, proposals)
+        keep = accepted(self.spec.optimize.gate, state.val, val_after, proposed)
+        for c in proposed:
+            if c not in keep:
+                reasons[c] = "rejected by the val gate"
+        record = StepRecord(number, [r.id for r in batch], {c: proposals.get(c) for c in criteria}, reasons,
+                            dict(state.val), val_after, keep,
+                            {role: self._requests(role) - before[role] for role in ROLES if self._requests(role) - before[role]},
+                            diagnostics, dict(step.failures))
+        for c in keep:
+            state.instructions[c] = candidate[c]
+        if keep:
+            # A partial acceptance forms a combination the gate did not judge as a whole; the per-criterion
+            # values it measured are kept as the best estimate, re-measured by the next step's gate.
+            state.val = {c: (val_after[c] if c in keep else state.val[c]) for c in criteria}
+        state.rng = new_rng
+        self.progress(f"step {number}: proposed {len(proposed)}, kept {', '.join(keep) or 'none'}")
+        return record
+
+    def _requests(self, role: str) -> int:
+        usage = self.llm.usage.get(role)
+        return 0 if usage is None else usage.requests
+
+    def _check_budget(self) -> None:
+        if self.budget is not None and self.budget.over(self.llm.total()):
+            raise BudgetExceeded("budget reached")
+
+
+async def _nothing() -> dict[str, dict[str, float | None]]:
+    return {}

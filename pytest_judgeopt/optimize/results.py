@@ -1,0 +1,87 @@
+"""What an optimization returns: each step's record, each criterion's outcome, the run as a whole.
+
+Plain data with a JSON form: the report, results.json and the lock file (written by the caller,
+``Session.optimize``) are all made from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..spec import Spec
+from .modes import Mode
+
+if TYPE_CHECKING:  # stats imports scipy: only once something is measured
+    from ..stats import Agreement, PairedDifference
+
+
+@dataclass
+class StepRecord:
+    step: int
+    batch: list[str]
+    proposals: dict[str, str | None]
+    rejected_reasons: dict[str, str]
+    val_before: dict[str, float | None]
+    val_after: dict[str, float | None]
+    accepted: list[str]
+    calls: dict[str, int]
+    diagnostics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CriterionOutcome:
+    name: str
+    initial: str
+    final: str
+    accepted_steps: list[int]
+    val_before: float | None
+    val_after: float | None
+    test_before: Agreement
+    test_after: Agreement
+    test_diff: PairedDifference
+    specificity: float | None
+    adherence: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        def agreement(a: Agreement) -> dict[str, Any]:
+            return {"value": a.value, "low": a.low, "high": a.high, "n": a.n, "reason": a.reason}
+
+        d = self.test_diff
+        return {"initial": self.initial, "final": self.final, "accepted_steps": self.accepted_steps,
+                "val_before": self.val_before, "val_after": self.val_after,
+                "test_before": agreement(self.test_before), "test_after": agreement(self.test_after),
+                "test_diff": {"value": d.diff, "low": d.low, "high": d.high, "n": d.n, "reason": d.reason},
+                "specificity": self.specificity, "adherence": self.adherence}
+
+
+@dataclass
+class OptimizationResult:
+    spec: Spec
+    mode: Mode
+    seed: int
+    steps_run: int
+    stopped: str | None
+    resumed_from: int
+    outcomes: dict[str, CriterionOutcome]
+    history: list[StepRecord]
+    planned: dict[str, int]
+    usage: dict[str, dict[str, Any]]
+    models: dict[str, str]
+    split_sizes: dict[str, int]
+    reused: bool = False
+    lock_path: Path | None = None  # set by the caller that writes the lock file
+    lock_note: str | None = None
+
+    @property
+    def instructions(self) -> dict[str, str]:
+        return {c: o.final for c, o in self.outcomes.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec.name, "mode": self.mode.name, "seed": self.seed, "steps_run": self.steps_run,
+                "stopped": self.stopped, "resumed_from": self.resumed_from, "reused": self.reused,
+                "planned_calls_per_step": self.planned, "usage": self.usage, "models": self.models,
+                "split_sizes": self.split_sizes, "criteria": {c: o.to_json() for c, o in self.outcomes.items()},
+                "history": [asdict(h) for h in self.history]}

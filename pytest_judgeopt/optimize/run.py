@@ -1,0 +1,102 @@
+"""A whole optimization run: plan, the loop under a file lock (resumable), and the test evaluation.
+
+It returns the result and writes nothing but its checkpoint: the lock file beside the spec is the
+caller's (``Session.optimize``). The session is reached only through ``JudgingSession``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ..llm import Usage
+from ..spec import Spec
+from .budget import Allowance, Budget
+from .errors import OptimizationBusy, ReplayIncomplete
+from .gate import with_gate_rule
+from .loop import Optimization, run_key
+from .modes import get_mode, plan_text
+from .protocol import JudgingSession, L
+from .results import CriterionOutcome, OptimizationResult, StepRecord
+from .roles import MODEL_ROLES
+
+
+def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None = None, *, seed: int | None = None,
+                  steps: int | None = None, budget: Budget | None = None, diagnostics: bool = False) -> OptimizationResult:
+    """Optimize on train, gate on val, then compare initial and final instructions on test.
+
+    ``diagnostics`` turns the diagnostics on whatever the spec says (the mode study measures them).
+    """
+    from ..stats import paired_difference
+
+    mode = get_mode(mode_name or loaded.spec.optimize.mode)
+    spec: Spec = with_gate_rule(loaded.spec, mode)
+    if diagnostics:
+        spec = replace(spec, optimize=replace(spec.optimize, diagnostics=True))
+    seed = spec.optimize.seed if seed is None else seed
+    models = {role: session.model_for(spec, role) for role in MODEL_ROLES}
+    train, val = session.records(loaded, "train"), session.records(loaded, "val")
+    if not train or not val:
+        raise ValueError(f"{spec.path}: optimization needs train and val samples (train {len(train)}, val {len(val)}); "
+                         "give split.train and split.val fractions above 0")
+    key = run_key(spec, loaded.dataset.digest, mode, models, session.sample, seed, steps)
+    checkpoint = session.state_dir / "runs" / f"{spec.path.name}-{mode.name}-{key[:16]}.json"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    progress = session.progress or (lambda text: None)
+    usage_before = copy.deepcopy(session.llm.usage)
+    with open(checkpoint.with_suffix(".lock"), "w") as guard:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OptimizationBusy(f"another process is optimizing {spec.path.name} in mode {mode.name} with these "
+                                   "settings; wait for it to finish (its checkpoint is shared, so nothing is lost)") from None
+        allowance = None if budget is None else Allowance(budget, session.llm.total())
+        run = Optimization(session.llm, spec, mode, models, train=train, val=val, checkpoint=checkpoint, key=key,
+                           seed=seed, steps=steps, budget=allowance, progress=progress)
+        planned = run.planned()
+        progress(plan_text(spec, mode, planned, run.steps, len(train), len(val), models["judge"]))
+        session.llm.budget = allowance
+        try:
+            state, resumed_from = run.run()
+        finally:
+            session.llm.budget = None
+    initial, final = state.initial, state.instructions
+    names = list(spec.criteria)
+    shape = mode.judge.shape
+    sources = dict.fromkeys(names, "optimization")
+    before = session.evaluate_instructions(loaded, initial, names, split="test", shape=shape, sources=sources)
+    after = session.evaluate_instructions(loaded, final, names, split="test", shape=shape, sources=sources)
+    missing = sum(r.failures.get("call_replay_miss", 0) for r in (*before.values(), *after.values()))
+    if missing:  # no lock from a test evaluation that did not happen
+        raise ReplayIncomplete(spec, f"{missing} judgments of the test split")
+    outcomes = {}
+    for c in names:
+        b = {j.record_id: j for j in before[c].judgments}
+        # (initial score, final score, human, group) of each test sample both judged
+        both = [(x.score, j.score, x.human, x.group) for j in after[c].judgments
+                if (x := b[j.record_id]).score is not None and j.score is not None]
+        diff = paired_difference(spec.correlation.method, [s[0] for s in both], [s[1] for s in both],
+                                 [s[2] for s in both], groups=[s[3] for s in both] if spec.dataset.group else None,
+                                 level=spec.correlation.level, confidence=spec.correlation.confidence,
+                                 resamples=spec.correlation.resamples, seed=seed)
+        outcomes[c] = CriterionOutcome(c, initial[c], final[c], [h.step for h in state.history if c in h.accepted],
+                                       state.history[0].val_before[c] if state.history else state.val[c], state.val[c],
+                                       before[c].agreement, after[c].agreement, diff,
+                                       mean_diagnostic(state.history, c, "specificity"),
+                                       mean_diagnostic(state.history, c, "adherence"))
+    spent = {role: u.minus(usage_before.get(role, Usage())) for role, u in session.llm.usage.items()}
+    usage = {role: u.to_json() for role, u in sorted(spent.items()) if u.requests}
+    return OptimizationResult(spec, mode, seed, len(state.history), state.stopped, resumed_from, outcomes,
+                              state.history, planned, usage, {r: m.describe() for r, m in models.items()},
+                              {"train": len(train), "val": len(val), "test": len(session.records(loaded, "test"))},
+                              reused=resumed_from == len(state.history) and resumed_from > 0)
+
+
+def mean_diagnostic(history: Sequence[StepRecord], criterion: str, key: str) -> float | None:
+    """A criterion's mean specificity or adherence over the steps that measured it."""
+    values = [h.diagnostics.get(criterion, {}).get(key) for h in history]
+    measured = [v for v in values if v is not None]
+    return statistics.fmean(measured) if measured else None

@@ -1,0 +1,60 @@
+"""The mode study: every mode, several seeds, diagnostics on — which decomposition works for this judge."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..spec import OPTIMIZE_MODES
+from .budget import Budget
+from .protocol import JudgingSession, L
+from .results import OptimizationResult
+from .run import optimize_spec
+
+
+@dataclass
+class Study:
+    spec_name: str
+    runs: int
+    steps: int
+    test_size: int
+    method: str
+    level: str
+    rows: list[dict[str, Any]]
+    results: list[OptimizationResult]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec_name, "runs": self.runs, "steps": self.steps, "test_size": self.test_size,
+                "method": self.method, "level": self.level, "rows": self.rows}
+
+
+def run_study(session: JudgingSession[L], path: str | Path, *, modes: Sequence[str] = OPTIMIZE_MODES,
+              runs: int | None = None, steps: int | None = None, budget: Budget | None = None) -> Study:
+    """Every mode, ``study_runs`` seeds each, one row per mode and criterion. Writes no lock."""
+    loaded = session.load(path)
+    spec = loaded.spec
+    runs = runs or spec.optimize.study_runs
+    results = [optimize_spec(session, loaded, mode, seed=spec.optimize.seed + i, steps=steps, budget=budget, diagnostics=True)
+               for mode in modes for i in range(runs)]
+    rows = []
+    for mode in modes:
+        mine = [r for r in results if r.mode.name == mode]
+        calls = statistics.fmean(sum(u["requests"] for u in r.usage.values()) for r in mine)
+        costs = [sum(u["cost_usd"] for u in r.usage.values()) for r in mine
+                 if all(u["cost_usd"] is not None for u in r.usage.values())]  # a run of unknown cost leaves none
+        for c in spec.criteria:
+            after = [v for r in mine if (v := r.outcomes[c].test_after.value) is not None]
+            spec_values = [v for r in mine if (v := r.outcomes[c].specificity) is not None]
+            rows.append({
+                "mode": mode, "criterion": c, "before": mine[0].outcomes[c].test_before.value,
+                "after_mean": statistics.fmean(after) if after else None,
+                "after_sd": statistics.stdev(after) if len(after) > 1 else None,
+                "improved_steps": statistics.fmean(len(r.outcomes[c].accepted_steps) for r in mine),
+                "specificity": statistics.fmean(spec_values) if spec_values else None,
+                "calls": calls, "cost": statistics.fmean(costs) if len(costs) == len(mine) else None,
+            })
+    return Study(spec.name, runs, steps or spec.optimize.steps, len(session.records(loaded, "test")),
+                 spec.correlation.method, spec.correlation.level, rows, results)

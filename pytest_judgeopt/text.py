@@ -1,0 +1,363 @@
+"""The text every surface shares: numbers, intervals, verdict words and their colours, and the tables as rows.
+
+The terminal summary (report.py), the HTML page (html_report.py) and the items' failure messages
+show the same measurements, so each table is built here once, as plain data (a :class:`Table`:
+heading, columns, rows of cells, a verdict kind per row, lines under it), from the JSON form of
+the results; a surface only renders it. Styles live here too, one table of verdict kinds and one
+of line kinds, each with its terminal style and its HTML class, so a colour means the same thing
+everywhere (the shape of syrupy's ``terminal.py``).
+
+Terminal lines are rendered by rich, imported only when something is rendered; colours only when
+asked for (on a terminal, without ``NO_COLOR``), so a CI log or a pipe gets plain text that still
+reads as a table and greps as one line per row.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .interference import PASSING
+
+if TYPE_CHECKING:
+    from .judge import CriterionResult
+
+PLAIN_WIDTH = 1000  # off a terminal nothing limits a line, and a wrapped row would no longer grep as one
+
+# verdict kind -> (terminal style, HTML class)
+VERDICT_STYLES = {"pass": ("green", "pass"), "warn": ("yellow", "warn"), "fail": ("bold red", "fail")}
+# line kind -> (terminal style, HTML class); a diff's file lines are "head", its unchanged lines "context"
+LINE_STYLES = {"head": ("bold", "head"), "add": ("green", "add"), "del": ("red", "del"), "hunk": ("cyan", "hunk"),
+               "context": ("", "head"), "item": ("", ""), "note": ("", "")}
+
+
+# --------------------------------------------------------------------------------------------
+# numbers
+
+
+def number(value: float | None, digits: int = 3, *, sign: bool = False) -> str:
+    """A measured number, or ``-`` where none was measured; ``sign`` for differences, whose sign is the news."""
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def interval(low: float | None, high: float | None, *, sign: bool = False) -> str:
+    return f"[{number(low, sign=sign)}, {number(high, sign=sign)}]" if low is not None and high is not None else "-"
+
+
+def estimate(value: float | None, low: float | None, high: float | None, *, sign: bool = False) -> str:
+    """A value with its interval: ``0.812 [0.701, 0.880]``."""
+    return f"{number(value, sign=sign)} {interval(low, high, sign=sign)}"
+
+
+def percent_change(new: int, old: int) -> str:
+    return f" ({(new - old) / old:+.0%})" if old else ""
+
+
+def dollars(cost: float | None, unknown: str = "-") -> str:
+    return unknown if cost is None else f"${cost:.4f}"
+
+
+# --------------------------------------------------------------------------------------------
+# tables as data
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line under a table; its kind picks its style (an ``item`` is a bullet, diff lines are coloured)."""
+
+    text: str
+    kind: str = "note"
+
+
+@dataclass
+class Table:
+    """A heading, a table and lines under it. ``verdicts`` holds one kind (a key of VERDICT_STYLES) per row
+    when the last column is a verdict, and stays empty when the table has none."""
+
+    heading: str
+    columns: Sequence[tuple[str, str]] = ()  # (header, "left" or "right")
+    rows: list[list[str]] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+    after: list[Line] = field(default_factory=list)
+
+    @property
+    def headers(self) -> list[str]:
+        return [header for header, _ in self.columns]
+
+
+def evaluation_verdict(r: Mapping[str, Any]) -> tuple[str, str]:
+    """A criterion's verdict word and kind; an undefined estimate fails and says why."""
+    if r["passed"]:
+        return "pass", "pass"
+    return "FAIL" + ("" if r["undefined_reason"] is None else ": " + r["undefined_reason"]), "fail"
+
+
+def evaluation_table(ev: Mapping[str, Any]) -> Table:
+    """Per criterion: metric, rho with its interval, threshold, n, failed judgments, verdict."""
+    results = ev["results"]
+    passed = sum(r["passed"] for r in results)
+    table = Table(f"{ev['spec']} ({ev['split']} split, {ev['records']} samples, {ev['shape']} prompts, {ev['model']}): "
+                  f"{passed}/{len(results)} criteria pass",
+                  [("criterion", "left"), ("metric", "right"), ("rho", "right"), ("interval", "right"), ("min", "right"),
+                   ("n", "right"), ("failed", "right"), ("verdict", "left")])
+    for r in results:
+        verdict, kind = evaluation_verdict(r)
+        table.rows.append([r["criterion"], r["method"], number(r["value"]), interval(r["low"], r["high"]),
+                           number(r["min_rho"], 2), str(r["n"]), str(sum(r["parse_failures"].values())), verdict])
+        table.verdicts.append(kind)
+    return table
+
+
+def instruction_sources(ev: Mapping[str, Any]) -> str | None:
+    """Which criteria were tested with instructions not from the spec (a lock file, an argument)."""
+    results = ev["results"]
+    sources = sorted({r["instruction_source"] for r in results} - {"spec"})
+    if not sources:
+        return None
+    return "instructions from " + ", ".join(
+        f"{source}: {', '.join(r['criterion'] for r in results if r['instruction_source'] == source)}" for source in sources)
+
+
+def interference_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
+    """The word in the table (failing verdicts in capitals) and its kind."""
+    verdict = c["verdict"]
+    if verdict == "inconclusive":  # passes, in the colour of a warning
+        return f"inconclusive (about {c['required_n']} samples would settle it)", "warn"
+    return (verdict, "pass") if verdict in PASSING else (verdict.upper(), "fail")
+
+
+def interference_heading(check: Mapping[str, Any]) -> str:
+    held = sum(c["passed"] for c in check["criteria"])
+    return (f"{check['spec']} merged vs separate prompts ({check['split']} split, {check['records']} samples, "
+            f"{check['method']} {check['level']}, {check['confidence']:.0%} paired bootstrap, "
+            f"max_drop {check['max_drop']:g}, {check['model']}): {held}/{len(check['criteria'])} criteria hold")
+
+
+def savings_line(usage: Mapping[str, Mapping[str, int]]) -> str:
+    s, m = usage["separate"], usage["merged"]
+    return (f"merging would use {m['calls']} calls instead of {s['calls']}{percent_change(m['calls'], s['calls'])}, "
+            f"{m['prompt_tokens']:,} prompt tokens instead of {s['prompt_tokens']:,}"
+            f"{percent_change(m['prompt_tokens'], s['prompt_tokens'])}, "
+            f"{m['completion_tokens']:,} completion tokens instead of {s['completion_tokens']:,}")
+
+
+def interference_table(check: Mapping[str, Any]) -> Table:
+    """Per criterion: rho separate and merged, their difference with its interval, paired n, failed judgments
+    (separate/merged), verdict; under it what merging saves, the reasons, and the kinds of failed merged judgments."""
+    table = Table(interference_heading(check),
+                  [("criterion", "left"), ("separate", "right"), ("merged", "right"), ("diff", "right"),
+                   ("interval", "right"), ("n", "right"), ("failed s/m", "right"), ("verdict", "left")])
+    for c in check["criteria"]:
+        verdict, kind = interference_verdict(c)
+        failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
+        table.rows.append([c["criterion"], number(c["separate"]), number(c["merged"]), number(c["diff"], sign=True),
+                           interval(c["low"], c["high"], sign=True), str(c["n"]), failed, verdict])
+        table.verdicts.append(kind)
+    table.after.append(Line(savings_line(check["usage"])))
+    for c in check["criteria"]:
+        table.after += [Line(f"{c['criterion']}: {reason}", "item") for reason in c["reasons"]]
+        if c["failures_merged"]:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(c["failures_merged"].items(), key=lambda kv: -kv[1]))
+            table.after.append(Line(f"{c['criterion']}: failed merged judgments {sum(c['failures_merged'].values())}/"
+                                    f"{c['judged']} ({kinds})", "item"))
+    return table
+
+
+def relative(path: str, root: Path | None) -> str:
+    """Paths shown relative to the rootdir (or where pytest was started), so two checkouts report alike."""
+    if root is None:
+        return path
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def optimization_heading(o: Mapping[str, Any], root: Path | None = None) -> str:
+    """The line that says what ran and where the lock went (relative to ``root``, where pytest was started)."""
+    stopped = "; stopped by the budget, keeping the best instructions so far" if o["stopped"] == "budget" else ""
+    resumed = f"; resumed after step {o['resumed_from']}" if o["resumed_from"] and not o["reused"] else ""
+    reused = "; this run had finished before: its result is reused, not repeated" if o["reused"] else ""
+    where = f"; wrote {relative(o['lock_path'], root)}" if o.get("lock_path") else ""
+    sizes = o["split_sizes"]
+    return (f"{o['spec']}: mode {o['mode']}, {o['steps_run']} steps, seed {o['seed']} "
+            f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){stopped}{resumed}{reused}{where}")
+
+
+def optimization_table(o: Mapping[str, Any], root: Path | None = None) -> Table:
+    """Per criterion: val rho before and after (the gate's split), test rho before and after with intervals and
+    their paired difference (the untouched split), and the steps whose update was accepted."""
+    table = Table(optimization_heading(o, root),
+                  [("criterion", "left"), ("val before", "right"), ("val after", "right"), ("test before", "right"),
+                   ("test after", "right"), ("difference", "right"), ("accepted steps", "left")])
+    for name, c in o["criteria"].items():
+        b, a, d = c["test_before"], c["test_after"], c["test_diff"]
+        table.rows.append([name, number(c["val_before"]), number(c["val_after"]), estimate(b["value"], b["low"], b["high"]),
+                           estimate(a["value"], a["low"], a["high"]), estimate(d["value"], d["low"], d["high"], sign=True),
+                           ", ".join(map(str, c["accepted_steps"])) or "none"])
+    return table
+
+
+def instruction_diff(criterion: str, old: str, new: str) -> list[Line]:
+    """A unified diff of two instructions, wrapped to a readable width, each line with its kind."""
+    lines = difflib.unified_diff(wrap(old), wrap(new), fromfile=f"{criterion} (before)", tofile=f"{criterion} (after)",
+                                 lineterm="")
+    return [Line(line, diff_kind(line)) for line in lines]
+
+
+def diff_kind(line: str) -> str:
+    if line.startswith(("+++", "---")):
+        return "head"
+    if line.startswith("@@"):
+        return "hunk"
+    return {"+": "add", "-": "del"}.get(line[:1], "context")
+
+
+def wrap(text: str, width: int = 88) -> list[str]:
+    import textwrap
+
+    return [line for paragraph in text.splitlines() for line in (textwrap.wrap(paragraph, width) or [""])]
+
+
+def instruction_changes(o: Mapping[str, Any]) -> dict[str, list[Line]]:
+    """Per criterion, the diff of its instruction, or one line saying why it is unchanged."""
+    out = {}
+    for name, c in o["criteria"].items():
+        if c["final"] != c["initial"]:
+            out[name] = instruction_diff(name, c["initial"], c["final"])
+        else:
+            reasons = sorted({h["rejected_reasons"][name] for h in o["history"] if h["rejected_reasons"].get(name)})
+            out[name] = [Line(f"{name}: unchanged ({'; '.join(reasons) or 'no step proposed a change'})")]
+    return out
+
+
+def usage_text(usage: Mapping[str, Mapping[str, Any]], seconds: float | None) -> str:
+    """An optimization's cost: requests (calls made, the rest from cache or shared), per role, tokens, dollars, time."""
+    requests = sum(u["requests"] for u in usage.values())
+    made = sum(u["calls"] for u in usage.values())
+    costs = [u["cost_usd"] for u in usage.values()]
+    cost = "unknown" if any(c is None for c in costs) else dollars(sum(costs))
+    per_role = ", ".join(f"{role} {u['requests']}" for role, u in usage.items())
+    tokens_in = sum(u.get("prompt_tokens", 0) for u in usage.values())
+    tokens_out = sum(u.get("completion_tokens", 0) for u in usage.values())
+    wall = "" if seconds is None else f"; wall time {seconds:.1f} s"
+    return (f"calls: {requests} ({made} made, {requests - made} from cache or shared; {per_role}); "
+            f"tokens {tokens_in:,} in, {tokens_out:,} out; cost {cost}{wall}")
+
+
+def study_table(study: Mapping[str, Any]) -> Table:
+    """The paper's table: per mode and criterion, test rho before and after over runs, and what it cost."""
+    table = Table(f"{study['spec']}: {study['runs']} runs per mode, {study['steps']} steps each, test split of "
+                  f"{study['test_size']} samples ({study['level']} {study['method']})",
+                  [("mode", "left"), ("criterion", "left"), ("before", "right"), ("after (mean ± sd)", "right"),
+                   ("improved steps", "right"), ("specificity", "right"), ("calls/run", "right"), ("cost/run", "right")])
+    for row in study["rows"]:
+        sd = f" ± {row['after_sd']:.3f}" if row["after_sd"] is not None else ""
+        table.rows.append([row["mode"], row["criterion"], number(row["before"]), number(row["after_mean"]) + sd,
+                           f"{row['improved_steps']:.1f}", number(row["specificity"], 1), f"{row['calls']:.0f}",
+                           dollars(row["cost"])])
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# terminal lines
+
+
+def line_text(line: Line) -> str:
+    return f"- {line.text}" if line.kind == "item" else line.text
+
+
+def render(blocks: Sequence[Table | str], *, color: bool = False, width: int | None = None) -> list[str]:
+    """Tables and plain lines as terminal lines: ANSI styles only with ``color``; without a width, lines are
+    never wrapped (a log is read with grep as often as by eye)."""
+    from rich import box
+    from rich.console import Console
+    from rich.padding import Padding
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, width=width or PLAIN_WIDTH,
+                      highlight=False, emoji=False, markup=False, color_system="standard" if color else None)
+    for block in blocks:
+        if isinstance(block, str):
+            console.print(Text(block), soft_wrap=True)
+            continue
+        console.print(Text(block.heading, style="bold"), soft_wrap=True)
+        if block.columns:
+            table = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+            for header, justify in block.columns:
+                table.add_column(header, justify="right" if justify == "right" else "left", no_wrap=width is None)
+            for i, row in enumerate(block.rows):
+                verdict = VERDICT_STYLES[block.verdicts[i]][0] if block.verdicts else ""
+                table.add_row(*[Text(cell, style=verdict if j == len(row) - 1 else "") for j, cell in enumerate(row)])
+            console.print(Padding(table, (0, 0, 0, 2)))
+        for line in block.after:
+            console.print(Text("  " + line_text(line), style=LINE_STYLES[line.kind][0]), soft_wrap=True)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    return [line.rstrip() for line in text.rstrip("\n").split("\n")] if text else []
+
+
+# --------------------------------------------------------------------------------------------
+# the items' failure messages
+
+
+def criterion_failure(result: CriterionResult) -> str:
+    """The failure text of a regression item: by how much, on which samples, and why."""
+    from .judge import WORST_SHOWN
+
+    lines = [f"{result.spec_name}::{result.criterion.name} failed on the {result.split} split ({result.shape} prompts):"]
+    lines += [f"  - {reason}" for reason in result.reasons]
+    lines.append(f"  measured: {measured_line(result)}")
+    if result.failures:
+        kinds = ", ".join(f"{k} {v}" for k, v in result.failures.most_common())
+        lines.append(f"  failed judgments: {result.failed_count}/{result.n} ({kinds})")
+    worst = result.worst()
+    if worst:
+        lines.append("  largest disagreements:")
+        for j in worst:
+            reply = json.dumps((j.reply or "")[:80])
+            lines.append(f"    {j.record_id}: human {j.human:g}, judge {j.score:g}, reply {reply}")
+    failed = [j for j in result.judgments if j.failure][:WORST_SHOWN]
+    if failed:
+        lines.append("  failed judgments, for example:")
+        for j in failed:
+            lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]} reply {json.dumps((j.reply or '')[:80])}")
+    if result.agreement.value is not None and result.criterion.min_rho is None:
+        lines.append("  (no min_rho set for this criterion)")
+    return "\n".join(lines)
+
+
+def measured_line(result: CriterionResult) -> str:
+    """What a criterion's verdict rests on: the estimate, protocol, confidence, n, threshold, failed judgments."""
+    a = result.agreement
+    value = "undefined" if a.value is None else number(a.value)
+    shown = f" {interval(a.low, a.high)}" if a.low is not None and a.high is not None else ""
+    threshold = f", min_rho {number(result.criterion.min_rho, 2)}" if result.criterion.min_rho is not None else ""
+    return (f"{a.method} {value}{shown} ({a.level}, {a.confidence:.0%} CI, n={a.n}{threshold}, "
+            f"failed {result.failed_count}/{result.n})")
+
+
+def interference_failure(check: Mapping[str, Any]) -> str:
+    """The failure text of the merged item: which criteria lose, by how much, with what confidence, and the
+    savings; below the headline, the same table the terminal summary shows."""
+    lost = [c["criterion"] for c in check["criteria"] if c["verdict"] == "fail"]
+    unknown = [c["criterion"] for c in check["criteria"] if c["verdict"] == "undefined"]
+    parts = ([f"costs agreement on {', '.join(lost)}"] if lost else []) + (
+        [f"cannot be measured on {', '.join(unknown)}"] if unknown else [])
+    headline = f"merging the instructions into one prompt {' and '.join(parts)}"
+    # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
+    missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in check["criteria"]), default=0)
+    if missing:
+        from .answers import answers_path
+
+        name = answers_path(Path(check["path"])).name
+        headline = (f"{missing} merged answers are not in {name} or the cache (cache mode is replay). Fix: record them "
+                    f"with pytest --judge-record (needs the model) and commit {name}")
+    return "\n".join([f"{check['spec']}::merged failed: {headline}"] + render([interference_table(check)]))
