@@ -164,8 +164,10 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
     out = {}
     for c in group:
         parsed = [p[c.name] for p in per_choice]
-        ok = [p.score for p in parsed if p.ok]
-        out[c.name] = ParsedScore(sum(ok) / len(ok), None) if ok else parsed[0]
+        ok = [p for p in parsed if p.ok]
+        details = {p.detail for p in ok}  # kept when every choice agrees: it says the score is probability-weighted
+        out[c.name] = (ParsedScore(sum(p.score or 0.0 for p in ok) / len(ok), None, details.pop() if len(details) == 1 else "")
+                       if ok else parsed[0])
     return out
 
 

@@ -338,7 +338,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     selected: dict[Path, int] = {}
     for item in session.items:
-        if isinstance(item, (CriterionItem, MergedItem, OptimizeItem)):
+        if isinstance(item.parent, JudgeFile):
             selected[item.path.resolve()] = selected.get(item.path.resolve(), 0) + 1
     run.partial_specs = {str(path) for path, total in run.spec_items.items() if 0 < selected.get(path, 0) < total}
 
@@ -375,6 +375,8 @@ class JudgeFile(pytest.File):
             yield CriterionItem.from_parent(self, name=name, criterion=name, line=criterion.line)
         if loaded.spec.interference is not None:  # after the criteria, so their separate judgments are reused
             yield MergedItem.from_parent(self, name="merged", line=loaded.spec.line_of("interference") or 1)
+        for case in loaded.cases:
+            yield CaseItem.from_parent(self, name=case.item_name, case=case.name, line=case.line)
 
 
 class JudgeFailed(Exception):
@@ -444,6 +446,37 @@ class MergedItem(pytest.Item):
         return self.path, self.line - 1, f"judge {self.path.name}::merged"
 
 
+class ItemFailed(Exception):
+    """A case or probe that does not hold; the message says what was expected and what the judge did."""
+
+
+class CaseItem(pytest.Item):
+    """One case of a spec: the judge must score its inputs within the expectation, per criterion."""
+
+    def __init__(self, *, case: str, line: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.case = case
+        self.line = line
+
+    def runtest(self) -> None:
+        from .cases import describe_failure
+
+        # the spec's cases selected in this run (after -k and node ids) are judged together, in one pass
+        together = [i.case for i in self.session.items if isinstance(i, CaseItem) and i.path == self.path]
+        result = self.config.stash[run_key].session.case(self.path, self.case, together=together)
+        self.user_properties.extend(result.properties().items())
+        if not result.passed:
+            raise ItemFailed(describe_failure(result))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, ItemFailed):
+            return str(excinfo.value)
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
+
+
 def known_failure(error: BaseException) -> str | None:
     """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model,
     a shared cache that is required)."""
@@ -506,7 +539,8 @@ def junit_properties(result: CriterionResult) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def judge(pytestconfig: pytest.Config) -> Session:
-    """The judging session: ``judge.evaluate("judges/x.judge.yaml", "coherence", instruction=...)``.
+    """The judging session: ``judge.evaluate("judges/x.judge.yaml", "coherence", instruction=...)``,
+    ``judge.score("judges/x.judge.yaml", "coherence", source=..., summary=...)`` and ``judge.score_many``.
 
     Paths are relative to the rootdir; answers come from and go to the same cache as the items.
     """
@@ -584,7 +618,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
     from .report import optimization_json
 
     session = run.session
-    return {"evaluations": session.evaluations, "interference": session.interferences,
+    return {"evaluations": session.evaluations, "interference": session.interferences, "cases": session.case_results,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, getattr(result, "wall_seconds", None))
                               for result in session.optimizations],

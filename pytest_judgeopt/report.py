@@ -66,6 +66,7 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "evaluations": unique_sorted(every("evaluations"), evaluation_key),
         "interference": unique_sorted(every("interference"), lambda c: (c["path"], c["split"])),
+        "cases": unique_sorted(every("cases"), lambda c: (c["path"], c["case"])),
         "optimizations": unique_sorted(every("optimizations"), lambda o: (o["path"], o["mode"], o["seed"])),
         "studies": unique_sorted(every("studies"), lambda s: (s["spec"],)),
         "notes": sorted(set(every("notes"))),

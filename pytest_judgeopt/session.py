@@ -16,6 +16,8 @@ from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_da
 from .interference import InterferenceResult, compare
 from .judge import CriterionResult, Judged, Usage, assess, judge_records, prediction_rows
 from .llm import LLM
+from .cases import Case, CaseResult, checks, load_cases
+from .scoring import Scored, as_record, check_inputs, scored
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
 
@@ -32,6 +34,7 @@ class Loaded:
     spec: Spec
     dataset: Dataset
     splits: Splits
+    cases: tuple[Case, ...] = ()
 
 
 class Session:
@@ -59,6 +62,8 @@ class Session:
         self._usages: dict[tuple[Any, ...], Usage] = {}  # what each memoised evaluation cost, cache hits included
         self._interference: dict[tuple[Any, ...], InterferenceResult] = {}
         self.interferences: list[dict[str, Any]] = []
+        self._cases: dict[tuple[Any, ...], CaseResult] = {}
+        self.case_results: list[dict[str, Any]] = []  # the cases judged, as plain data for the reports
 
     def load(self, path: str | Path) -> Loaded:
         """Spec, data, splits and the spec's answer file; raises SpecError naming file, line and fix."""
@@ -69,7 +74,8 @@ class Session:
             spec = load_spec(path, tuple(self.metrics))
             dataset = load_dataset(spec, self.loader)
             self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
-            self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split))
+            self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
+                                        cases=load_cases(spec, dataset.records))
         return self._loaded[path]
 
     def model_for(self, spec: Spec, role: str = "judge") -> Model:
@@ -227,3 +233,98 @@ class Session:
                         shape: str) -> tuple[Any, ...]:
         """What makes two evaluations the same judgments: the memo's key, shared with the interference check."""
         return (loaded.spec.path, split, shape, tuple(names), tuple(instructions[n] for n in names))
+
+    # -- judging given texts: judge.score, the spec's cases ------------------------------------
+    def score(self, path: str | Path, criterion: str | None = None, /, *, instruction: str | None = None,
+              **inputs: Any) -> Scored | dict[str, Scored]:
+        """One judgment of the texts given by name (``judge.score(spec, "coherence", source=..., summary=...)``):
+        the criterion's Scored, or every criterion's when ``criterion`` is None. Same prompts, instructions in
+        force, model, cache and client as the items; ``instruction`` replaces the criterion's for this call."""
+        return self.score_many(path, criterion, [inputs], instruction=instruction)[0]
+
+    def score_many(self, path: str | Path, criterion: str | None = None, inputs: Sequence[Mapping[str, Any]] = (),
+                   *, instruction: str | None = None) -> list[Any]:
+        """``score`` for a list of inputs (dicts placeholder -> text), all calls in flight together, in order."""
+        loaded = self.load(path)
+        spec = loaded.spec
+        if criterion is not None and criterion not in spec.criteria:
+            raise SpecError([f"{spec.path}: no criterion '{criterion}'. Fix: use one of {', '.join(spec.criteria)}"])
+        if instruction is not None and criterion is None:
+            raise ValueError("an instruction replaces one criterion's: name the criterion too")
+        if isinstance(inputs, Mapping):
+            raise TypeError("score_many takes a list of inputs (dicts placeholder -> text); for one, use score()")
+        instructions = dict(self.in_force(loaded)[0])
+        if instruction is not None:
+            instructions[criterion] = instruction  # type: ignore[index]
+        records = [as_record(f"input-{i}", check_inputs(spec, texts), spec) for i, texts in enumerate(inputs)]
+        wanted = [criterion] if criterion is not None else list(spec.criteria)
+        per_record = self._score_records(loaded, records, instructions, wanted)
+        return [found[criterion] if criterion is not None else found for found in per_record]
+
+    def _score_records(self, loaded: Loaded, records: Sequence[Any], instructions: Mapping[str, str],
+                       wanted: Sequence[str]) -> list[dict[str, Scored]]:
+        return self.llm.run(self._ascore(loaded, records, instructions, wanted)) if records else []
+
+    async def _ascore(self, loaded: Loaded, records: Sequence[Any], instructions: Mapping[str, str],
+                      wanted: Sequence[str]) -> list[dict[str, Scored]]:
+        """Judge records outside the splits in the spec's prompt shape: separate prompts for the criteria wanted,
+        or the merged prompt of every criterion (as the items judge), read for the ones wanted."""
+        spec = loaded.spec
+        shape = spec.inference
+        names = list(spec.criteria) if shape == "merged" else list(wanted)
+        judged = await judge_records(self.llm, self.model_for(spec), spec, records, instructions, criteria=names,
+                                     shape=shape)
+        by_record: dict[str, dict[str, Scored]] = {r.id: {} for r in records}
+        for name in wanted:
+            for judgment in judged.judgments[name]:
+                by_record[judgment.record_id][name] = scored(judgment, spec.criteria[name].scale)
+        return [by_record[r.id] for r in records]
+
+    def case(self, path: str | Path, name: str, *, together: Sequence[str] = ()) -> CaseResult:
+        """A case of the spec judged (memoized), with the cases named in ``together`` that are not judged yet
+        in the same pass: the items of one run judge their selected cases at once."""
+        loaded = self.load(path)
+        spec = loaded.spec
+        by_name = {c.name: c for c in loaded.cases}
+        if name not in by_name:
+            known = ", ".join(by_name) or "none"
+            raise SpecError([f"{spec.path}: no case '{name}'. Fix: use one of the spec's cases ({known})"])
+        instructions, sources = self.in_force(loaded)
+
+        def key(case: str) -> tuple[Any, ...]:
+            return (spec.path, case, tuple(sorted(instructions.items())))
+
+        todo = [by_name[n] for n in dict.fromkeys([name, *together]) if n in by_name and key(n) not in self._cases]
+        if todo:
+            if self.progress:
+                self.progress(f"judging {spec.name}: {len(todo)} case{'s' if len(todo) != 1 else ''} "
+                              f"({spec.inference}) on {self.model_for(spec).name}")
+            for case, result in zip(todo, self.judge_cases(loaded, todo, instructions, sources)):
+                self._cases[key(case.name)] = result
+                self.case_results.append(result.to_json())
+        return self._cases[key(name)]
+
+    def judge_cases(self, loaded: Loaded, cases: Sequence[Case], instructions: Mapping[str, str],
+                    sources: Mapping[str, str] | None = None) -> list[CaseResult]:
+        """Judge cases with the given instructions (the optimizer's case gate passes its candidates), in one pass
+        per set of criteria; the results are not kept by the session."""
+        spec = loaded.spec
+        groups: dict[tuple[str, ...], list[Case]] = {}
+        for case in cases:
+            groups.setdefault(tuple(case.expect), []).append(case)
+        work = [self._ascore(loaded, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
+                             instructions, names) for names, members in groups.items()]
+        found: dict[str, dict[str, Scored]] = {}
+        for members, scores in zip(groups.values(), self.llm.run(gather_all(work))):
+            found.update({case.name: s for case, s in zip(members, scores)})
+        model = self.model_for(spec).describe()
+        used = dict(sources or dict.fromkeys(spec.criteria, "argument"))
+        return [CaseResult(case=c, spec_name=spec.name, path=str(spec.path), shape=spec.inference, model=model,
+                           checks=checks(c, found[c.name]), instruction_sources={n: used[n] for n in c.expect})
+                for c in cases]
+
+
+async def gather_all(work: Sequence[Any]) -> list[Any]:
+    import asyncio
+
+    return list(await asyncio.gather(*work))

@@ -204,6 +204,8 @@ class Spec:
     optimize: Optimize
     lines: dict[Path_, int] = field(repr=False, compare=False)
     cache: CacheSettings = CacheSettings()
+    # the parsed YAML, for the parts checked against the data and hooks once those are loaded (cases, probes)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def line_of(self, *path: str | int) -> int | None:
         return self.lines.get(tuple(path))
@@ -389,6 +391,8 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
         return out
     if rule == "required":
         missing = error.message.split("'")[1]
+        if at and at[0] in ("cases", "probes"):  # a case or a probe: its own keys, its own hints
+            return [problem(path, line, where, f"missing key '{missing}'", PART_HINTS.get(missing, f"add `{missing}:`"))]
         hint = {"dataset": "add `dataset:` with `path`, `inputs` and `scores`",
                 "criteria": "add `criteria:` with at least one criterion (instruction, scale)",
                 "instruction": "add `instruction:` with the text the judge follows for this criterion",
@@ -413,6 +417,9 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
         return [problem(path, line, where, f"{value} is outside {span}{open_}", f"use a value in {span}{open_}")]
     if rule in ("minItems", "maxItems") and at and at[-1] == "scale":
         return [problem(path, line, where, f"a scale is two numbers [lowest, highest], got {short(value)}", "write e.g. `scale: [1, 5]`")]
+    if rule == "pattern":
+        return [problem(path, line, where, f"{short(value)} is not a valid name",
+                        "use letters, digits, '_', '-' and '.', starting with a letter or digit")]
     if rule in ("minLength", "minProperties", "minItems"):
         return [problem(path, line, where, "is empty", "fill it in")]
     if rule == "maxProperties":
@@ -426,6 +433,14 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
             return [text for e in inner for text in explain(path, e, lines)]
         return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
     return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
+
+
+PART_HINTS = {"name": "add `name:` with a short name (letters, digits, '_', '-', '.'): it becomes the item's id case[NAME]",
+              "expect": "add `expect:` with the scores allowed per criterion, e.g. `{coherence: [1, 2]}` or `{fluency: \">= 4\"}`",
+              "kind": "add `kind:` with retest, pad or transform",
+              "min": "add `min:` with the least agreement of the judge with itself, e.g. 0.8",
+              "max_rise": "add `max_rise:` with the most the mean score may rise, e.g. 0.25",
+              "transform": "add `transform:` with the name a pytest_judgeopt_transforms hook returns"}
 
 
 def one_of_fix(at: Path_) -> str:
@@ -575,6 +590,7 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         optimize=build_optimize(path, data.get("optimize", {})),
         lines=lines,
         cache=CacheSettings(**data.get("cache", {})),
+        raw=data,
     )
 
 

@@ -334,3 +334,81 @@ def _shutdown(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# scripted judges: responders that answer a judge prompt (one criterion, or the merged JSON form)
+
+
+def prompt_text(body: dict) -> str:
+    """The last message's text: the judge prompt with the judged inputs inside their tags."""
+    messages = body.get("messages") or [{}]
+    return str(messages[-1].get("content") or "")
+
+
+def tagged(body: dict, tag: str) -> str:
+    """The text between ``<tag>`` and ``</tag>`` in the prompt ("" when absent)."""
+    import re
+
+    match = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", prompt_text(body), re.S)
+    return match.group(1) if match else ""
+
+
+def asked_criteria(body: dict) -> list[str]:
+    """The criteria a judge prompt asks for: ``Criterion: x`` (separate) or the ``- x:`` lines (merged)."""
+    import re
+
+    text = prompt_text(body)
+    single = re.search(r"^Criterion: (\S+)$", text, re.M)
+    if single:
+        return [single.group(1)]
+    return re.findall(r"^- ([A-Za-z_][\w-]*): ", text, re.M)
+
+
+def judge_answer(body: dict, score: Callable[[str], float]) -> str:
+    """The answer in the format the prompt asks for, with ``score(criterion)`` for each criterion asked."""
+    names = asked_criteria(body)
+    if len(names) == 1:
+        return f"{names[0]}: {score(names[0]):g}"
+    return json.dumps({name: score(name) for name in names})
+
+
+def by_content(rules: list[tuple[str, dict[str, float] | float]], default: float = 3) -> Responder:
+    """A judge that scores by what it reads: the first rule whose regex matches the prompt gives the score (one
+    number for every criterion, or per criterion); otherwise ``default``."""
+    import re
+
+    compiled = [(re.compile(pattern, re.S), scores) for pattern, scores in rules]
+
+    def respond(body: dict) -> str:
+        text = prompt_text(body)
+        for pattern, scores in compiled:
+            if pattern.search(text):
+                return judge_answer(body, lambda c: scores.get(c, default) if isinstance(scores, dict) else scores)
+        return judge_answer(body, lambda c: default)
+
+    return respond
+
+
+def noisy(seed: int = 0, scale: tuple[int, int] = (1, 5)) -> Responder:
+    """A judge that answers a random score every time, even to the same prompt (seeded, thread-safe)."""
+    import random
+
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def draw(criterion: str) -> float:
+        with lock:
+            return rng.randint(*scale)
+
+    return lambda body: judge_answer(body, draw)
+
+
+def length_rising(tag: str = "summary", chars_per_point: int = 40, scale: tuple[int, int] = (1, 5)) -> Responder:
+    """A verbose-biased judge: the longer the text in ``<tag>``, the higher every score (capped at the scale)."""
+
+    def respond(body: dict) -> str:
+        length = len(tagged(body, tag))
+        return judge_answer(body, lambda c: min(scale[1], scale[0] + length // chars_per_point))
+
+    return respond

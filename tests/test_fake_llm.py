@@ -231,3 +231,39 @@ def test_litellm_round_trip(server: FakeLLMServer, monkeypatch: pytest.MonkeyPat
     [body] = server.chat_requests()
     assert body["model"] == "fake" and body["messages"] == MESSAGES
     assert server.requests[0]["headers"]["authorization"] == "Bearer sk-test"
+
+
+def judge_body(summary: str, criteria: list[str]) -> dict:
+    """A judge request as pytest-judgeopt renders it: one criterion (separate) or several (merged)."""
+    asked = (f"Criterion: {criteria[0]}\nInstruction: rate it." if len(criteria) == 1
+             else "Criteria:\n" + "\n".join(f"- {c}: rate it." for c in criteria))
+    return {"messages": [{"role": "user", "content": f"<source>\ns\n</source>\n\n<summary>\n{summary}\n</summary>\n\n{asked}"}]}
+
+
+def test_by_content_answers_by_the_first_matching_rule_in_the_format_asked() -> None:
+    from tests.fake_llm import by_content
+
+    respond = by_content([("jumbled", {"coherence": 1}), ("fine", 5)], default=3)
+    assert respond(judge_body("a jumbled text", ["coherence"])) == "coherence: 1"
+    assert respond(judge_body("a jumbled text", ["fluency"])) == "fluency: 3"
+    assert json.loads(respond(judge_body("a fine text", ["coherence", "fluency"]))) == {"coherence": 5, "fluency": 5}
+    assert respond(judge_body("other", ["coherence"])) == "coherence: 3"
+
+
+def test_noisy_answers_differ_for_the_same_prompt_and_stay_in_the_scale() -> None:
+    from tests.fake_llm import noisy
+
+    respond = noisy(seed=1)
+    answers = [respond(judge_body("same", ["coherence"])) for _ in range(40)]
+    scores = {int(a.split(": ")[1]) for a in answers}
+    assert len(scores) > 1 and scores <= {1, 2, 3, 4, 5}
+    again = noisy(seed=1)
+    assert [again(judge_body("same", ["coherence"])) for _ in range(40)] == answers  # seeded
+
+
+def test_length_rising_scores_rise_with_the_length_of_the_tagged_text() -> None:
+    from tests.fake_llm import length_rising
+
+    respond = length_rising(chars_per_point=10)
+    scores = [int(respond(judge_body("x" * n, ["relevance"])).split(": ")[1]) for n in (0, 10, 25, 1000)]
+    assert scores == [1, 2, 3, 5]

@@ -380,6 +380,9 @@ judge:
 inference: merged
 interference: {max_drop: 0.05, confidence: 0.9}
 cache: {by_endpoint: true}
+cases:
+  - {name: jumbled, inputs: {source: a, summary: b}, expect: {coherence: [1, 2]}, note: why}
+  - {name: from-data, record: r1, expect: {fluency: ">= 2"}}
 optimize:
   mode: SSC
   steps: 2
