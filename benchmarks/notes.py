@@ -208,6 +208,9 @@ def annotate(rows: list[Row], profiles: dict[str, Any], s: Settings) -> None:
             first.note = scale_note(rows_of_case, profile)
         elif case == "7. embedded model":
             first.note = embedded_note(rows_of_case)
+        elif case == "8. limits":
+            first.note = ("Each huge input loaded once per repeat in the benchmark's process; the unit tests check the "
+                          "same inputs by what the loader did (calls counted, memory traced), not by the clock.")
         elif case == "0. baseline":
             first.note = ("The same server and concurrency, calling litellm.acompletion directly: the CPU every call costs "
                           "before any project code runs. On 2 shared cores this, not the model, is the limit of cases 1, 2 "

@@ -28,6 +28,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import embedded  # noqa: E402
 import judge_pass  # noqa: E402
+import limits  # noqa: E402
 import notes  # noqa: E402
 import profiling  # noqa: E402
 import report  # noqa: E402
@@ -37,7 +38,7 @@ import steps  # noqa: E402
 from common import Context, Row, Settings, Stopwatch  # noqa: E402
 from server import Server  # noqa: E402
 
-CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded")
+CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded", "limits")
 
 
 def parse() -> argparse.Namespace:
@@ -137,6 +138,9 @@ def run_cases(ctx: Context, wanted: set[str]) -> tuple[list[Row], dict[str, Any]
         ctx.log("case 6: scale")
         rows += scale.scale_rows(ctx)
         keep["scale_largest"] = scale.largest(ctx)
+    if "limits" in wanted:
+        ctx.log("case 8: limits")
+        rows += limits.limit_rows(ctx)
     if "embedded" in wanted and s.embedded:
         ctx.log("case 7: embedded model (slow)")
         rows += embedded.embedded_rows(ctx)

@@ -12,13 +12,12 @@ hookimpl = pluggy.HookimplMarker("pytest")
 
 
 @hookimpl(trylast=True)
-def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int, dict[str, Any]]] | None:
+def pytest_judgeopt_load_records(path: Path, format: str, dataset: Any) -> Iterable[tuple[int, dict[str, Any]]] | None:
     # imported here, not at the top: pytest_configure registers this module in every run, and the
     # data module brings the spec module and YAML, which a project without spec files never needs
-    from .data import BUILTIN_LOADERS
+    from .data import read_builtin
 
-    read = BUILTIN_LOADERS.get(format)
-    return read(path) if read else None
+    return read_builtin(path, format, dataset)
 
 
 @hookimpl

@@ -16,10 +16,13 @@ hookspec = pluggy.HookspecMarker("pytest")
 
 
 @hookspec(firstresult=True)
-def pytest_judgeopt_load_records(path: Path, format: str) -> Iterable[tuple[int, dict[str, Any]]] | None:
+def pytest_judgeopt_load_records(path: Path, format: str, dataset: Any) -> Iterable[tuple[int, dict[str, Any]]] | None:
     """Read the records of a dataset file, or return None to leave the file to other loaders.
 
     ``format`` is ``dataset.format`` from the spec, or the file's extension without the dot.
+    ``dataset`` is the spec's dataset settings (``pytest_judgeopt.spec.DatasetSpec``: ``delimiter``,
+    ``paths``, ...); a hook may leave it out of its parameters. With several data files the hook is
+    called once per file.
     Yield ``(line_number, record)`` pairs: the line number is quoted in error messages.
     Example, in a ``conftest.py``::
 

@@ -182,6 +182,7 @@ class LLM:
         self.listeners: list[Callable[[str, str], None]] = []
         self.expected: Counter[str] = Counter()
         self.budget: Any = None  # anything with .exceeded(total Usage) -> bool; checked before each model call
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the wait before a retry; tests record it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -352,7 +353,7 @@ class LLM:
                         self._notify("error", role)
                         raise CallError(kind, redact(str(exc), call_secrets(model)), attempt) from None
                     usage.retries += 1
-                    await asyncio.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
+                    await self.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue
                 usage.calls += 1
                 usage.prompt_tokens += reply.prompt_tokens

@@ -220,7 +220,7 @@ class JudgeRun:
                 llm.listeners.append(self.live)
             self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
-                                    loader=lambda path, fmt: config.hook.pytest_judgeopt_load_records(path=path, format=fmt),
+                                    loader=lambda path, fmt, ds: config.hook.pytest_judgeopt_load_records(path=path, format=fmt, dataset=ds),
                                     metrics=metrics, state_dir=cache_dir)
             self._session.notes = notes  # the shared cache reports its troubles here, once each
             self._session.base = config.rootpath

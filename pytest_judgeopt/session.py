@@ -74,6 +74,8 @@ class Session:
             spec = load_spec(path, tuple(self.metrics))
             dataset = load_dataset(spec, self.loader)
             self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
+            if dataset.skipped_note():
+                self.notes.append(dataset.skipped_note())
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
                                         cases=load_cases(spec, dataset.records))
         return self._loaded[path]

@@ -102,12 +102,25 @@ class Criterion:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    path: Path
-    format: str
+    paths: tuple[Path, ...]  # one file, or several (a list or a glob in `dataset.path`) read as one dataset
+    declared_format: str | None  # `dataset.format`; else each file's extension says
     id: str
     group: str | None
     inputs: dict[str, str]
     scores: str | dict[str, str]
+    delimiter: str | None = None
+    skip_missing: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
+
+    @property
+    def format(self) -> str:
+        return self.format_of(self.path)
+
+    def format_of(self, path: Path) -> str:
+        return self.declared_format or path.suffix.lstrip(".").lower()
 
 
 @dataclass(frozen=True)
@@ -230,8 +243,9 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     if size > MAX_SPEC_BYTES:
         raise SpecError([problem(path, None, "", f"the file is {size:,} bytes, over the {MAX_SPEC_BYTES:,} limit for a spec",
                                  "keep data in the dataset file that `dataset.path` names")])
-    data, lines = read_yaml(path)
-    problems = schema_problems(path, data, lines)
+    splits: dict[Path_, tuple[str, str]] = {}
+    data, lines = read_yaml(path, splits)
+    problems = schema_problems(path, data, lines, splits)
     if not problems:
         problems = rule_problems(path, data, lines, metrics)
     if problems:
@@ -239,8 +253,9 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     return build(path, data, lines)
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
-    """Parse YAML and remember the line of every key and value, so errors can point at them."""
+def read_yaml(path: Path, splits: dict[Path_, tuple[str, str]] | None = None) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML and remember the line of every key and value, so errors can point at them; ``splits``
+    collects the keys an unquoted comma made (see comma_splits)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -272,6 +287,8 @@ def read_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     lines: dict[Path_, int] = {}
     if node is not None:
         record_lines(node, (), lines)
+        if splits is not None:
+            comma_splits(node, (), splits)
     return data, lines
 
 
@@ -338,6 +355,49 @@ def record_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:
             record_lines(item, at + (i,), lines)
 
 
+def comma_splits(node: yaml.Node, at: Path_, found: dict[Path_, tuple[str, str]]) -> None:
+    """Keys that an unquoted comma cut out of the value before them, in a flow mapping.
+
+    In ``{instruction: Rate it from 1 to 5, fluently}`` YAML ends the value at the comma and reads
+    ``fluently`` as a key with no value. A key like that, after a plain (unquoted) value, is recorded
+    with the key and value it was cut from, so the error can say what happened instead of "unknown key".
+    Only prose counts (a space on either side of the comma): `{source: doc, text}` lacks a value instead.
+    """
+    if isinstance(node, yaml.MappingNode):
+        previous: tuple[str, yaml.Node] | None = None
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
+            empty = (isinstance(value, yaml.ScalarNode) and value.value == "" and plain(value)
+                     and value.start_mark.index == value.end_mark.index)
+            if (node.flow_style and empty and isinstance(key, yaml.ScalarNode) and plain(key)
+                    and previous is not None and isinstance(previous[1], yaml.ScalarNode) and plain(previous[1])
+                    and (" " in previous[1].value or " " in name)):  # prose, not `{a: x, b}` with a value left out
+                found[at + (name,)] = (previous[0], previous[1].value)
+            previous = (name, value)
+            comma_splits(value, at + (name,), found)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            comma_splits(item, at + (i,), found)
+
+
+def plain(node: yaml.ScalarNode) -> bool:
+    """Written without quotes (the pure-Python parser says None, libyaml '')."""
+    return node.style in (None, "")
+
+
+def comma_problem(path: Path, at: Path_, lines: dict[Path_, int], splits: dict[Path_, tuple[str, str]]) -> str | None:
+    """The message for a key an unquoted comma made, or None when the key was written as a key."""
+    if at not in splits:
+        return None
+    key, value = splits[at]
+    whole = f"{value}, {at[-1]}"
+    where = dotted(at[:-1] + (key,))
+    return problem(path, lines.get(at), where,
+                   f"the value was split at a comma: inside {{...}} YAML ends '{value}' at the comma and reads "
+                   f"'{at[-1]}' as a key of its own",
+                   f"quote the value: {key}: {json.dumps(whole, ensure_ascii=False)}")
+
+
 def dotted(at: Path_) -> str:
     out = ""
     for part in at:
@@ -345,7 +405,8 @@ def dotted(at: Path_) -> str:
     return out
 
 
-def schema_problems(path: Path, data: Any, lines: dict[Path_, int]) -> list[str]:
+def schema_problems(path: Path, data: Any, lines: dict[Path_, int],
+                    splits: dict[Path_, tuple[str, str]] | None = None) -> list[str]:
     import jsonschema
 
     if not isinstance(data, dict):
@@ -354,7 +415,7 @@ def schema_problems(path: Path, data: Any, lines: dict[Path_, int]) -> list[str]
     validator = jsonschema.Draft202012Validator(schema())
     found = []
     for error in validator.iter_errors(data):
-        found.extend(explain(path, error, lines))
+        found.extend(explain(path, error, lines, splits or {}))
     return sorted(set(found), key=lambda text: line_number(text))
 
 
@@ -369,9 +430,14 @@ def type_name(value: Any) -> str:
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
+def explain(path: Path, error: Any, lines: dict[Path_, int],
+            splits: dict[Path_, tuple[str, str]] | None = None) -> list[str]:
     """One readable sentence per schema error, at the line of the key concerned."""
+    splits = splits or {}
     at: Path_ = tuple(error.absolute_path)
+    cut = comma_problem(path, at, lines, splits)
+    if cut is not None:  # an empty value where a text or a mapping belongs, because a comma cut it out
+        return [cut]
     where = dotted(at)
     line = lines.get(at)
     rule = error.validator
@@ -385,6 +451,10 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
         known = sorted(sub.get("properties", {}))
         out = []
         for key in sorted(set(value) - set(known), key=str):
+            cut = comma_problem(path, at + (key,), lines, splits)
+            if cut is not None:
+                out.append(cut)
+                continue
             guess = difflib.get_close_matches(str(key), known, n=1)
             fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(known)}"
             out.append(problem(path, lines.get(at + (key,), line), dotted(at + (key,)), f"unknown key '{key}'", fix))
@@ -417,6 +487,10 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
         return [problem(path, line, where, f"{value} is outside {span}{open_}", f"use a value in {span}{open_}")]
     if rule in ("minItems", "maxItems") and at and at[-1] == "scale":
         return [problem(path, line, where, f"a scale is two numbers [lowest, highest], got {short(value)}", "write e.g. `scale: [1, 5]`")]
+    if rule == "maxLength":
+        n = sub["maxLength"]
+        return [problem(path, line, where, f"{short(value)} is longer than {n} character{'s' if n > 1 else ''}",
+                        f"write {'one character' if n == 1 else f'at most {n} characters'}")]
     if rule == "pattern":
         return [problem(path, line, where, f"{short(value)} is not a valid name",
                         "use letters, digits, '_', '-' and '.', starting with a letter or digit")]
@@ -430,7 +504,7 @@ def explain(path: Path, error: Any, lines: dict[Path_, int]) -> list[str]:
         # branch's error is the useful one: "missing key 'name'", not "unexpected a mapping"
         inner = [e for e in error.context if e.relative_path or e.validator not in ("type", "const")]
         if inner:
-            return [text for e in inner for text in explain(path, e, lines)]
+            return [text for e in inner for text in explain(path, e, lines, splits)]
         return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
     return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
 
@@ -447,6 +521,8 @@ def one_of_fix(at: Path_) -> str:
     last = at[-1] if at else ""
     if last == "scores":
         return "write the name of a field holding {criterion: score}, or a mapping {criterion: field}"
+    if last == "path":
+        return "write the data file's path, a glob such as data/*.jsonl, or a list of paths"
     if last == "interference":
         return "write `interference: false`, or a mapping with max_drop and confidence"
     return "write a litellm model string such as openai/gpt-4o-mini, or a mapping with `name:` and litellm arguments"
@@ -498,10 +574,17 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
             if name not in scores:
                 out.append(problem(path, lines.get(("dataset", "scores")), "dataset.scores",
                                    f"no field given for criterion '{name}'", f"add `{name}: <field with its human score>`"))
-    data_path = path.parent / data["dataset"]["path"]
-    if not data_path.is_file():
-        out.append(problem(path, lines.get(("dataset", "path")), "dataset.path", f"no such file: {data_path}",
-                           "give the data file's path relative to the spec file"))
+    written = data["dataset"]["path"]
+    for i, entry in enumerate([written] if isinstance(written, str) else written):
+        at = ("dataset", "path") if isinstance(written, str) else ("dataset", "path", i)
+        if data_files(path.parent, entry):
+            continue
+        if GLOB_CHARS.search(entry):
+            out.append(problem(path, lines.get(at), dotted(at), f"no file matches '{entry}' (in {path.parent})",
+                               "fix the pattern; it is relative to the spec file"))
+        else:
+            out.append(problem(path, lines.get(at), dotted(at), f"no such file: {path.parent / entry}",
+                               "give the data file's path relative to the spec file"))
     mode = data.get("optimize", {}).get("mode")
     if mode is not None and mode_problem(mode):
         out.append(problem(path, lines.get(("optimize", "mode")), "optimize.mode", mode_problem(mode),
@@ -530,6 +613,20 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
                 out.append(problem(path, lines.get(("judge", "template")), "judge.template",
                                    f"the template cannot be filled in ({exc})", fix))
     return out
+
+
+GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def data_files(folder: Path, entry: str) -> list[Path]:
+    """The files one entry of `dataset.path` names: a path, or a glob (sorted, so the order is stable)."""
+    if GLOB_CHARS.search(entry):
+        import glob
+
+        return [Path(found).resolve() for found in sorted(glob.glob(str(folder / entry), recursive=True))
+                if Path(found).is_file()]
+    target = folder / entry
+    return [target.resolve()] if target.is_file() else []
 
 
 def non_finite(value: Any, at: Path_ = ()) -> list[tuple[Path_, float]]:
@@ -566,7 +663,8 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         for name, body in data["criteria"].items()
     }
     ds = data["dataset"]
-    data_path = (path.parent / ds["path"]).resolve()
+    written = [ds["path"]] if isinstance(ds["path"], str) else ds["path"]
+    paths = tuple(dict.fromkeys(found for entry in written for found in data_files(path.parent, entry)))
     interference = data.get("interference", {})
     return Spec(
         path=path,
@@ -574,12 +672,14 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         model=Model.parse(data["model"]) if "model" in data else None,
         models={role: Model.parse(value) for role, value in data.get("models", {}).items()},
         dataset=DatasetSpec(
-            path=data_path,
-            format=ds.get("format") or data_path.suffix.lstrip(".").lower(),
+            paths=paths,
+            declared_format=ds.get("format"),
             id=ds.get("id", "id"),
             group=ds.get("group"),
             inputs=dict(ds["inputs"]),
             scores=ds["scores"],
+            delimiter=ds.get("delimiter"),
+            skip_missing=ds.get("skip_missing", False),
         ),
         split=Split(**data.get("split", {})),
         correlation=Correlation(**data.get("correlation", {})),

