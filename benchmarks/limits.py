@@ -19,14 +19,13 @@ from common import ROOT, Context, Row, median
 
 TARGET_S = 5.0  # seconds, per case; the 100,000 rows get twice that, as the unit test had
 
-sys.path.insert(0, str(ROOT))
-from tests.conftest import make_records, spec_text  # the spec text the unit tests use
-
 
 def inputs(folder: Path) -> dict[str, Callable[[], Any]]:
     """Each case: a function that loads a prepared huge input (and must raise SpecError)."""
+    sys.path.insert(0, str(ROOT))
     from pytest_judgeopt.data import load_dataset
     from pytest_judgeopt.spec import load_spec
+    from tests.conftest import make_records, spec_text  # the spec text the unit tests use
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = make_records(n_groups=3, per_group=2)

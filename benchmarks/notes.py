@@ -159,10 +159,11 @@ def scale_note(rows: list[Row], profile: dict[str, Any] | None) -> str:
     per_sample = [r.value / int(r.measure.split()[0].replace(",", "")) for r in sizes]
     if len(per_sample) == 3 and per_sample[1] > 1.5 * max(per_sample[0], per_sample[2]):
         mid, big = sizes[1], sizes[2]
+        samples = int(big.measure.split()[0].replace(",", "")) / int(mid.measure.split()[0].replace(",", ""))
         text += (" The middle size is out of line with both ends (its agreement phase especially): scipy.stats.pearsonr "
                  f"over the (resamples x {mid.measure.split()[0]}) arrays ran several times slower per cell than at the "
                  "other sizes when measured alone, a third-party cost rather than a quadratic step (the largest size "
-                 f"takes {big.value / mid.value:.1f} x the middle one for {int(big.measure.split()[0].replace(',', '')) / int(mid.measure.split()[0].replace(',', '')):.1f} x the samples).")
+                 f"takes {big.value / mid.value:.1f} x the middle one for {samples:.1f} x the samples).")
     if summary.met:
         return text
     return text + profile_text(profile)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import shlex
 import shutil
@@ -23,20 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+# The sibling modules import as top-level modules: Python puts this script's folder first on the path.
+import embedded
+import judge_pass
+import limits
+import notes
+import profiling
+import report
+import scale
+import startup
+import steps
+from common import ROOT, Context, Row, Settings, Stopwatch
+from server import Server
 
-import embedded  # noqa: E402
-import judge_pass  # noqa: E402
-import limits  # noqa: E402
-import notes  # noqa: E402
-import profiling  # noqa: E402
-import report  # noqa: E402
-import scale  # noqa: E402
-import startup  # noqa: E402
-import steps  # noqa: E402
-from common import Context, Row, Settings, Stopwatch  # noqa: E402
-from server import Server  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded", "limits")
 
@@ -105,7 +106,7 @@ def warm_up(ctx: Context) -> None:
 
     llm.run(call())
     llm.close()
-    import pytest_judgeopt.stats  # noqa: F401 - scipy's import, which the first evaluate would otherwise pay
+    importlib.import_module("scipy.stats")  # scipy's import, which the first evaluate would otherwise pay
 
 
 def run_cases(ctx: Context, wanted: set[str]) -> tuple[list[Row], dict[str, Any]]:
@@ -154,9 +155,9 @@ def profile_misses(ctx: Context, rows: list[Row], keep: dict[str, Any], args: ar
     # the quick sizes: the same code paths in a third of the time, and the shares are what the summary reports
     run = [sys.executable, str(HERE / "run.py"), "--repeats", "1", "--no-write", "--no-profile", "--quick", *common]
     commands = {
-        "1. judge pass": run + ["--case", "judge"],
-        "2. optimization step": run + ["--case", "step"],
-        "5. vs TextGrad": run + ["--case", "textgrad", "--skip-textgrad"],
+        "1. judge pass": [*run, "--case", "judge"],
+        "2. optimization step": [*run, "--case", "step"],
+        "5. vs TextGrad": [*run, "--case", "textgrad", "--skip-textgrad"],
     }
     if "judge_spec" in keep:
         commands["3. cached re-run"] = [sys.executable, str(HERE / "workers.py"), "cached", str(keep["judge_spec"]),
@@ -178,6 +179,7 @@ def profile_misses(ctx: Context, rows: list[Row], keep: dict[str, Any], args: ar
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT))  # this tree's package, in-process, whatever else is installed
     args = parse()
     settings = Settings(latency=args.latency, concurrency=args.concurrency, step_concurrency=args.step_concurrency,
                         repeats=1 if args.quick else args.repeats, quick=args.quick, embedded=not args.skip_embedded,

@@ -83,7 +83,8 @@ def scale_rows(ctx: Context) -> list[Row]:
                         details={"peak_rss_mb": r["peak_rss_mb"], "phases_s": r["phases"], "records": r["records"],
                                  "warm_s": r["warm_s"], "cache_hits": r["cache_hits"], "calls": r["calls"]}))
     rows.append(Row("6. scale", "growth 10x samples: memory per sample (slope), time per sample (large / small)", slope / 1024,
-                    "kB/sample", None, "linear, small constant; no quadratic step", linear_memory and linear_time and small_constant and from_cache,
+                    "kB/sample", None, "linear, small constant; no quadratic step",
+                    linear_memory and linear_time and small_constant and from_cache,
                     details={"base_mb": base, "predicted_mid_mb": predicted_mid, "measured_mid_mb": mid["peak_rss_mb"],
                              "time_per_sample_ratio": time_ratio, "linear_memory": linear_memory, "linear_time": linear_time,
                              "all_from_cache": from_cache}))

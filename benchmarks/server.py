@@ -10,6 +10,7 @@ command) to read the request log, reset it and change the latency.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -56,10 +57,8 @@ class Server:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(RuntimeError, BrokenPipeError):
                 self.command("quit")
-            except (RuntimeError, BrokenPipeError):
-                pass
             self.process.wait(timeout=10)
 
     def __enter__(self) -> Server:
@@ -74,6 +73,7 @@ def serve(latency: float) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from responder import answer
+
     from tests.fake_llm import FakeLLMServer
 
     server = FakeLLMServer(answer, latency=latency).start()

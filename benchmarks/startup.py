@@ -107,13 +107,14 @@ def startup_rows(ctx: Context) -> list[Row]:
     (plain / "test_plain.py").write_text("def test_nothing():\n    pass\n")
     plain_ms, plain_with, plain_without, _ = added(plain, rounds)
     ctx.log(f"  collect-only, no spec: the plugin adds {plain_ms:.0f} ms")
-    return [Row("4. start-up", f"pytest --collect-only -q, {SPECS} spec files: time the plugin adds (other plugins off)", added_ms, "ms", None,
+    return [Row("4. start-up", f"pytest --collect-only -q, {SPECS} spec files: time the plugin adds (other plugins off)",
+                added_ms, "ms", None,
                 f"< {TARGET_MS:g} ms", added_ms < TARGET_MS, rounds,
-                [1000 * (a - b) for a, b in zip(with_plugin, without)],
+                [1000 * (a - b) for a, b in zip(with_plugin, without, strict=True)],
                 details={"with_plugin_s": with_plugin, "without_plugin_s": without, "collected": summary,
                          "plugin_import_ms": plugin_import_ms(), "per_spec_ms": added_ms / SPECS,
                          "breakdown": breakdown(project)}),
             Row("4. start-up", "the same, a project with no spec files (what every other project pays)", plain_ms, "ms",
                 None, f"< {TARGET_MS:g} ms", plain_ms < TARGET_MS, rounds,
-                [1000 * (a - b) for a, b in zip(plain_with, plain_without)],
+                [1000 * (a - b) for a, b in zip(plain_with, plain_without, strict=True)],
                 details={"with_plugin_s": plain_with, "without_plugin_s": plain_without})]

@@ -18,6 +18,7 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 LOSS_INSTRUCTION = ("Compare the judge's answer with the human score for the same text. Say in two or three sentences "
@@ -34,7 +35,7 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 
 
 def main(path: str) -> None:
-    task = json.loads(open(path, encoding="utf-8").read())
+    task = json.loads(Path(path).read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     import textgrad as tg
     from openai import OpenAI
@@ -60,7 +61,7 @@ def main(path: str) -> None:
     def gate(threads: int) -> float | None:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             scores = list(pool.map(judged, task["val"]))
-        pairs = [(s, r["human"]) for s, r in zip(scores, task["val"]) if s is not None]
+        pairs = [(s, r["human"]) for s, r in zip(scores, task["val"], strict=True) if s is not None]
         return spearman([p[0] for p in pairs], [p[1] for p in pairs])
 
     before = gate(task["threads"])

@@ -55,7 +55,7 @@ def judge_from_cache(spec: Path, cache_dir: Path) -> dict[str, Any]:
     imported = time.perf_counter() - t0
     session = session_module.Session(LLM(cache=Cache(cache_dir), concurrency=32), state_dir=cache_dir / "state")
     judging = Timed(session.llm.run)
-    session.llm.run = judging  # type: ignore[method-assign]
+    session.llm.run = judging
     assessing = Timed(session_module.assess)
     session_module.assess = assessing
     rss_before = peak_rss_mb()

@@ -172,11 +172,8 @@ class Outcome:
 
     def describe(self, root: Path | None = None) -> str:
         name = self.path.name
-        if root is not None:
-            try:
-                name = self.path.relative_to(root).as_posix()
-            except ValueError:
-                pass
+        if root is not None and self.path.is_relative_to(root):
+            name = self.path.relative_to(root).as_posix()
         text = f"{name}: {self.added} added, {self.kept} kept, {self.dropped} dropped"
         if self.replaced:
             text += f", {self.replaced} replaced"

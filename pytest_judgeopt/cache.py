@@ -15,6 +15,7 @@ half-written entry. Entries hold answers and token counts only: no request heade
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 FILE_NAME = "answers.sqlite"
+# The answer cache's modes (--judge-cache): read and write, bypass, ask again and store, read only.
 MODES = ("use", "off", "refresh", "replay")
 BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 FLUSH_SECONDS = 1.0  # a queued answer is written within this long (a killed process loses at most that much)
@@ -149,10 +151,9 @@ class Cache:
         with self._write_lock:
             if self._writer is None:
                 return
-            try:
+            # another process may hold the database: the last one to close folds the log in
+            with contextlib.suppress(sqlite3.OperationalError):
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.OperationalError:
-                pass  # another process holds the database; the last one to close folds the log in
             self._writer.close()
             self._writer = None
 
@@ -248,7 +249,7 @@ class Stores:
                 batch = self._writing
             try:
                 self._write(batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to the next flush(), in the thread that can act on it
+            except BaseException as exc:  # handed to the next flush(), in the thread that can act on it
                 with self._condition:
                     self._failure = exc
             finally:

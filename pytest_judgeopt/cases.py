@@ -172,7 +172,7 @@ def read_case_file(spec: Spec, file: Path) -> tuple[Any, dict[Path_, int]]:
     if not isinstance(data, list):
         raise SpecError([problem(file, 1, "", "a case file holds a YAML list of cases",
                                  "write `- name: ...` entries with inputs (or record) and expect")])
-    lines = {("cases",) + key: line for key, line in found.items()}
+    lines = {("cases", *key): line for key, line in found.items()}
     return {"cases": data}, lines
 
 
@@ -180,10 +180,10 @@ def record_json_lines(value: Any, at: Path_, line: int, lines: dict[Path_, int])
     lines[at] = line
     if isinstance(value, dict):
         for key, item in value.items():
-            record_json_lines(item, at + (key,), line, lines)
+            record_json_lines(item, (*at, key), line, lines)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            record_json_lines(item, at + (i,), line, lines)
+            record_json_lines(item, (*at, i), line, lines)
 
 
 def load_cases(spec: Spec, records: Sequence[Record]) -> tuple[Case, ...]:
@@ -212,7 +212,7 @@ def load_cases(spec: Spec, records: Sequence[Record]) -> tuple[Case, ...]:
     for i, entry in enumerate(entries):
         at: Path_ = ("cases", i)
 
-        def report(what: str, fix: str, *key: str | int) -> None:
+        def report(what: str, fix: str, *key: str | int, at: Path_ = at) -> None:
             problems.append(problem(file, lines.get(at + key, lines.get(at)), dotted(at + key), what, fix))
 
         name = entry["name"]

@@ -387,7 +387,7 @@ class Checks:
         rid = values[0]
         group = values[1] if self.group else rid
         inputs = {}
-        for (name, field), text in zip(self.inputs.items(), values[-len(self.inputs):]):
+        for (name, field), text in zip(self.inputs.items(), values[-len(self.inputs):], strict=True):
             if text is MISSING or text is None:
                 continue
             text = text if isinstance(text, str) else json.dumps(text) if isinstance(text, (dict, list)) else str(text)

@@ -37,11 +37,13 @@ def pytest_judgeopt_load_records(path: Path, format: str, dataset: Any) -> Itera
 
 
 @hookspec
-def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None]]:
+def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None] | None:
     """Contribute agreement metrics that ``correlation.method`` can name.
 
     Each function takes two equal-length numpy arrays (judge scores, human scores) and
     returns a float, or None (or NaN) when undefined; it is bootstrapped like the built-ins.
+    (A None in place of a function marks a metric stats.py computes itself, as the built-ins'
+    implementation does; an implementation returning None contributes nothing.)
     Example::
 
         import numpy as np

@@ -19,8 +19,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from .text import (LINE_STYLES, VERDICT_STYLES, Line, Table, dollars, estimate, evaluation_table, instruction_changes,
-                   interference_table, interval, optimization_table, study_table, usage_text)
+from .text import (
+    LINE_STYLES,
+    VERDICT_STYLES,
+    Line,
+    Table,
+    dollars,
+    estimate,
+    evaluation_table,
+    instruction_changes,
+    interference_table,
+    interval,
+    optimization_table,
+    study_table,
+    usage_text,
+)
 
 JITTER = 0.18  # in score units: spreads tied integer scores without moving a point past the next score
 REPLY_CHARS = 160  # of a raw reply shown in a point's tooltip
@@ -151,7 +164,7 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
     before, after = c["test_before"], c["test_after"]
     values = [v for v in in_force if v is not None] + [v for _, v, _ in candidates if v is not None]
     values += [v for a in (before, after) for v in (a["value"], a["low"], a["high"]) if v is not None]
-    low, high = (min(values + [0.0]), max(values + [1.0])) if values else (0.0, 1.0)
+    low, high = (min([*values, 0.0]), max([*values, 1.0])) if values else (0.0, 1.0)
     low, high = math.floor(low * 10) / 10, math.ceil(high * 10) / 10
     if high - low < 0.2:
         low, high = low - 0.1, high + 0.1

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from .spec import Interference
 
 if TYPE_CHECKING:
-    from .judge import CriterionResult, Judgment, Usage
+    from .judge import CriterionResult, Judgment
+    from .llm import Usage
     from .spec import Spec
     from .stats import PairedDifference
 
@@ -105,7 +106,7 @@ class InterferenceResult:
         return {"spec": self.spec_name, "path": self.path, "split": self.split, "model": self.model,
                 "method": self.method, "level": self.level, "max_drop": self.settings.max_drop,
                 "confidence": self.settings.confidence, "records": self.records, "passed": self.passed,
-                "usage": {"separate": self.usage_separate.to_json(), "merged": self.usage_merged.to_json()},
+                "usage": {"separate": self.usage_separate.answers_json(), "merged": self.usage_merged.answers_json()},
                 "criteria": [c.to_json() for c in self.criteria.values()]}
 
 
@@ -146,13 +147,16 @@ def paired(separate: list[Judgment], merged: list[Judgment]) -> tuple[list[float
     A record that failed in either shape is left out of both, so the two rhos are measured
     on exactly the same samples; the failures are counted and judged on their own.
     """
-    by_id = {j.record_id: j for j in merged if j.score is not None}
-    a, b, human, groups = [], [], [], []
+    by_id = {j.record_id: j.score for j in merged if j.score is not None}
+    a: list[float] = []
+    b: list[float] = []
+    human: list[float] = []
+    groups: list[str] = []
     for j in separate:
         other = by_id.get(j.record_id)
         if j.score is not None and other is not None:
             a.append(j.score)
-            b.append(other.score)
+            b.append(other)
             human.append(j.human)
             groups.append(j.group)
     return a, b, human, groups

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .data import Record
-from .llm import LLM, CallError, Choice
+from .llm import LLM, CallError, Choice, Usage
 from .parse import ParsedScore, json_objects, parse_merged, parse_score, weighted_score
 from .spec import Criterion, Model, Spec
 
@@ -83,18 +83,10 @@ class Judgment:
 
 
 @dataclass
-class Usage:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
-
-
-@dataclass
 class Judged:
-    """Judgments of one shape on one set of records, with what they cost (cache hits included)."""
+    """Judgments of one shape on one set of records, with what they cost: unlike the client's count per
+    role, ``usage`` counts the tokens of answers from the cache too (what the judgments would cost
+    uncached, so the merged and separate shapes compare whatever the cache held)."""
 
     shape: str
     judgments: dict[str, list[Judgment]]
@@ -120,18 +112,22 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
             return record, group, exc
         return record, group, reply
 
-    if shape == "merged":
-        tasks = [ask(r, chosen) for r in records]
-    else:  # record-major order: consecutive prompts share the inputs, which a local model reuses
-        tasks = [ask(r, [c]) for r in records for c in chosen]
+    # separate prompts in record-major order: consecutive prompts share the inputs, which a local model reuses
+    tasks = ([ask(r, chosen) for r in records] if shape == "merged"
+             else [ask(r, [c]) for r in records for c in chosen])
     llm.expect(len(tasks), role)
     for record, group, reply in await asyncio.gather(*tasks):
+        out.usage.requests += 1
         if isinstance(reply, CallError):
+            out.usage.errors[reply.kind] += 1
             for c in group:
                 out.judgments[c.name].append(Judgment(record.id, record.group, c.name, record.human[c.name], None,
                                                       f"call_{reply.kind}", str(reply), None))
             continue
-        out.usage.calls += 1
+        if reply.cached:
+            out.usage.cache_hits += 1
+        else:
+            out.usage.calls += 1
         out.usage.prompt_tokens += reply.prompt_tokens
         out.usage.completion_tokens += reply.completion_tokens
         scores = combine(reply.choices, group, shape, logprobs)
@@ -142,6 +138,11 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
             out.judgments[c.name].append(Judgment(record.id, record.group, c.name, record.human[c.name], parsed.score,
                                                   parsed.failure, parsed.detail, reply.choices[0].text))
     return out
+
+
+def scored(judgments: Sequence[Judgment]) -> list[tuple[float, Judgment]]:
+    """The judgments that got a score, each with its score (a float here, where Judgment.score may be None)."""
+    return [(j.score, j) for j in judgments if j.score is not None]
 
 
 def reply_tokens(per_criterion: int, criteria: int, shape: str) -> int:
@@ -163,11 +164,11 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
             per_choice.append({c.name: parsed})
     out = {}
     for c in group:
-        parsed = [p[c.name] for p in per_choice]
-        ok = [p for p in parsed if p.ok]
+        each = [p[c.name] for p in per_choice]
+        ok = [p for p in each if p.ok]
         details = {p.detail for p in ok}  # kept when every choice agrees: it says the score is probability-weighted
         out[c.name] = (ParsedScore(sum(p.score or 0.0 for p in ok) / len(ok), None, details.pop() if len(details) == 1 else "")
-                       if ok else parsed[0])
+                       if ok else each[0])
     return out
 
 
@@ -236,8 +237,8 @@ class CriterionResult:
         return sum(self.failures.values())
 
     def worst(self, k: int = WORST_SHOWN) -> list[Judgment]:
-        scored = [j for j in self.judgments if j.score is not None]
-        return sorted(scored, key=lambda j: (-abs(j.score - j.human), j.record_id))[:k]
+        ranked = sorted(scored(self.judgments), key=lambda pair: (-abs(pair[0] - pair[1].human), pair[1].record_id))
+        return [j for _, j in ranked[:k]]
 
     def to_json(self) -> dict[str, Any]:
         a = self.agreement
@@ -255,9 +256,9 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
     from .stats import agreement  # scipy: imported when a judge has run, not when specs are collected
 
     corr = spec.correlation
-    ok = [j for j in judgments if j.score is not None]
-    groups = [j.group for j in ok] if spec.dataset.group else None
-    measured = agreement(corr.method, [j.score for j in ok], [j.human for j in ok], groups=groups, level=corr.level,
+    ok = scored(judgments)
+    groups = [j.group for _, j in ok] if spec.dataset.group else None
+    measured = agreement(corr.method, [score for score, _ in ok], [j.human for _, j in ok], groups=groups, level=corr.level,
                          confidence=corr.confidence, resamples=corr.resamples, seed=spec.split.seed)
     failures = Counter(j.failure for j in judgments if j.failure)
     reasons = verdict_reasons(corr.gate, criterion, measured, failures, len(judgments))

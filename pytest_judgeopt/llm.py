@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cache import MODES, Answer, Store, Stores, cache_key
-from .spec import CONNECTION_PARAMS, Model
+from .spec import CONNECTION_PARAMS, Model, is_credential_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,9 +44,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return SECRET.sub("[redacted]", text)
 
 
-SECRET_NAMES = ("key", "token", "secret", "credential", "password", "authorization")
-
-
 def model_secrets(model: Model) -> list[str]:
     """The credential values among a model's settings (and its headers), longest first (so no fragment of one is left)."""
     settings = list(model.params)
@@ -54,20 +51,15 @@ def model_secrets(model: Model) -> list[str]:
         if isinstance(value, dict):  # extra_headers: {"Authorization": ...}
             settings.extend(value.items())
     found = {value for name, value in settings  # strings only: max_tokens is a number, not a secret
-             if isinstance(value, str) and any(word in str(name).lower() for word in SECRET_NAMES)}
+             if isinstance(value, str) and is_credential_name(str(name))}
     return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
-
-
-# Environment variables that hold credentials by their name (OPENAI_API_KEY, AWS_SECRET_ACCESS_KEY,
-# HF_TOKEN, ...), but not TOKENIZERS_PARALLELISM: a word of the name, not a part of a word.
-ENV_SECRET = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(_|$)", re.IGNORECASE)
 
 
 def call_secrets(model: Model) -> list[str]:
     """Every credential a call may have sent, longest first: the model's own, and those litellm takes
     from the environment when the model names none (a key without a recognisable shape, echoed by
     the provider, would otherwise pass the patterns)."""
-    from_env = {value for name, value in os.environ.items() if ENV_SECRET.search(name) and len(value) >= 8}
+    from_env = {value for name, value in os.environ.items() if is_credential_name(name) and len(value) >= 8}
     return sorted(set(model_secrets(model)) | from_env, key=len, reverse=True)
 
 
@@ -109,7 +101,11 @@ class Reply:
 
 @dataclass
 class Usage:
-    """What one role's calls cost; tokens and dollars count calls that reached a model."""
+    """What model requests cost: how many were asked, answered by a model or the cache, retried, failed.
+
+    The client keeps one per role, whose tokens and dollars count calls that reached a model; a
+    judging keeps one for its own judgments (judge.Judged), whose tokens count every answer.
+    """
 
     requests: int = 0  # every complete() asked for: calls + cache hits + shared + failed
     calls: int = 0
@@ -143,6 +139,16 @@ class Usage:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Usage:
         return cls(**{**state, "errors": Counter(state.get("errors", {}))})
+
+    @property
+    def answered(self) -> int:
+        """Requests that got an answer: from a model or from the cache (the client counts an answer shared
+        with an identical request in flight as neither; a judging counts it as a call)."""
+        return self.calls + self.cache_hits
+
+    def answers_json(self) -> dict[str, int]:
+        """Answers and their tokens: how results.json shows what an evaluation's judgments cost."""
+        return {"calls": self.answered, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "calls": self.calls, "cache_hits": self.cache_hits, "retries": self.retries,
@@ -346,7 +352,7 @@ class LLM:
                 attempt += 1
                 try:
                     reply = await self._request(model, messages, params, n, logprobs, seed)
-                except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                except Exception as exc:  # every failure is classified below
                     kind, wait = classify(exc)
                     if kind not in RETRYABLE or attempt > self.retries:
                         usage.errors[kind] += 1
@@ -423,7 +429,7 @@ def response_cost(litellm: Any, response: Any) -> float | None:
         return hidden["response_cost"]
     try:
         return litellm.completion_cost(completion_response=response)
-    except Exception:  # noqa: BLE001 - litellm raises when it has no price for the model
+    except Exception:  # litellm raises when it has no price for the model
         return None
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ def lock_content(spec: Spec, result: Mapping[str, Any], data_digest: str) -> dic
     content = {
         "version": VERSION,
         "spec": spec.path.name,
-        "made": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "made": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "spec_hash": spec_hash(spec),
         "data_hash": data_digest,
         "mode": result["mode"],

@@ -39,7 +39,8 @@ class _Candidate:
     out_of: float | None = None
 
 
-_NUMBER_WORDS = {word: n for n, word in enumerate("zero one two three four five six seven eight nine ten".split())}
+_NUMBER_WORDS = {word: n for n, word in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                                                    "nine", "ten"])}
 
 # A digit number that is not part of a word, version or hyphenated name ("GPT-4", "v2", "1.2.3", "5-point").
 _DIGITS = r"(?<![\w.\-])-?\d+(?:\.\d+)?(?!\w|-\w|\.\d)"
@@ -49,9 +50,10 @@ _VALUE = rf"(?:{_DIGITS}|{_WORD})"
 _OUT_OF = rf"(?:\s*(?:/|out\s+of)\s*({_VALUE}))?"
 
 _RAW_NUMBER = r"-?\d+(?:\.\d+)?"
-# Scale echoes from the prompt ("1 to 5", "1-5", "between 3 and 4", "5 point scale") are never the score.
+# Scale echoes from the prompt ("1 to 5", "1-5" with a hyphen or a dash, "between 3 and 4", "5 point scale")
+# are never the score.
 _RANGE = re.compile(
-    rf"(?<![\w.]){_RAW_NUMBER}[ \t]*(?:-|–|—|\bto\b)[ \t]*{_RAW_NUMBER}(?!\w)"
+    rf"(?<![\w.]){_RAW_NUMBER}[ \t]*(?:-|\u2013|\u2014|\bto\b)[ \t]*{_RAW_NUMBER}(?!\w)"
     rf"|\bbetween[ \t]+{_RAW_NUMBER}[ \t]+and[ \t]+{_RAW_NUMBER}"
     rf"|(?<![\w.]){_RAW_NUMBER}[ \t-]*point\b",
     re.IGNORECASE,
@@ -59,10 +61,10 @@ _RANGE = re.compile(
 _BARE = re.compile(rf"[\s*\"'`\[(]*({_VALUE}){_OUT_OF}[\s*\"'`\]).!]*", re.IGNORECASE)
 _FRACTION = re.compile(rf"({_VALUE})\s*(?:/|out\s+of)\s*({_VALUE})", re.IGNORECASE)
 _STANDALONE = re.compile(_DIGITS)
-_REFUSAL = re.compile(
+_REFUSAL = re.compile(  # \u2019: the typographic apostrophe models often write
     r"\bas an ai language model\b"
-    r"|\bi(?:[’']m| am) (?:unable|not able) to\b"
-    r"|\bi (?:can[’']?t|cannot|can not|won[’']t|will not|must decline to)\s+"
+    r"|\bi(?:[\u2019']m| am) (?:unable|not able) to\b"
+    r"|\bi (?:can[\u2019']?t|cannot|can not|won[\u2019']t|will not|must decline to)\s+"
     r"(?:help|assist|evaluate|rate|score|grade|judge|assess|provide|comply|fulfil|complete|do that)",
     re.IGNORECASE,
 )

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .interference import InterferenceResult
     from .judge import CriterionResult
     from .session import Session
-
-CACHE_MODES = ("use", "off", "refresh", "replay")
 
 
 def positive_int(text: str) -> int:
@@ -80,13 +80,15 @@ def duration(text: str) -> float:
 
 
 def cache_mode(text: str) -> str:
-    if text not in CACHE_MODES:
-        raise pytest.UsageError(f"--judge-cache must be one of {', '.join(CACHE_MODES)}, not {text!r}")
+    from .cache import MODES
+
+    if text not in MODES:
+        raise pytest.UsageError(f"--judge-cache must be one of {', '.join(MODES)}, not {text!r}")
     return text
 
 
 # (option, ini name, parser, default, help)
-OPTIONS = [
+OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--judge-model", "judge_model", str, None,
      "litellm model for the judge, overriding the specs (also JUDGEOPT_MODEL). Default: the spec's, else "
      "the ini judge_model, else the embedded local/smollm2."),
@@ -220,7 +222,8 @@ class JudgeRun:
                 llm.listeners.append(self.live)
             self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
-                                    loader=lambda path, fmt, ds: config.hook.pytest_judgeopt_load_records(path=path, format=fmt, dataset=ds),
+                                    loader=lambda path, fmt, ds: config.hook.pytest_judgeopt_load_records(path=path, format=fmt,
+                                                                                                          dataset=ds),
                                     metrics=metrics, state_dir=cache_dir)
             self._session.notes = notes  # the shared cache reports its troubles here, once each
             self._session.base = config.rootpath
@@ -293,8 +296,9 @@ def live_progress(config: pytest.Config) -> Any:
     if reporter is None or hasattr(config, "workerinput") or not reporter.isatty or os.environ.get("TERM") == "dumb":
         return None
     writer = getattr(reporter, "_tw", None)
+    stream: Any = getattr(writer, "_file", sys.stdout)  # the writer's private stream: any file-like object
     try:
-        fd = os.dup(getattr(writer, "_file", sys.stdout).fileno())
+        fd = os.dup(stream.fileno())
     except (AttributeError, OSError, ValueError):
         return None
     from .progress import Progress, TerminalStatus
@@ -503,7 +507,7 @@ def interference_properties(result: InterferenceResult) -> dict[str, Any]:
                     f"interference_{name}_parse_failures": sum(c.failures_merged.values()),
                     f"interference_{name}_verdict": c.verdict})
     for shape, usage in (("separate", result.usage_separate), ("merged", result.usage_merged)):
-        out.update({f"interference_calls_{shape}": usage.calls, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
+        out.update({f"interference_calls_{shape}": usage.answered, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
     return out
 
 
@@ -526,7 +530,7 @@ def optimize_properties(result: Any) -> dict[str, Any]:
                 "optimize_prompt_tokens": sum(u["prompt_tokens"] for u in result.usage.values()),
                 "optimize_completion_tokens": sum(u["completion_tokens"] for u in result.usage.values()),
                 "optimize_cost_usd": None if any(c is None for c in costs) else round(sum(costs), 6),
-                "optimize_wall_seconds": round(getattr(result, "wall_seconds", 0.0), 3)})
+                "optimize_wall_seconds": round(result.wall_seconds or 0.0, 3)})
     return out
 
 
@@ -620,7 +624,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
     session = run.session
     return {"evaluations": session.evaluations, "interference": session.interferences, "cases": session.case_results,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
-            "optimizations": [optimization_json(result, getattr(result, "wall_seconds", None))
+            "optimizations": [optimization_json(result, result.wall_seconds)
                               for result in session.optimizations],
             "studies": [study.to_json() for study in run.studies],
             "answers": session.llm.recorder.state() if session.llm.recorder is not None else {},
@@ -674,7 +678,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
         answers_summary(terminalreporter, run, config.rootpath)
         return
-    from .report import render, summary_sections
+    from .report import summary_sections
+    from .text import render
 
     color = bool(terminalreporter.isatty) and bool(terminalreporter.hasmarkup) and not os.environ.get("NO_COLOR")
     width = getattr(getattr(terminalreporter, "_tw", None), "fullwidth", 80) if color else None

@@ -15,6 +15,7 @@ tested as a unit and the same counts could feed another display.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -168,13 +169,10 @@ class TerminalStatus:
         self._write(ERASE_TO_END)
 
     def _write(self, text: str) -> None:
-        try:
+        # the terminal may have gone away (a closed pipe, a hung-up session): progress is not worth failing for
+        with contextlib.suppress(OSError):
             os.write(self.fd, text.encode("utf-8", "replace"))
-        except OSError:  # the terminal went away (a closed pipe, a hung-up session): progress is not worth failing for
-            pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass

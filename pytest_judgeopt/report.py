@@ -17,8 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from .llm import Usage
-from .text import (Line, Table, evaluation_table, instruction_changes, instruction_sources, interference_table,
-                   optimization_heading, optimization_table, relative, render, study_table, usage_text)
+from .text import (
+    Line,
+    Table,
+    evaluation_table,
+    instruction_changes,
+    instruction_sources,
+    interference_table,
+    optimization_heading,
+    optimization_table,
+    relative,
+    render,
+    study_table,
+    usage_text,
+)
 
 SCHEMA_VERSION = 1  # of results.json; schemas/results.schema.json describes it
 
@@ -79,12 +91,9 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from . import __version__
 
-    try:
-        return version("pytest-judgeopt")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+    return __version__
 
 
 def results_document(found: Mapping[str, Any], *, root: Path | None = None, run_seconds: float | None = None) -> dict[str, Any]:

@@ -10,15 +10,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
+from .cases import Case, CaseResult, checks, load_cases
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, compare
-from .judge import CriterionResult, Judged, Usage, assess, judge_records, prediction_rows
-from .llm import LLM
-from .cases import Case, CaseResult, checks, load_cases
-from .scoring import Scored, as_record, check_inputs, scored
+from .judge import CriterionResult, Judged, assess, judge_records, prediction_rows
+from .llm import LLM, Usage
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
+from .scoring import Scored, as_record, check_inputs, scored
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
 
 if TYPE_CHECKING:
@@ -74,8 +74,8 @@ class Session:
             spec = load_spec(path, tuple(self.metrics))
             dataset = load_dataset(spec, self.loader)
             self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
-            if dataset.skipped_note():
-                self.notes.append(dataset.skipped_note())
+            if note := dataset.skipped_note():
+                self.notes.append(note)
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
                                         cases=load_cases(spec, dataset.records))
         return self._loaded[path]
@@ -98,6 +98,14 @@ class Session:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
         return sample_groups(getattr(loaded.splits, split), self.sample, loaded.spec.split.seed)
 
+    @overload
+    def evaluate(self, path: str | Path, criterion: str, *, instruction: str | None = None, split: str = "test",
+                 shape: str | None = None) -> CriterionResult: ...
+
+    @overload
+    def evaluate(self, path: str | Path, criterion: None = None, *, instruction: None = None, split: str = "test",
+                 shape: str | None = None) -> dict[str, CriterionResult]: ...
+
     def evaluate(self, path: str | Path, criterion: str | None = None, *, instruction: str | None = None,
                  split: str = "test", shape: str | None = None) -> CriterionResult | dict[str, CriterionResult]:
         """Judge a split and measure agreement: one criterion's result, or all of them when criterion is None."""
@@ -105,14 +113,15 @@ class Session:
         spec = loaded.spec
         if criterion is not None and criterion not in spec.criteria:
             raise SpecError([f"{spec.path}: no criterion '{criterion}'. Fix: use one of {', '.join(spec.criteria)}"])
-        if instruction is not None and criterion is None:
-            raise ValueError("an instruction replaces one criterion's: name the criterion too")
         instructions, sources = self.in_force(loaded)
         instructions, sources = dict(instructions), dict(sources)
+        names = list(spec.criteria)
         if instruction is not None:
+            if criterion is None:
+                raise ValueError("an instruction replaces one criterion's: name the criterion too")
             instructions[criterion] = instruction
             sources[criterion] = "argument"
-        names = [criterion] if instruction is not None else list(spec.criteria)
+            names = [criterion]
         results = self.evaluate_instructions(loaded, instructions, names, split=split,
                                              shape=shape or spec.inference, sources=sources, record=True)
         return results[criterion] if criterion is not None else results
@@ -141,7 +150,7 @@ class Session:
                 "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape,
                 "model": self.model_for(spec).describe(), "records": len(self.records(loaded, split)),
                 "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in results.values()],
-                "usage": self._usages[key].to_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
+                "usage": self._usages[key].answers_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
                 "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
             })
         return self._evaluations[key]
@@ -256,8 +265,8 @@ class Session:
         if isinstance(inputs, Mapping):
             raise TypeError("score_many takes a list of inputs (dicts placeholder -> text); for one, use score()")
         instructions = dict(self.in_force(loaded)[0])
-        if instruction is not None:
-            instructions[criterion] = instruction  # type: ignore[index]
+        if instruction is not None and criterion is not None:  # (the criterion is named: checked above)
+            instructions[criterion] = instruction
         records = [as_record(f"input-{i}", check_inputs(spec, texts), spec) for i, texts in enumerate(inputs)]
         wanted = [criterion] if criterion is not None else list(spec.criteria)
         per_record = self._score_records(loaded, records, instructions, wanted)
@@ -301,7 +310,7 @@ class Session:
             if self.progress:
                 self.progress(f"judging {spec.name}: {len(todo)} case{'s' if len(todo) != 1 else ''} "
                               f"({spec.inference}) on {self.model_for(spec).name}")
-            for case, result in zip(todo, self.judge_cases(loaded, todo, instructions, sources)):
+            for case, result in zip(todo, self.judge_cases(loaded, todo, instructions, sources), strict=True):
                 self._cases[key(case.name)] = result
                 self.case_results.append(result.to_json())
         return self._cases[key(name)]
@@ -317,8 +326,8 @@ class Session:
         work = [self._ascore(loaded, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
                              instructions, names) for names, members in groups.items()]
         found: dict[str, dict[str, Scored]] = {}
-        for members, scores in zip(groups.values(), self.llm.run(gather_all(work))):
-            found.update({case.name: s for case, s in zip(members, scores)})
+        for members, scores in zip(groups.values(), self.llm.run(gather_all(work)), strict=True):
+            found.update({case.name: s for case, s in zip(members, scores, strict=True)})
         model = self.model_for(spec).describe()
         used = dict(sources or dict.fromkeys(spec.criteria, "argument"))
         return [CaseResult(case=c, spec_name=spec.name, path=str(spec.path), shape=spec.inference, model=model,

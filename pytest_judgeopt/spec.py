@@ -21,21 +21,30 @@ from typing import Any
 import yaml
 
 SCHEMA_FILE = "judge-spec.schema.json"
-ROLES = ("judge", "loss", "gradient", "optimizer", "diagnostics")
 MAX_SPEC_BYTES = 1_000_000
-# the agreement metrics stats.py computes natively; named here, where specs are checked against them,
-# because stats.py brings scipy and collecting a spec must not
+# the agreement metrics stats.py computes natively; named here, where specs are checked against them
 BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nesting stays cheap to check
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Path_ = tuple[str | int, ...]
-CREDENTIAL_NAME = re.compile(r"key|secret|password|auth|credential|(^|_)token$", re.IGNORECASE)
 # Model settings that say where and how to connect, not what to answer: left out of the
 # answer cache's key (a committed cache replays against any endpoint) and out of reports.
 CONNECTION_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "organization", "headers",
                                "extra_headers", "timeout", "max_retries", "num_retries", "aws_access_key_id",
                                "aws_secret_access_key", "vertex_credentials"})
+# Words that make a model setting, a header or an environment variable a credential by its name
+# (api_key, aws_secret_access_key, Authorization, X-Api-Key, OPENAI_API_KEY, HF_TOKEN). Whole words
+# only, so max_tokens and TOKENIZERS_PARALLELISM are settings, not secrets.
+CREDENTIAL_WORDS = frozenset({"key", "keys", "apikey", "token", "secret", "secrets", "password", "passwd", "credential",
+                              "credentials", "auth", "authorization"})
+
+
+def is_credential_name(name: str) -> bool:
+    """The one rule for "does this name hold a credential?": reports leave such settings out, and
+    error texts have their values removed (the model's own and those in the environment)."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)  # apiKey -> api_Key
+    return not CREDENTIAL_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", spaced.lower()))
 
 
 class SpecError(Exception):
@@ -86,7 +95,7 @@ class Model:
 
     def describe(self) -> str:
         """The name with the settings that change answers; no endpoints, no credentials."""
-        shown = {k: v for k, v in self.params if k not in CONNECTION_PARAMS and not CREDENTIAL_NAME.search(k)}
+        shown = {k: v for k, v in self.params if k not in CONNECTION_PARAMS and not is_credential_name(k)}
         return self.name if not shown else f"{self.name} {json.dumps(shown, sort_keys=True)}"
 
 
@@ -163,8 +172,6 @@ class Interference:
 
 
 OPTIMIZE_MODES = ("ST", "SSS", "SSC", "SCC", "CCC")
-PROMPT_NAMES = ("loss", "loss_combined", "gradient", "gradient_combined", "optimizer", "optimizer_combined",
-                "specificity", "adherence")
 
 
 @dataclass(frozen=True)
@@ -239,7 +246,7 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise SpecError([problem(path, None, "", f"cannot read the file ({exc.strerror})", "check the path")])
+        raise SpecError([problem(path, None, "", f"cannot read the file ({exc.strerror})", "check the path")]) from None
     if size > MAX_SPEC_BYTES:
         raise SpecError([problem(path, None, "", f"the file is {size:,} bytes, over the {MAX_SPEC_BYTES:,} limit for a spec",
                                  "keep data in the dataset file that `dataset.path` names")])
@@ -260,8 +267,8 @@ def read_yaml(path: Path, splits: dict[Path_, tuple[str, str]] | None = None) ->
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise SpecError([problem(path, line, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]) from None
+        at_line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError([problem(path, at_line, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]) from None
     # libyaml when present: the pure-Python parser takes seconds on a spec near the size limit. Its
     # messages are worded differently, so a file it refuses is parsed again by the pure one for the message.
     fast = getattr(yaml, "CSafeLoader", None)
@@ -281,9 +288,10 @@ def read_yaml(path: Path, splits: dict[Path_, tuple[str, str]] | None = None) ->
                 continue
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
-            raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}", "fix the YAML syntax at that line")])
+            raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}",
+                                     "fix the YAML syntax at that line")]) from None
         except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
-            raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")])
+            raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")]) from None
     lines: dict[Path_, int] = {}
     if node is not None:
         record_lines(node, (), lines)
@@ -328,14 +336,14 @@ def check_nodes(path: Path, root: yaml.Node) -> None:
             for key, value in node.value:
                 name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
                 if name in first and key.tag != MERGE_TAG:
-                    duplicates.append(problem(path, key.start_mark.line + 1, dotted(at + (name,)),
+                    duplicates.append(problem(path, key.start_mark.line + 1, dotted((*at, name)),
                                               f"'{name}' is written twice (first on line {first[name]}); YAML would keep only the last",
                                               "remove or rename one of the two"))
                 first.setdefault(name, key.start_mark.line + 1)
-                walk(value, at + (name,))
+                walk(value, (*at, name))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                walk(item, at + (i,))
+                walk(item, (*at, i))
         open_.discard(id(node))
 
     walk(root, ())
@@ -348,11 +356,11 @@ def record_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
-            lines[at + (name,)] = key.start_mark.line + 1
-            record_lines(value, at + (name,), lines)
+            lines[(*at, name)] = key.start_mark.line + 1
+            record_lines(value, (*at, name), lines)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            record_lines(item, at + (i,), lines)
+            record_lines(item, (*at, i), lines)
 
 
 def comma_splits(node: yaml.Node, at: Path_, found: dict[Path_, tuple[str, str]]) -> None:
@@ -372,12 +380,12 @@ def comma_splits(node: yaml.Node, at: Path_, found: dict[Path_, tuple[str, str]]
             if (node.flow_style and empty and isinstance(key, yaml.ScalarNode) and plain(key)
                     and previous is not None and isinstance(previous[1], yaml.ScalarNode) and plain(previous[1])
                     and (" " in previous[1].value or " " in name)):  # prose, not `{a: x, b}` with a value left out
-                found[at + (name,)] = (previous[0], previous[1].value)
+                found[(*at, name)] = (previous[0], previous[1].value)
             previous = (name, value)
-            comma_splits(value, at + (name,), found)
+            comma_splits(value, (*at, name), found)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            comma_splits(item, at + (i,), found)
+            comma_splits(item, (*at, i), found)
 
 
 def plain(node: yaml.ScalarNode) -> bool:
@@ -391,7 +399,7 @@ def comma_problem(path: Path, at: Path_, lines: dict[Path_, int], splits: dict[P
         return None
     key, value = splits[at]
     whole = f"{value}, {at[-1]}"
-    where = dotted(at[:-1] + (key,))
+    where = dotted((*at[:-1], key))
     return problem(path, lines.get(at), where,
                    f"the value was split at a comma: inside {{...}} YAML ends '{value}' at the comma and reads "
                    f"'{at[-1]}' as a key of its own",
@@ -444,20 +452,20 @@ def explain(path: Path, error: Any, lines: dict[Path_, int],
     sub = error.schema
     value = error.instance
     if "propertyNames" in error.schema_path:  # the error is about a key, so point at the key
-        key = at + (str(value),)
+        key = (*at, str(value))
         return [problem(path, lines.get(key, line), dotted(key), f"'{value}' is not a valid criterion name",
                         "use letters, digits, '_' and '-', starting with a letter; quote a name YAML reads as a number or true/false")]
     if rule == "additionalProperties":
         known = sorted(sub.get("properties", {}))
         out = []
         for key in sorted(set(value) - set(known), key=str):
-            cut = comma_problem(path, at + (key,), lines, splits)
+            cut = comma_problem(path, (*at, key), lines, splits)
             if cut is not None:
                 out.append(cut)
                 continue
             guess = difflib.get_close_matches(str(key), known, n=1)
             fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(known)}"
-            out.append(problem(path, lines.get(at + (key,), line), dotted(at + (key,)), f"unknown key '{key}'", fix))
+            out.append(problem(path, lines.get((*at, key), line), dotted((*at, key)), f"unknown key '{key}'", fix))
         return out
     if rule == "required":
         missing = error.message.split("'")[1]
@@ -586,8 +594,8 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
             out.append(problem(path, lines.get(at), dotted(at), f"no such file: {path.parent / entry}",
                                "give the data file's path relative to the spec file"))
     mode = data.get("optimize", {}).get("mode")
-    if mode is not None and mode_problem(mode):
-        out.append(problem(path, lines.get(("optimize", "mode")), "optimize.mode", mode_problem(mode),
+    if mode is not None and (why := mode_problem(mode)):
+        out.append(problem(path, lines.get(("optimize", "mode")), "optimize.mode", why,
                            f"use one of {', '.join(OPTIMIZE_MODES)} (ST: each criterion alone; SSS: per criterion throughout)"))
     diagnostics = data.get("optimize", {}).get("diagnostics", {})
     for floor in ("min_specificity", "min_adherence"):
@@ -633,9 +641,9 @@ def non_finite(value: Any, at: Path_ = ()) -> list[tuple[Path_, float]]:
     if isinstance(value, float):
         return [] if math.isfinite(value) else [(at, value)]
     if isinstance(value, dict):
-        return [found for key, item in value.items() for found in non_finite(item, at + (key,))]
+        return [found for key, item in value.items() for found in non_finite(item, (*at, key))]
     if isinstance(value, list):
-        return [found for i, item in enumerate(value) for found in non_finite(item, at + (i,))]
+        return [found for i, item in enumerate(value) for found in non_finite(item, (*at, i))]
     return []
 
 
@@ -700,7 +708,8 @@ def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
     diagnostics = data.get("diagnostics", {})
     return Optimize(
         mode=mode,
-        **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs") if k in data},
+        **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs")
+           if k in data},
         gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),

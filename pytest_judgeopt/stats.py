@@ -1,7 +1,9 @@
 """Agreement statistics between judge and human scores.
 
 Undefined results are ``None`` with a human-readable reason, never NaN, so a
-degenerate correlation can never pass a threshold check by accident.
+degenerate correlation can never pass a threshold check by accident. numpy and scipy are
+imported inside the functions that compute, so the result types (public names of the package)
+can be imported without paying for scipy's import.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-import numpy as np
-from scipy import stats
+if TYPE_CHECKING:
+    import numpy as np
 
 from .spec import BUILTIN_METRICS
 
@@ -24,13 +27,7 @@ MIN_PAIRS = 3
 MIN_GROUP_PAIRS = 2
 BOOTSTRAP_CELLS = 2_000_000  # resampled pairs held at once by the bootstrap (times 8 bytes, per array)
 
-_SCALAR = {
-    "spearman": stats.spearmanr,
-    "kendall": stats.kendalltau,
-    "pearson": stats.pearsonr,
-}
-
-Statistic = Callable[[np.ndarray], np.ndarray]
+Statistic = Callable[["np.ndarray"], "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +76,7 @@ def _check_choice(method: str, level: str) -> None:
 
 def _as_scores(name: str, values: Sequence[float]) -> np.ndarray:
     """NaN or inf inputs would leak NaN into results, so they are the caller's bug."""
+    import numpy as np
     array = np.asarray(values, dtype=float)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional")
@@ -110,6 +108,7 @@ def _prepare(
 
 def _members(groups: Sequence[str]) -> list[np.ndarray]:
     """Row indices per group, in first-seen order so results do not depend on label sorting."""
+    import numpy as np
     rows: dict[str, list[int]] = {}
     for i, label in enumerate(groups):
         rows.setdefault(label, []).append(i)
@@ -126,6 +125,7 @@ def _plural(count: int, word: str) -> str:
 
 def _constant_reason(judge: np.ndarray, human: np.ndarray) -> str | None:
     """Name the constant side, since a constant judge and constant humans need different fixes."""
+    import numpy as np
     reasons = [
         f"{name} scores are constant (all {values[0]:g})"
         for name, values in (("judge", judge), ("human", human))
@@ -137,6 +137,7 @@ def _constant_reason(judge: np.ndarray, human: np.ndarray) -> str | None:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Degenerate inputs are reported as reasons, so scipy's warnings about them are noise."""
+    from scipy import stats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         warnings.simplefilter("ignore", stats.NearConstantInputWarning)
@@ -144,10 +145,10 @@ def _quiet() -> Iterator[None]:
 
 
 # Metrics added by pytest_judgeopt_metrics hooks: name -> f(judge, human) -> float (NaN if undefined).
-CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
+CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {}
 
 
-def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], float]) -> None:
+def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], float | None]) -> None:
     if name in BUILTIN_METRICS:
         raise ValueError(f"{name!r} is built in and cannot be replaced")
     CUSTOM[name] = function
@@ -155,11 +156,13 @@ def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], floa
 
 def _scalar(method: str, judge: np.ndarray, human: np.ndarray) -> float:
     """scipy value, or NaN for numerically degenerate input."""
+    from scipy import stats
     with _quiet():
         if method in CUSTOM:
             value = CUSTOM[method](judge, human)
             return float("nan") if value is None else float(value)
-        return float(_SCALAR[method](judge, human).statistic)
+        scalar = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}[method]
+        return float(scalar(judge, human).statistic)
 
 
 def _pooled(method: str, judge: np.ndarray, human: np.ndarray) -> tuple[float | None, str | None]:
@@ -181,6 +184,7 @@ def _group_values(
     method: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
 ) -> np.ndarray:
     """Per-group correlation, NaN for groups that are too small or constant (skipped)."""
+    import numpy as np
     values = np.full(len(members), np.nan)
     for k, rows in enumerate(members):
         if _qualifies(judge[rows], human[rows]):
@@ -191,6 +195,7 @@ def _group_values(
 def _grouped(
     method: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
 ) -> tuple[float | None, int, int, str | None]:
+    import numpy as np
     values = _group_values(method, judge, human, members)
     used = int(np.isfinite(values).sum())
     skipped = len(members) - used
@@ -238,8 +243,10 @@ def correlation(
 
 def _pooled_batch(method: str, judge: np.ndarray, human: np.ndarray) -> np.ndarray:
     """Row-wise correlations of (resamples, n) arrays; NaN where a row is constant."""
+    import numpy as np
+    from scipy import stats
     if method in CUSTOM:
-        return np.array([_scalar(method, j, h) for j, h in zip(judge, human)], dtype=float)
+        return np.array([_scalar(method, j, h) for j, h in zip(judge, human, strict=True)], dtype=float)
     if method == "spearman":
         judge, human = stats.rankdata(judge, axis=-1), stats.rankdata(human, axis=-1)
     row_wise = stats.kendalltau if method == "kendall" else stats.pearsonr
@@ -248,11 +255,12 @@ def _pooled_batch(method: str, judge: np.ndarray, human: np.ndarray) -> np.ndarr
 
 
 def _nan_if_none(value: float | None) -> float:
-    return np.nan if value is None else value
+    return math.nan if value is None else value
 
 
 def _mean_defined(values: np.ndarray) -> np.ndarray:
     """Row means over non-NaN entries, NaN for all-NaN rows, without nanmean's warning."""
+    import numpy as np
     defined = np.isfinite(values)
     counts = defined.sum(axis=-1)
     sums = np.where(defined, values, 0.0).sum(axis=-1)
@@ -272,6 +280,7 @@ def _statistic(
     correlation depends only on its own rows, so it is computed once and reused: a
     group drawn twice counts twice, as separate clusters do.
     """
+    import numpy as np
     if members is None:
         return len(judge), lambda idx: _pooled_batch(method, judge[idx], human[idx])
     if level == "group":
@@ -304,6 +313,8 @@ def _interval(
     bounded on large datasets (all at once, 100,000 pairs took gigabytes); the draws, and so
     the interval, are the same as in one batch.
     """
+    import numpy as np
+    from scipy import stats
     if resamples == 0 or units < 2:
         return None, None, 0
     data = (np.arange(units),)
@@ -397,6 +408,7 @@ def paired_difference(
 
 def mae(judge: Sequence[float], human: Sequence[float]) -> float:
     """Mean absolute error, which catches a judge that ranks well but is offset in scale."""
+    import numpy as np
     j, h = _as_scores("judge", judge), _as_scores("human", human)
     if len(j) != len(h):
         raise ValueError(f"judge has {len(j)} scores but human has {len(h)}")

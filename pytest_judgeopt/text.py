@@ -283,7 +283,8 @@ def render(blocks: Sequence[Table | str], *, color: bool = False, width: int | N
     from rich.table import Table as RichTable
     from rich.text import Text
 
-    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, width=width or PLAIN_WIDTH,
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=color, no_color=not color, width=width or PLAIN_WIDTH,
                       highlight=False, emoji=False, markup=False, color_system="standard" if color else None)
     for block in blocks:
         if isinstance(block, str):
@@ -300,7 +301,7 @@ def render(blocks: Sequence[Table | str], *, color: bool = False, width: int | N
             console.print(Padding(table, (0, 0, 0, 2)))
         for line in block.after:
             console.print(Text("  " + line_text(line), style=LINE_STYLES[line.kind][0]), soft_wrap=True)
-    text = console.file.getvalue()  # type: ignore[attr-defined]
+    text = out.getvalue()
     return [line.rstrip() for line in text.rstrip("\n").split("\n")] if text else []
 
 
@@ -360,4 +361,4 @@ def interference_failure(check: Mapping[str, Any]) -> str:
         name = answers_path(Path(check["path"])).name
         headline = (f"{missing} merged answers are not in {name} or the cache (cache mode is replay). Fix: record them "
                     f"with pytest --judge-record (needs the model) and commit {name}")
-    return "\n".join([f"{check['spec']}::merged failed: {headline}"] + render([interference_table(check)]))
+    return "\n".join([f"{check['spec']}::merged failed: {headline}", *render([interference_table(check)])])

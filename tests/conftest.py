@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pytest_judgeopt.llm import import_litellm
 from tests.fake_llm import FakeLLMServer
 
 CRITERIA = ("coherence", "fluency")
@@ -162,11 +164,10 @@ def human_from_prompt(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]
 
 
 # Heavy modules the in-process pytester runs use, imported once here: pytester restores
-# sys.modules after each inner run, and numpy cannot be imported twice in one process.
-import hypothesis  # noqa: E402,F401  (re-imported per inner run otherwise: seconds each)
-import pytest_judgeopt.stats  # noqa: E402,F401
-from pytest_judgeopt.llm import import_litellm  # noqa: E402
-
+# sys.modules after each inner run, numpy cannot be imported twice in one process, and
+# hypothesis' pytest plugin would re-import (and assert-rewrite) it in every inner run, seconds each.
+for _module in ("hypothesis", "numpy", "scipy.stats"):
+    importlib.import_module(_module)
 import_litellm()
 
 

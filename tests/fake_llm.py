@@ -8,6 +8,7 @@ It only ever binds 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -15,10 +16,10 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Callable
 
 FAULT_KINDS = ("status", "reset", "hang", "not_json", "empty_choices")
 
@@ -330,10 +331,8 @@ class FakeLLMServer:
 
 def _shutdown(connection: socket.socket) -> None:
     """Wake any thread blocked reading this connection; it may already be closed."""
-    try:
+    with contextlib.suppress(OSError):
         connection.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +383,7 @@ def by_content(rules: list[tuple[str, dict[str, float] | float]], default: float
         text = prompt_text(body)
         for pattern, scores in compiled:
             if pattern.search(text):
-                return judge_answer(body, lambda c: scores.get(c, default) if isinstance(scores, dict) else scores)
+                return judge_answer(body, lambda c, scores=scores: scores.get(c, default) if isinstance(scores, dict) else scores)
         return judge_answer(body, lambda c: default)
 
     return respond

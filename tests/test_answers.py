@@ -50,7 +50,7 @@ def test_answers_path_sits_beside_the_spec() -> None:
 def test_record_writes_sorted_text_without_endpoint_or_secret_and_rerecords_byte_identical(
         pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
     fake_llm.responder = human_from_prompt(RECORDS)
-    spec = project(pytester.path, server_model(fake_llm))
+    project(pytester.path, server_model(fake_llm))
 
     first = pytester.runpytest("--judge-record")
     first.assert_outcomes(passed=3)
@@ -253,10 +253,10 @@ def test_render_and_read_round_trip_in_any_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ('{"key": "%s", "model": "openai/m"}' % KEY, "`reply` must be an object with `choices`"),
-    ('{"key": "short", "model": "m", "reply": {"choices": [{"text": "4"}]}}', "`key` must be the 64 hex digits"),
-    ('{"key": "%s", "model": "m", "reply": {"choices": [{"text": 4}]}}' % KEY, "`reply.choices[0]` must be an object"),
-    ('{"key": "%s", "model": "m", "reply": {"choices": [{"text": "4"}]}, "api_base": "x"}' % KEY,
+    (json.dumps({"key": KEY, "model": "openai/m"}), "`reply` must be an object with `choices`"),
+    (json.dumps({"key": "short", "model": "m", "reply": {"choices": [{"text": "4"}]}}), "`key` must be the 64 hex digits"),
+    (json.dumps({"key": KEY, "model": "m", "reply": {"choices": [{"text": 4}]}}), "`reply.choices[0]` must be an object"),
+    (json.dumps({"key": KEY, "model": "m", "reply": {"choices": [{"text": "4"}]}, "api_base": "x"}),
      "unknown field(s) api_base"),
     ("[1, 2]", "not a JSON object (found list)"),
     ("<<<<<<< HEAD", "a git conflict marker"),
@@ -281,7 +281,7 @@ def test_one_key_with_two_different_answers_is_an_error(tmp_path: Path) -> None:
 
 def test_a_file_that_is_not_an_answer_file(tmp_path: Path) -> None:
     path = tmp_path / "x.judge.answers.jsonl"
-    path.write_text('{"key": "%s"}\n' % KEY)
+    path.write_text(json.dumps({"key": KEY}) + "\n")
     with pytest.raises(SpecError, match=r":1: not an answer file \(the first line must be"):
         read_answers(path)
     assert read_answers(tmp_path / "missing.answers.jsonl") == {}

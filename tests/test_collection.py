@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hypothesis  # noqa: F401  imported once here: pytester drops it from sys.modules after each inline run,
-import pytest  # and hypothesis's pytest plugin would re-import (and assert-rewrite) it in every run, ~3 s each
+import pytest
 
 from pytest_judgeopt.plugin import OPTIONS
 from tests.conftest import make_records, spec_text

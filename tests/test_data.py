@@ -76,7 +76,7 @@ def test_ids_and_groups_are_text_and_scores_may_be_numeric_strings(tmp_path: Pat
 
 
 def test_without_dataset_group_each_record_is_its_own_group(tmp_path: Path) -> None:
-    spec = project(tmp_path, jsonl(make_records(2, 2)))
+    project(tmp_path, jsonl(make_records(2, 2)))
     (tmp_path / "toy.judge.yaml").write_text(spec_text(None).replace("  group: group\n", ""))
     records = load_dataset(load_spec(tmp_path / "toy.judge.yaml")).records
     assert [r.group for r in records] == [r.id for r in records]
@@ -319,14 +319,14 @@ def test_a_wrong_input_field_is_reported_once_with_the_closest_field(tmp_path: P
 
 
 def test_a_field_missing_from_some_records_is_still_reported_per_record(tmp_path: Path) -> None:
-    spec, found = broken(tmp_path, lambda rows: [rows[i].pop("summary") for i in (1, 4)])
+    _, found = broken(tmp_path, lambda rows: [rows[i].pop("summary") for i in (1, 4)])
     assert [line_number(p) for p in found] == [2, 5] and all("missing input field for {summary}" in p for p in found)
 
 
 @pytest.mark.parametrize("separator, written", [(";", '";"'), ("\t", '"\\t"')])
 def test_a_csv_with_another_separator_suggests_dataset_delimiter(tmp_path: Path, separator: str, written: str) -> None:
     rows = csv_rows(make_records(1, 2))
-    text = "".join(separator.join(str(v) for v in row.values()) + "\n" for row in [dict(zip(rows[0], rows[0]))] + rows)
+    text = "".join(separator.join(str(v) for v in row.values()) + "\n" for row in [dict(zip(rows[0], rows[0], strict=True)), *rows])
     spec = project(tmp_path, text, data_name="data.csv", scores="{coherence: coh, fluency: flu}")
     header = separator.join(rows[0])
     assert only(problems(spec)) == (

@@ -29,8 +29,8 @@ from pytest_judgeopt.llm import LLM
 from pytest_judgeopt.session import Session
 from tests.conftest import CRITERIA, human_from_prompt, make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer, Fault, Reply
-from tests.test_optimize import INITIAL, World, role_of, strict_improves, write_project
-from tests.test_optimize import RECORDS as OPT_RECORDS
+from tests.world import INITIAL, World, role_of, strict_improves, write_project
+from tests.world import RECORDS as OPT_RECORDS
 
 RECORDS = make_records()
 HANG = 4.0  # seconds a hung request sleeps: longer than the timeout plus a backoff, so every attempt times out
@@ -92,7 +92,7 @@ def assign(spec: Path, faults: list[Any]) -> dict[tuple[str, str], Any]:
     test = session.load(spec).splits.test
     pairs = [(r.inputs["summary"], c) for r in test for c in CRITERIA]
     assert len(pairs) > len(faults), "the test split must hold more judgments than there are faults"
-    return dict(zip(pairs, faults))
+    return dict(zip(pairs, faults, strict=False))  # the first pairs get a fault, the rest answer
 
 
 def test_every_fault_is_a_failed_judgment_of_its_kind_and_never_a_score(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
@@ -100,7 +100,7 @@ def test_every_fault_is_a_failed_judgment_of_its_kind_and_never_a_score(tmp_path
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     spec.write_text(spec_text(server_model(fake_llm), extra="interference: false\n"))
     placed = assign(spec, [f[1] for f in FAULTS])
-    expected = {pair: kind for pair, (_, _, kind, _) in zip(placed, FAULTS)}
+    expected = {pair: kind for pair, (_, _, kind, _) in zip(placed, FAULTS, strict=True)}
     fake_llm.responder = Faulty(RECORDS, placed)
     session = Session(LLM(retries=1, backoff=0.05, timeout=TIMEOUT, concurrency=32), state_dir=tmp_path / ".judgeopt")
     try:
@@ -140,7 +140,7 @@ def run_plugin(pytester: pytest.Pytester, server: FakeLLMServer, faults: list[An
 
 def test_the_run_completes_and_the_summary_failure_text_and_report_count_every_kind(pytester: pytest.Pytester,
                                                                                     fake_llm: FakeLLMServer) -> None:
-    result, placed = run_plugin(pytester, fake_llm, [f[1] for f in FAULTS], transient=False, report="faulty")
+    result, _ = run_plugin(pytester, fake_llm, [f[1] for f in FAULTS], transient=False, report="faulty")
     result.assert_outcomes(failed=2)  # 15 of 24 judgments failed: above the allowed 10%
     out = result.stdout.str()
     assert "Traceback" not in out and "INTERNALERROR" not in out
@@ -163,7 +163,7 @@ def test_the_run_completes_and_the_summary_failure_text_and_report_count_every_k
 
 
 def test_faults_that_go_away_on_retry_change_no_verdict(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
-    result, placed = run_plugin(pytester, fake_llm, [f[1] for f in CALL_FAULTS], transient=True, report="transient")
+    result, _ = run_plugin(pytester, fake_llm, [f[1] for f in CALL_FAULTS], transient=True, report="transient")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*coherence*spearman*1.000*pass*", "*fluency*spearman*1.000*pass*",
                                  f"*model calls: * made, 0 from cache, {len(CALL_FAULTS)} retries, 0 failed; tokens*"])
@@ -253,7 +253,7 @@ def test_every_bad_rewrite_of_a_separate_optimizer_is_a_rejected_update(tmp_path
     assert reasons == expected
     kept = [(step.step, c) for step in result.history for c in step.accepted]
     assert len(kept) == 1  # only the valid rewrite was gated (its judge agrees no worse: kept)
-    (step, criterion), = kept
+    ((_, criterion),) = kept
     assert result.instructions[criterion] == BRACES and result.instructions == {**INITIAL, criterion: BRACES}
     failures = Counter()
     for record in result.history:
@@ -272,7 +272,7 @@ def test_every_bad_rewrite_of_a_combined_optimizer_is_a_rejected_update(tmp_path
     fake_llm.responder = BadOptimizer(world, [answer for _, answer, _ in COMBINED_REWRITES])
     result = optimize(tmp_path, fake_llm, "SSC", steps=len(COMBINED_REWRITES))
     assert result.steps_run == len(COMBINED_REWRITES)
-    for step, (name, _, reasons) in zip(result.history, COMBINED_REWRITES):
+    for step, (name, _, reasons) in zip(result.history, COMBINED_REWRITES, strict=True):
         dropped = {c: r for c, r in reasons.items() if r is not None}
         assert step.rejected_reasons == dropped, name
         assert sorted(step.accepted) == sorted(c for c, r in reasons.items() if r is None), name
@@ -349,6 +349,7 @@ def intact(project: Path, earlier: set[str]) -> dict[str, Any]:
 
 def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uninterrupted_one(
         tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    import contextlib
     import os
     import queue
     import random
@@ -398,10 +399,8 @@ def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uni
             while len(fake_llm.chat_requests()) - asked < k and lines.empty() and time.monotonic() < deadline:
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.05))
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it may have finished
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # it had finished
             returncode = int(lines.get(timeout=30))
             assert returncode in (0, -signal.SIGKILL), (tmp_path / f"run.{kill}").read_text()
             state = intact(project, earlier)

@@ -28,6 +28,7 @@ import pytest
 
 from pytest_judgeopt.html_report import JITTER, jitter, render_html
 from pytest_judgeopt.report import merge, predictions, results_document
+from tests.world import report_run
 
 WINDOW = (1200, 1600)
 SCATTER_BLUE = (0x09, 0x69, 0xDA)
@@ -88,14 +89,14 @@ def png_pixels(png: Path) -> tuple[int, int, list[tuple[int, int, int]]]:
                 line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
         rows.append(line)
         previous = line
-    pixels = [tuple(row[x * channels:x * channels + 3]) for row in rows for x in range(width)]
-    return width, height, pixels  # type: ignore[return-value]
+    pixels = [(row[x * channels], row[x * channels + 1], row[x * channels + 2]) for row in rows for x in range(width)]
+    return width, height, pixels
 
 
 def near(pixels: list[tuple[int, int, int]], color: tuple[int, int, int], tolerance: int = 40) -> int:
     """How many pixels are (about) this colour: antialiased and translucent marks are not exact."""
     counts = Counter(pixels)
-    return sum(n for pixel, n in counts.items() if sum(abs(a - b) for a, b in zip(pixel, color)) <= tolerance)
+    return sum(n for pixel, n in counts.items() if sum(abs(a - b) for a, b in zip(pixel, color, strict=True)) <= tolerance)
 
 
 def document(reply: str, instruction: str, spec: str = "toy") -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -140,8 +141,6 @@ def scored(rows: list[dict[str, Any]]) -> int:
 def test_chromium_renders_every_chart_of_a_real_run(pytester: pytest.Pytester, fake_llm: Any, tmp_path: Path) -> None:
     if shutil.which("chromium") is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
-    from tests.test_report import report_run
-
     report_run(pytester, fake_llm, "out").assert_outcomes(passed=4)
     folder = pytester.path / "out"
     rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]

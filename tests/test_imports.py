@@ -38,7 +38,7 @@ def imports(name: str, path: Path, is_package: bool, known: set[str]) -> tuple[s
 
     def add(target: list[str], names: list[str]) -> None:
         for alias in names:  # `from . import hooks` imports the module hooks; `from .x import f` imports x
-            sub = ".".join(target + [alias])
+            sub = ".".join([*target, alias])
             inside.add(sub if sub in known else ".".join(target))
 
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):

@@ -97,7 +97,9 @@ def test_harmless_merge_passes(pytester: pytest.Pytester, fake_llm: FakeLLMServe
 
 
 def test_difference_within_noise_passes(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
-    one_off: Perturb = lambda record, score: score - 1 if record["id"] == "d1-s0" else score  # noqa: E731
+    def one_off(record: dict[str, Any], score: float) -> float:
+        return score - 1 if record["id"] == "d1-s0" else score
+
     fake_llm.responder = world({("merged", "fluency"): one_off})
     write(pytester, fake_llm)
     result = pytester.runpytest()
@@ -189,7 +191,7 @@ def test_judge_fixture_runs_the_check(pytester: pytest.Pytester, fake_llm: FakeL
             fluency = result.criteria["fluency"]
             assert fluency.verdict == "fail" and abs(fluency.diff + 2) < 1e-9 and fluency.n == {N}
             assert result.criteria["coherence"].verdict == "pass"
-            assert result.usage_merged.calls == {N} and result.usage_separate.calls == {2 * N}
+            assert result.usage_merged.answered == {N} and result.usage_separate.answered == {2 * N}
             assert result.merged["fluency"].shape == "merged" and result.separate["fluency"].rho > 0.999
             assert judge.interference("toy.judge.yaml") is result  # measured once per session
             assert len(judge.interferences) == 1

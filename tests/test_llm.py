@@ -8,6 +8,7 @@ Retry-After of tenths of a second, timeouts of half a second).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -19,8 +20,8 @@ from typing import Any
 import pytest
 
 from pytest_judgeopt.cache import Cache
-from pytest_judgeopt.llm import LLM, CallError, Reply, model_secrets, redact
-from pytest_judgeopt.spec import Model
+from pytest_judgeopt.llm import LLM, CallError, Reply, call_secrets, model_secrets, redact
+from pytest_judgeopt.spec import Model, is_credential_name
 from tests import fake_llm
 from tests.conftest import server_model
 from tests.fake_llm import FakeLLMServer, Fault
@@ -294,10 +295,8 @@ def test_errors_are_counted_per_kind_and_role(fake_llm: FakeLLMServer, make_llm:
               (Fault("status", 500), "optimizer"), (None, "optimizer")]
     for fault, role in script:
         fake_llm.faults = [] if fault is None else [fault]
-        try:
+        with contextlib.suppress(CallError):
             ask(llm, model, [{"role": "user", "content": f"{role} {fault}"}], role=role)
-        except CallError:
-            pass
 
     assert llm.usage["judge"].errors == Counter({"auth": 2, "not_found": 1})
     assert llm.usage["optimizer"].errors == Counter({"server": 1})
@@ -386,6 +385,23 @@ def test_redact_leaves_ordinary_text(text: str) -> None:
 
 def test_redact_removes_given_secrets_verbatim() -> None:
     assert redact("key was plain.secret-value_1 and more", ["plain.secret-value_1"]) == "key was [redacted] and more"
+
+
+@pytest.mark.parametrize(("name", "credential"), [
+    ("api_key", True), ("API_KEY", True), ("apiKey", True), ("X-Api-Key", True), ("Authorization", True),
+    ("aws_secret_access_key", True), ("vertex_credentials", True), ("OPENAI_API_KEY", True), ("HF_TOKEN", True),
+    ("ANTHROPIC_AUTH_TOKEN", True), ("password", True),
+    ("max_tokens", False), ("max_completion_tokens", False), ("TOKENIZERS_PARALLELISM", False), ("temperature", False),
+    ("X-Team", False), ("monkey", False), ("author", False),
+])
+def test_one_rule_tells_credentials_by_name(name: str, credential: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule hides a setting from reports, finds a model's credential values and the environment's."""
+    model = Model.parse({"name": "openai/x", name: "value-long-enough-1"})
+    assert is_credential_name(name) is credential
+    assert ("value-long-enough-1" in model.describe()) is not credential
+    assert (model_secrets(model) == ["value-long-enough-1"]) is credential
+    monkeypatch.setenv(name.upper().replace("-", "_"), "environment-value-2")
+    assert ("environment-value-2" in call_secrets(Model("openai/x"))) is credential
 
 
 def test_model_secrets_finds_keys_and_auth_headers() -> None:

@@ -26,8 +26,8 @@ import yaml
 
 from tests.conftest import server_model, spec_text
 from tests.fake_llm import FakeLLMServer
-from tests.test_optimize import RECORDS as OPT_RECORDS
-from tests.test_optimize import World, new_session, strict_improves, write_project
+from tests.world import RECORDS as OPT_RECORDS
+from tests.world import World, new_session, strict_improves, write_project
 
 # two specs with different instructions, so no prompt of one is answered from the cache by the other's
 SPECS = {"first.judge.yaml": "from 1 to 5.", "second.judge.yaml": "on a scale of 1 to 5."}
@@ -100,7 +100,9 @@ def test_two_workers_give_the_verdicts_locks_summary_and_report_of_a_serial_run(
                                              f"--judge-cache-dir={parallel_dir}/.judgeopt", str(parallel_dir), timeout=300)
     assert "2 workers [8 items]" in parallel.stdout.str()
 
-    strip = (lambda r: {item.split("/")[-1]: outcome for item, outcome in verdicts(r).items()})
+    def strip(run: pytest.RunResult) -> dict[str, str]:
+        return {item.split("/")[-1]: outcome for item, outcome in verdicts(run).items()}
+
     assert strip(serial) == strip(parallel), parallel.stdout.str()
     assert len(strip(serial)) == 8 and set(strip(serial).values()) == {"PASSED"}, serial.stdout.str()
     for name in SPECS:  # the same optimization, locked the same way

@@ -108,7 +108,7 @@ SCORE_CASES = [
     ("I'm sorry, but I can't help with that.", FIVE, None, "refusal"),
     ("As an AI language model, I cannot provide personal opinions on 2 texts.", FIVE, None, "refusal"),
     ("I cannot evaluate this text because it is empty.", FIVE, None, "refusal"),
-    ("I’m unable to assess this summary.", FIVE, None, "refusal"),
+    ("I\u2019m unable to assess this summary.", FIVE, None, "refusal"),
 ]
 
 
@@ -131,12 +131,32 @@ def test_failure_details_explain() -> None:
     assert "4/10" in parse_score("4/10", FIVE).detail
 
 
-def test_failure_kinds_and_parsed_score() -> None:
-    assert FAILURE_KINDS == ("empty", "refusal", "no_score", "out_of_scale", "missing_criterion", "bad_json")
+# One reply (and the criterion asked) per kind of failure the parser names.
+FAILING_REPLIES = {
+    "empty": ("", None),
+    "refusal": ("I'm sorry, I can't help with that.", None),
+    "no_score": ("It reads well.", None),
+    "out_of_scale": ("7", None),
+    "missing_criterion": ('{"coherence": 4, "fluency": 2}', "relevance"),
+    "bad_json": ('{"coherence" 4}', None),
+}
+
+
+def test_every_failure_kind_named_is_one_the_parser_reports() -> None:
+    """FAILURE_KINDS is what reports and the schema count by: each kind must come out of a reply, and
+    a kind added to the list without a reply that produces it fails here."""
+    reported = {kind: parse_score(reply, FIVE, criterion) for kind, (reply, criterion) in FAILING_REPLIES.items()}
+    assert {kind: parsed.failure for kind, parsed in reported.items()} == {kind: kind for kind in FAILURE_KINDS}
+    assert not any(parsed.ok or parsed.score is not None or not parsed.detail for parsed in reported.values())
+
+
+def test_a_parsed_score_is_ok_only_without_failure_and_cannot_be_changed() -> None:
     assert ParsedScore(4.0, None).ok
     assert not ParsedScore(None, "missing_criterion").ok
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        ParsedScore(4.0, None).score = 5.0  # type: ignore[misc]
+    parsed = ParsedScore(4.0, None)
+    for each in dataclasses.fields(ParsedScore):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(parsed, each.name, None)
 
 
 TWO = {"coherence": FIVE, "fluency": FIVE}

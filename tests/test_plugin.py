@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import human_from_prompt, make_records, server_model, spec_text
-from tests.fake_llm import Fault, FakeLLMServer
+from tests.fake_llm import FakeLLMServer, Fault
 
 RECORDS = make_records()
 NO_MERGED_ITEM = "interference: false\n"

@@ -7,16 +7,9 @@ every status drawn is erased before pytest writes again, and what remains is pyt
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
-import struct
-import subprocess
-import sys
-import termios
-import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +17,9 @@ import pytest
 from pytest_judgeopt.progress import Progress, TerminalStatus, clock_text, progress_text
 from tests.conftest import human_from_prompt, make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer
+from tests.terminal import DRAW, in_terminal, screen_lines
 
 RECORDS = make_records()
-# a status as TerminalStatus draws it: erase to the end of the line, the (dimmed) text, cursor back over it
-DRAW = re.compile(r"\x1b\[K(?:\x1b\[2m)?( [^\x1b]*)(?:\x1b\[0m)?\x1b\[(\d+)D")
 STATUS = re.compile(r" judge \d+/\d+ \(\d+%\) \| \d+ cached \| \d+ failed \| \d+\.\d calls/s \| \d+:\d\d")
 
 
@@ -119,33 +111,6 @@ def test_no_progress_when_the_output_is_not_a_terminal(pytester: pytest.Pytester
         "toy.judge.yaml .                                                         [100%]"]
 
 
-def in_terminal(folder: Path, *args: str, env: dict[str, str] | None = None, columns: int = 120,
-                cache: str = "replay") -> str:
-    """Run pytest in a pseudo-terminal of the given width; what it wrote to the screen, raw."""
-    main, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    environment = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "PY_COLORS", "FORCE_COLOR", "COLUMNS")}
-    environment.update({"TERM": "xterm", **(env or {})})
-    process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:benchmark",
-                                "-p", "no:randomly", f"--judge-cache={cache}", *args],
-                               cwd=folder, stdin=child, stdout=child, stderr=child, env=environment)
-    os.close(child)
-    chunks, deadline = [], time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(main)
-        process.wait(timeout=60)
-    return b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
-
-
 @pytest.fixture
 def replayable(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> Path:
     """A project whose answers are all in its cache, so a run needs no model (nor litellm)."""
@@ -183,9 +148,3 @@ def test_with_no_color_the_status_and_the_summary_are_plain(replayable: Path) ->
     assert "\x1b[2m" not in screen and "\x1b[32m" not in screen and "\x1b[1m" not in screen
     assert re.search(r"coherence\s+spearman\s+1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+8\s+0\s+pass", screen)
     # (pytest-xdist in a terminal: tests/test_report.py's parallel run, where no worker draws a status)
-
-
-def screen_lines(screen: str) -> list[str]:
-    """The lines a terminal would show: styles dropped, a carriage return's rewrite kept, trailing blanks cut."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", screen)
-    return [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]

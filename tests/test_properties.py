@@ -409,7 +409,7 @@ def test_broken_specs_are_collection_errors_naming_the_file(pytester: pytest.Pyt
     assert errors == refused, out
     for name in refused:
         assert re.search(rf"^E?\s*{re.escape(str(pytester.path / name))}:", out, re.M), out
-    for name in refused:
+    for _ in refused:
         counted("refused")
     for _ in range(SPECS_PER_RUN - len(refused)):
         counted("loaded")

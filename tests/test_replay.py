@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import server_model, spec_text
 from tests.fake_llm import FakeLLMServer
-from tests.test_optimize import RECORDS, World, strict_improves
+from tests.world import RECORDS, World, strict_improves
 
 SPECS = ("kept.judge.yaml", "changed.judge.yaml")
 CHANGED_FROM, CHANGED_TO = "Rate the fluency from 1 to 5.", "Rate how fluently the summary reads, from 1 to 5."

@@ -22,30 +22,11 @@ from pytest_judgeopt.llm import Usage
 from pytest_judgeopt.report import merge, render, summary_sections
 from tests.conftest import CRITERIA
 from tests.fake_llm import FakeLLMServer
-from tests.test_optimize import GOOD, INITIAL, MODES, RECORDS, World, knows, write_project
-from tests.test_progress import DRAW, in_terminal, screen_lines
+from tests.terminal import DRAW, in_terminal, screen_lines
+from tests.world import MODES, everything, report_run, report_world, write_project
 
 SCHEMA = Path(__file__).resolve().parents[1] / "pytest_judgeopt" / "schemas" / "results.schema.json"
 KEY = "sk-test-not-a-real-key"
-
-
-def world() -> World:
-    """coherence's rewrite makes the judge agree (accepted at step 1); fluency's makes it worse (rejected twice)."""
-    good = {"coherence": GOOD["coherence"], "fluency": INITIAL["fluency"]}
-    return World(RECORDS, score=knows(good, bad={"fluency": "Rate loosely."}),
-                 proposals={"coherence": GOOD["coherence"], "fluency": "Rate loosely."})
-
-
-def everything(folder: Path, server: FakeLLMServer) -> Path:
-    """A project whose run has an optimization, criterion items and the merged check."""
-    server.responder = world()
-    return write_project(folder, server, optimize="steps: 2\nbatch_size: 2", min_rho=0.5)
-
-
-def report_run(pytester: pytest.Pytester, server: FakeLLMServer, out: str, *args: str) -> pytest.RunResult:
-    everything(pytester.path, server)
-    return pytester.runpytest("--judge-optimize", "--judge-retries=1", f"--judge-report={out}",
-                              f"--judge-cache-dir={out}-cache", *args)
 
 
 def without_timing(text: str) -> str:
@@ -102,7 +83,7 @@ def test_results_json_matches_its_schema_exactly_is_stable_and_holds_no_secret(p
 
 
 def test_a_mode_study_report_matches_the_schema_too(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
-    fake_llm.responder = world()
+    fake_llm.responder = report_world()
     write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2\nstudy_runs: 1")
     pytester.runpytest("--judge-optimize=study", "-k", "study", "--judge-report=out").assert_outcomes(passed=1)
     results = json.loads((pytester.path / "out" / "results.json").read_text())

@@ -30,8 +30,8 @@ from pytest_judgeopt.session import Session
 from pytest_judgeopt.spec import load_spec
 from tests.conftest import CRITERIA, make_records, spec_text
 from tests.fake_llm import FakeLLMServer
-from tests.test_optimize import RECORDS as OPT_RECORDS
-from tests.test_optimize import World, role_of, strict_improves
+from tests.world import RECORDS as OPT_RECORDS
+from tests.world import World, role_of, strict_improves
 
 SPEC_KEY = "sk-planted-SPECKEY-7f3a9c2e41"
 ENV_KEY = "planted-env-credential-Q8x2Lm5"  # no sk- prefix: no pattern knows it, only its value does
@@ -156,7 +156,7 @@ def test_a_hostile_text_stays_in_its_block_and_no_placeholder_is_filled(tmp_path
             parts = {"inputs": f"<source>\nThe article.\n</source>\n\n<summary>\n{block(prompt, 'summary')}\n</summary>",
                      "criteria": render_criteria(group, instructions), "format": render_format(group)}
             skeleton = template or "{inputs}\n\n{criteria}\n\n{format}"
-            assert prompt == re.sub(r"\{(inputs|criteria|format)\}", lambda m: parts[m[1]], skeleton)
+            assert prompt == re.sub(r"\{(inputs|criteria|format)\}", lambda m, parts=parts: parts[m[1]], skeleton)
             tail = prompt.split("</summary>", 1)[1]
             assert tail.count("Criterion:") + tail.count("Criteria:") == 1  # the only criteria are after the data
 

@@ -17,8 +17,8 @@ from pytest_judgeopt.spec import (
     Interference,
     JudgeSettings,
     Model,
-    Split,
     SpecError,
+    Split,
     load_spec,
     schema,
 )
@@ -91,11 +91,12 @@ class Broken:
     key: str | None  # the dotted key path the message names
     what: str
     fix: str
+    problems: int = 1  # one mistake, one problem: an edit that breaks one thing is not reported as several
 
 
 BROKEN = [
     Broken("unknown top-level key", edit("criteria:", "critera:"), 16, "critera",
-           "unknown key 'critera'", "did you mean 'criteria'?"),
+           "unknown key 'critera'", "did you mean 'criteria'?", problems=2),  # and criteria is missing
     Broken("unknown nested key", edit("min_rho: 0.5", "min_roh: 0.5"), 20, "criteria.coherence.min_roh",
            "unknown key 'min_roh'", "did you mean 'min_rho'?"),
     Broken("unknown model role", edit("model: openai/gpt-4o-mini", "models:\n  jduge: openai/gpt-4o"), 3, "models.jduge",
@@ -216,13 +217,17 @@ def test_broken_spec_names_file_line_key_and_fix(tmp_path: Path, case: Broken) -
     head = f"{location} {case.key}: " if case.key is not None else f"{location} "
     matching = [p for p in problems if p.startswith(head) and case.what in p]
     assert matching, f"no problem starts with {head!r} and says {case.what!r}:\n" + "\n".join(problems)
+    assert len(problems) == case.problems, "\n".join(problems)
     assert f"Fix: {case.fix}" in matching[0] or case.fix in matching[0].split(". Fix: ", 1)[1]
     for text in problems:  # every sentence has the file and a fix, never a Python repr of an exception
         assert text.startswith(f"{path}:") and ". Fix: " in text and "Traceback" not in text
 
 
-def test_broken_table_is_big_enough() -> None:
-    assert len(BROKEN) >= 20 and len({case.id for case in BROKEN}) == len(BROKEN)
+def test_the_broken_cases_start_from_a_spec_that_loads(tmp_path: Path) -> None:
+    """Each case is BASE with one edit, so the problems a case reports come from its edit alone."""
+    spec = load_spec(write(tmp_path, BASE))
+    assert list(spec.criteria) == ["coherence", "fluency"] and spec.criteria["coherence"].min_rho == 0.5
+    assert spec.criteria["coherence"].line == 17 and spec.line_of("correlation", "method") == 14
 
 
 def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path) -> None:
@@ -445,11 +450,11 @@ def schema_keys(node: dict[str, Any], at: tuple[str, ...] = ()) -> set[tuple[str
     node = resolve(node)
     keys: set[tuple[str, ...]] = set()
     for name, sub in node.get("properties", {}).items():
-        keys.add(at + (name,))
-        keys |= schema_keys(sub, at + (name,))
+        keys.add((*at, name))
+        keys |= schema_keys(sub, (*at, name))
     extra = node.get("additionalProperties")
     if isinstance(extra, dict) and "properties" in resolve(extra):
-        keys |= schema_keys(extra, at + ("*",))
+        keys |= schema_keys(extra, (*at, "*"))
     for branch in node.get("oneOf", []):
         keys |= schema_keys(branch, at)
     return keys

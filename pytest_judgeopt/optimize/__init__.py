@@ -26,10 +26,33 @@ _WHERE = {
     "optimize_spec": "run",
     "Study": "study", "run_study": "study",
 }
-__all__ = ["Allowance", "Budget", "BudgetExceeded", "CriterionOutcome", "MODES", "Mode", "Optimization",
-           "OptimizationBusy", "OptimizationResult", "ReplayIncomplete", "State", "StepRecord", "Study",
-           "accepted", "default_rule", "formula", "gate_values", "get_mode", "modes_table", "optimize_spec",
-           "plan_text", "planned_calls", "run_key", "run_study", "with_gate_rule"]
+__all__ = [
+    "MODES",
+    "Allowance",
+    "Budget",
+    "BudgetExceeded",
+    "CriterionOutcome",
+    "Mode",
+    "Optimization",
+    "OptimizationBusy",
+    "OptimizationResult",
+    "ReplayIncomplete",
+    "State",
+    "StepRecord",
+    "Study",
+    "accepted",
+    "default_rule",
+    "formula",
+    "gate_values",
+    "get_mode",
+    "modes_table",
+    "optimize_spec",
+    "plan_text",
+    "planned_calls",
+    "run_key",
+    "run_study",
+    "with_gate_rule",
+]
 
 if TYPE_CHECKING:
     from .budget import Allowance, Budget, BudgetExceeded

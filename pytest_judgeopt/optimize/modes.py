@@ -103,7 +103,7 @@ def estimate_cost(model: Model, calls: int, prompt_tokens: int = 800, completion
     try:
         prompt, completion = import_litellm().cost_per_token(model=model.name, prompt_tokens=prompt_tokens,
                                                              completion_tokens=completion_tokens)
-    except Exception:  # noqa: BLE001 - litellm raises for models it has no price for
+    except Exception:  # litellm raises for models it has no price for
         return None
     return calls * (prompt + completion)
 

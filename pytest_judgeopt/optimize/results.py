@@ -74,6 +74,7 @@ class OptimizationResult:
     reused: bool = False
     lock_path: Path | None = None  # set by the caller that writes the lock file
     lock_note: str | None = None
+    wall_seconds: float | None = None  # set by the caller that timed the run (the optimize item)
 
     @property
     def instructions(self) -> dict[str, str]:

@@ -1,0 +1,92 @@
+"""The package as a user meets it: its public names, its version, its type information, and that
+importing it stays light; and one rule of the test suite itself (no test module imports another)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import pytest_judgeopt
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("litellm", "scipy", "rich")
+
+
+def imported_after(code: str) -> dict[str, list[str]]:
+    """Run ``code`` in a fresh interpreter; which heavy modules were loaded after each of its steps."""
+    probe = f"import sys, json; seen = {{}}\n{code}\nprint(json.dumps(seen))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT)
+    return json.loads(done.stdout)
+
+
+def heavy_now(step: str) -> str:
+    return f"seen[{step!r}] = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})"
+
+
+def test_importing_the_package_and_reading_its_version_imports_no_heavy_module() -> None:
+    seen = imported_after("\n".join([
+        "import pytest_judgeopt", heavy_now("import"),
+        "version = pytest_judgeopt.__version__", heavy_now("__version__"),
+        "import pytest_judgeopt.plugin", heavy_now("plugin"),
+        "from pytest_judgeopt import Session, load_spec, SpecError, CriterionResult", heavy_now("names"),
+    ]))
+    assert seen == {"import": [], "__version__": [], "plugin": [], "names": []}
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert pytest_judgeopt.__version__ == version("pytest-judgeopt")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert pytest_judgeopt.__version__ == project["version"]
+
+
+@pytest.mark.parametrize("name", [n for n in pytest_judgeopt.__all__ if n != "__version__"])
+def test_every_public_name_is_the_object_its_module_defines(name: str) -> None:
+    import importlib
+
+    value = getattr(pytest_judgeopt, name)
+    home = importlib.import_module(value.__module__)
+    assert getattr(home, value.__name__) is value and value.__name__ == name
+    assert name in dir(pytest_judgeopt)
+
+
+def test_the_public_names_cover_what_a_script_needs() -> None:
+    needed = {"Session", "load_spec", "SpecError", "CriterionResult", "Judgment", "InterferenceResult",
+              "OptimizationResult", "__version__"}
+    assert needed <= set(pytest_judgeopt.__all__)
+    misspelt = "Sesion"
+    with pytest.raises(AttributeError, match="no attribute 'Sesion'"):
+        getattr(pytest_judgeopt, misspelt)
+
+
+def test_the_type_information_and_licence_ship_with_the_package() -> None:
+    assert (ROOT / "pytest_judgeopt" / "py.typed").is_file()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["pytest_judgeopt"]
+    assert config["project"]["license"] == {"text": "MIT"} and config["project"]["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared worlds and helpers live in conftest.py or a helper module, so running one test file never
+    runs (or collects twice) another's module-level code."""
+    tests = ROOT / "tests"
+    test_modules = {p.stem for p in tests.glob("test_*.py")}
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module
+                     else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "tests" and len(parts) > 1 and parts[1] in test_modules:
+                    found.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not found, "\n".join(found)
