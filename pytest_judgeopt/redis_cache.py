@@ -89,13 +89,15 @@ class RedisCache:
 
     def get(self, key: str) -> Answer | None:
         if self.down:
-            return self._off(self.down)
+            self._off(self.down)
+            return None
         import redis
 
         try:
             raw = self._redis().get(self.prefix + key)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError) as exc:
-            return self._off(self._fail("down", exc))
+            self._off(self._fail("down", exc))
+            return None
         return None if raw is None else json.loads(raw)
 
     def put_many(self, items: list[tuple[str, Answer]]) -> None:
@@ -119,6 +121,7 @@ class RedisCache:
     def _fail(self, kind: str, exc: BaseException) -> str:
         """Switch the shared cache off (or its writes) and report it, once per kind, whichever thread saw it first."""
         detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = detail.split(" of pipeline caused error: ", 1)[-1]  # the server's words, not the pipeline's framing
         with self._lock:
             if kind == "down":
                 if self.down:
@@ -138,11 +141,11 @@ class RedisCache:
         return reason
 
     def _off(self, reason: str) -> None:
+        """Going on without the shared cache: allowed, or (required) an error naming why and what to do."""
         if self.required:
             raise SharedCacheError(f"{reason.split(';')[0]}, and it is required (--judge-cache-required). Fix: check "
                                    "the Redis server and --judge-cache-url, or drop --judge-cache-required to go on "
                                    "with the local cache")
-        return None
 
     def keys(self) -> list[str]:
         """Every key under the prefix (for tests and housekeeping; SCAN, never KEYS)."""
