@@ -20,10 +20,13 @@ from html import escape
 from typing import Any
 
 from .text import (
+    COMPARISON_TITLES,
     LINE_STYLES,
     VERDICT_STYLES,
     Line,
     Table,
+    comparison_table,
+    comparison_verdict,
     dollars,
     estimate,
     evaluation_table,
@@ -272,10 +275,11 @@ def evaluation_section(ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
     return "".join(out)
 
 
-def interference_section(check: Mapping[str, Any]) -> str:
+def interference_section(check: Mapping[str, Any], compared: Mapping[str, Any] | None = None) -> str:
     t = interference_table(check)
+    plot = f'<div class="charts"><figure>{paired_svg(compared)}</figure></div>' if compared else ""
     return (f'<section class="interference"><h2>{escape(check["spec"])}: merged vs separate prompts</h2>'
-            f'<p class="muted">{escape(t.heading)}</p>' + table(t) + lines_html(t.after) + "</section>")
+            f'<p class="muted">{escape(t.heading)}</p>' + plot + table(t) + lines_html(t.after) + "</section>")
 
 
 def optimization_section(o: Mapping[str, Any], seconds: float | None = None) -> str:
@@ -311,6 +315,54 @@ def usage_section(usage: Mapping[str, Mapping[str, Any]], timing: Mapping[str, A
             + (f'<p class="muted">wall time of the run: {seconds:.1f} s</p>' if seconds is not None else "") + "</section>")
 
 
+def paired_svg(c: Mapping[str, Any]) -> str:
+    """Each criterion's difference (b minus a) with its paired interval, against zero and -max_drop: the picture
+    of a comparison's verdicts. Criteria without a difference are listed with a dash."""
+    rows = c["criteria"]
+    width, left, right, top, step = 460, 120, 20, 28, 24
+    height = top + step * max(1, len(rows)) + 28
+    values = [v for x in rows for v in (x["diff"], x["low"], x["high"]) if v is not None] + [0.0, -c["max_drop"]]
+    low, high = max(-2.0, min(values)), min(2.0, max(values))
+    pad = max(0.05, (high - low) * 0.08)
+    low, high = low - pad, high + pad
+
+    def x(v: float) -> float:
+        return left + (min(max(v, low), high) - low) / (high - low) * (width - left - right)
+
+    out = [f'<svg class="paired" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="{escape(c["b"]["label"])} minus {escape(c["a"]["label"])}, per criterion">',
+           f'<text class="title" x="4" y="14">{escape(c["b"]["label"])} minus {escape(c["a"]["label"])} '
+           f'({escape(c["method"])}, {c["confidence"]:.0%} paired interval)</text>']
+    bottom = top + step * max(1, len(rows))
+    for value, dash, label in ((0.0, "", "0"), (-c["max_drop"], ' stroke-dasharray="4 3"', f"-{c['max_drop']:g}")):
+        out.append(f'<line x1="{x(value):.1f}" y1="{top - 6}" x2="{x(value):.1f}" y2="{bottom}" stroke="#8c959f"{dash}/>')
+        out.append(f'<text x="{x(value):.1f}" y="{bottom + 14}" text-anchor="middle">{escape(label)}</text>')
+    colours = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e"}
+    for i, row in enumerate(rows):
+        y = top + step * i + step / 2
+        out.append(f'<text x="4" y="{y + 4:.1f}">{escape(row["criterion"])}</text>')
+        if row["diff"] is None:
+            out.append(f'<text x="{left}" y="{y + 4:.1f}">- ({escape(row["verdict"])})</text>')
+            continue
+        colour = colours[comparison_verdict(row)[1]]
+        if row["low"] is not None and row["high"] is not None:
+            out.append(f'<line x1="{x(row["low"]):.1f}" y1="{y:.1f}" x2="{x(row["high"]):.1f}" y2="{y:.1f}" '
+                       f'stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<circle cx="{x(row["diff"]):.1f}" cy="{y:.1f}" r="4" fill="{colour}">'
+                   f'<title>{escape(row["criterion"])}: {row["diff"]:+.3f} '
+                   f'{escape(interval(row["low"], row["high"], sign=True))}, {escape(row["verdict"])}</title></circle>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def comparison_section(c: Mapping[str, Any]) -> str:
+    t = comparison_table(c)
+    title = COMPARISON_TITLES.get(c["kind"], c["kind"])
+    return (f'<section class="comparison"><h2>{escape(c["spec"])}: {escape(title)}</h2>'
+            f'<p class="muted">{escape(t.heading)}</p><div class="charts"><figure>{paired_svg(c)}</figure></div>'
+            f'{table(t)}{lines_html(t.after)}</section>')
+
+
 def render_html(document: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     """The page, from results.json's document and predictions.jsonl's rows."""
     evaluations, checks = document["evaluations"], document["interference"]
@@ -329,8 +381,13 @@ def render_html(document: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) 
            f"— {escape(document['generator'])}, results.json version {document['version']}</p></header><main>"]
     for i, ev in enumerate(evaluations):
         out.append(evaluation_section(ev, [r for r in rows if r["source"] == "evaluation" and r["index"] == i]))
+    comparisons = document.get("comparisons", [])
     for check in checks:
-        out.append(interference_section(check))
+        same = [c for c in comparisons if c["kind"] == "merged" and c["path"] == check["path"] and c["split"] == check["split"]]
+        out.append(interference_section(check, same[0] if same else None))
+    for compared in comparisons:
+        if compared["kind"] != "merged":
+            out.append(comparison_section(compared))
     times = document["timing"]["optimizations"]
     for i, o in enumerate(document["optimizations"]):
         out.append(optimization_section(o, times[i]["seconds"] if i < len(times) else None))

@@ -130,6 +130,10 @@ async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Re
             out.usage.calls += 1
         out.usage.prompt_tokens += reply.prompt_tokens
         out.usage.completion_tokens += reply.completion_tokens
+        if reply.cost is None:  # what the answer cost when it was asked (a cached one too): a comparison's cost
+            out.usage.cost_unknown += 1
+        else:
+            out.usage.cost += reply.cost
         scores = combine(reply.choices, group, shape, logprobs)
         if logprobs and not any(c.logprobs for c in reply.choices):
             out.logprobs_missing += 1

@@ -21,6 +21,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .compare import Comparison
     from .interference import InterferenceResult
     from .judge import CriterionResult
     from .session import Session
@@ -109,6 +110,11 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--judge-sample", "judge_sample", positive_int, None,
      "judge only N groups (documents) of each split, chosen by the split seed: quick, document-whole runs."),
     ("--judge-report", "judge_report", str, None, "write results.json to this folder."),
+    ("--judge-baseline", "judge_baseline", str, None,
+     "compare each spec with an earlier run: a folder its --judge-report wrote (results.json, predictions.jsonl); "
+     "adds a ::baseline item per spec found there."),
+    ("--judge-compare-model", "judge_compare_model", str, None,
+     "compare each spec's judge with the same judge on this litellm model (test split): adds a ::compare item."),
     ("--judge-mode", "judge_mode", optimize_mode, None,
      "decomposition mode for --judge-optimize: ST, SSS, SSC, SCC, CCC (default: the spec's optimize.mode, else SSS)."),
     ("--judge-steps", "judge_steps", positive_int, None, "optimization steps (default: the spec's optimize.steps)."),
@@ -187,6 +193,7 @@ class JudgeRun:
         self.spec_items: dict[Path, int] = {}
         self.partial_specs: set[str] = set()
         self.recorded: list[Any] = []  # answers.Outcome per answer file written, or an error line
+        self.baseline: Any = None  # baseline.BaselineRun of --judge-baseline, read when the run is configured
 
     @property
     def session(self) -> Session:
@@ -277,7 +284,15 @@ def pytest_configure(config: pytest.Config) -> None:
         problem = url_problem(url)
         if problem:
             raise pytest.UsageError(f"--judge-cache-url: {problem}")
-    config.stash[run_key] = JudgeRun(config)
+    run = config.stash[run_key] = JudgeRun(config)
+    folder = setting(config, "judge_baseline")
+    if folder:
+        from .baseline import BaselineError, read_baseline
+
+        try:
+            run.baseline = read_baseline(Path(folder))
+        except BaselineError as exc:
+            raise pytest.UsageError(f"--judge-baseline: {exc}") from None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -379,6 +394,16 @@ class JudgeFile(pytest.File):
             yield CriterionItem.from_parent(self, name=name, criterion=name, line=criterion.line)
         if loaded.spec.interference is not None:  # after the criteria, so their separate judgments are reused
             yield MergedItem.from_parent(self, name="merged", line=loaded.spec.line_of("interference") or 1)
+        baseline = self.config.stash[run_key].baseline
+        if baseline is not None:
+            from .text import relative
+
+            found = baseline.find(relative(str(self.path), self.config.rootpath), loaded.spec.name)
+            if found is not None:
+                yield ComparisonItem.from_parent(self, name="baseline", line=loaded.spec.line_of("baseline") or 1,
+                                                 baseline=found)
+        if setting(self.config, "judge_compare_model"):
+            yield ComparisonItem.from_parent(self, name="compare", line=1, baseline=None)
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.item_name, case=case.name, line=case.line)
 
@@ -450,6 +475,45 @@ class MergedItem(pytest.Item):
         return self.path, self.line - 1, f"judge {self.path.name}::merged"
 
 
+class ComparisonFailed(Exception):
+    """Judge b is worse than judge a on some criterion, or the two cannot be compared; carries the comparison."""
+
+    def __init__(self, comparison: Comparison):
+        super().__init__(comparison.kind)
+        self.comparison = comparison
+
+
+class ComparisonItem(pytest.Item):
+    """``::baseline`` (this run against an earlier run's report) or ``::compare`` (the configured model against
+    --judge-compare-model): fails when a criterion drops beyond ``baseline.max_drop`` and the interval excludes zero."""
+
+    def __init__(self, *, line: int, baseline: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.line = line
+        self.baseline = baseline
+
+    def runtest(self) -> None:
+        run = self.config.stash[run_key]
+        if self.name == "baseline":
+            comparison = run.session.against_baseline(self.path, self.baseline, source=str(run.baseline.folder))
+        else:
+            comparison = run.session.compare(self.path, model=setting(self.config, "judge_compare_model"))
+        for key, value in comparison_properties(comparison).items():
+            self.user_properties.append((key, value))
+        if not comparison.passed:
+            raise ComparisonFailed(comparison)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, ComparisonFailed):
+            from .text import comparison_failure
+
+            return comparison_failure(excinfo.value.comparison.to_json())
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
+
+
 class ItemFailed(Exception):
     """A case or probe that does not hold; the message says what was expected and what the judge did."""
 
@@ -508,6 +572,28 @@ def interference_properties(result: InterferenceResult) -> dict[str, Any]:
                     f"interference_{name}_verdict": c.verdict})
     for shape, usage in (("separate", result.usage_separate), ("merged", result.usage_merged)):
         out.update({f"interference_calls_{shape}": usage.answered, f"interference_prompt_tokens_{shape}": usage.prompt_tokens})
+    return out
+
+
+def comparison_properties(comparison: Comparison) -> dict[str, Any]:
+    """A ::baseline or ::compare item's JUnit properties (prefix: its kind): per criterion rho of a and b, their
+    difference with its interval, the paired n, the verdict; the threshold; what each side cost."""
+    data = comparison.to_json()
+    kind = data["kind"]
+    out: dict[str, Any] = {f"{kind}_max_drop": data["max_drop"], f"{kind}_a": data["a"]["label"],
+                           f"{kind}_b": data["b"]["label"], f"{kind}_model_a": data["a"]["model"],
+                           f"{kind}_model_b": data["b"]["model"], f"{kind}_differs": "; ".join(data["differs"]),
+                           f"{kind}_unpaired_a": len(data["unpaired"].get("a", [])),
+                           f"{kind}_unpaired_b": len(data["unpaired"].get("b", []))}
+    for c in data["criteria"]:
+        name = c["criterion"]
+        out.update({f"{kind}_{name}_{key}": c[key] for key in ("a", "b", "diff", "low", "high", "n", "verdict")})
+    for side in ("a", "b"):
+        usage = data["usage"][side]
+        if usage is not None:
+            out.update({f"{kind}_calls_{side}": usage["calls"], f"{kind}_prompt_tokens_{side}": usage["prompt_tokens"],
+                        f"{kind}_completion_tokens_{side}": usage["completion_tokens"],
+                        f"{kind}_cost_usd_{side}": usage["cost_usd"]})
     return out
 
 
@@ -623,6 +709,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
 
     session = run.session
     return {"evaluations": session.evaluations, "interference": session.interferences, "cases": session.case_results,
+            "comparisons": session.comparisons,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, result.wall_seconds)
                               for result in session.optimizations],
@@ -675,7 +762,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run is None or hasattr(config, "workerinput") or not (run.started or run.workers):
         return  # nothing judged or collected here: gathering would import the report and llm modules for nothing
     found = gathered(run)
-    if not any(found[key] for key in ("evaluations", "interference", "optimizations", "studies", "notes")):
+    if not any(found[key] for key in ("evaluations", "interference", "comparisons", "optimizations", "studies", "notes")):
         answers_summary(terminalreporter, run, config.rootpath)
         return
     from .report import summary_sections

@@ -20,6 +20,7 @@ from .llm import Usage
 from .text import (
     Line,
     Table,
+    comparison_table,
     evaluation_table,
     instruction_changes,
     instruction_sources,
@@ -32,7 +33,7 @@ from .text import (
     usage_text,
 )
 
-SCHEMA_VERSION = 1  # of results.json; schemas/results.schema.json describes it
+SCHEMA_VERSION = 2  # of results.json; schemas/results.schema.json describes it (2: comparisons, data_hash, scoring)
 
 
 def optimization_json(result: Any, seconds: float | None = None) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "evaluations": unique_sorted(every("evaluations"), evaluation_key),
         "interference": unique_sorted(every("interference"), lambda c: (c["path"], c["split"])),
+        "comparisons": unique_sorted(every("comparisons"), lambda c: (c["path"], c["kind"], c["b"]["label"])),
         "cases": unique_sorted(every("cases"), lambda c: (c["path"], c["case"])),
         "optimizations": unique_sorted(every("optimizations"), lambda o: (o["path"], o["mode"], o["seed"])),
         "studies": unique_sorted(every("studies"), lambda s: (s["spec"],)),
@@ -103,17 +105,25 @@ def results_document(found: Mapping[str, Any], *, root: Path | None = None, run_
         return {k: v for k, v in entry.items() if k not in keys}
 
     evaluations = [{**without(ev, "predictions"), "path": relative(ev["path"], root)} for ev in found["evaluations"]]
-    interference = [{**without(c, "predictions"), "path": relative(c["path"], root)} for c in found["interference"]]
+    interference = [{**without(c, "predictions", "comparison"), "path": relative(c["path"], root)}
+                    for c in found["interference"]]
     optimizations = []
     for o in found["optimizations"]:
         lock = o.get("lock_path")
-        optimizations.append({**without(o, "wall_seconds"), "path": relative(o["path"], root),
+        optimizations.append({**without(o, "wall_seconds", "comparison"), "path": relative(o["path"], root),
                               "lock_path": None if lock is None else relative(lock, root)})
+    # every paired comparison, each with its two configurations: this run's baseline and model comparisons
+    # (first, in the order predictions.jsonl's "comparison" rows index), then the merged checks, the optimizations
+    compared = [without(c, "predictions") for c in found["comparisons"]]
+    compared += [c["comparison"] for c in found["interference"] if c.get("comparison")]
+    compared += [o["comparison"] for o in found["optimizations"] if o.get("comparison")]
+    comparisons = [{**c, "path": relative(c["path"], root)} for c in compared]
     return {
         "version": SCHEMA_VERSION,
         "generator": f"pytest-judgeopt {package_version()}",
         "evaluations": evaluations,
         "interference": interference,
+        "comparisons": comparisons,
         "optimizations": optimizations,
         "studies": list(found["studies"]),
         "notes": list(found["notes"]),
@@ -131,6 +141,7 @@ def predictions(found: Mapping[str, Any], *, root: Path | None = None) -> Iterat
     ``index`` name the entry of results.json's ``evaluations`` or ``interference`` a row belongs to."""
     sources = [("evaluation", i, ev, ev["shape"]) for i, ev in enumerate(found["evaluations"])]
     sources += [("interference", i, c, "merged") for i, c in enumerate(found["interference"])]
+    sources += [("comparison", i, c, c["b"]["shape"]) for i, c in enumerate(found["comparisons"])]
     for kind, index, entry, shape in sources:
         for row in entry.get("predictions", []):
             yield {"spec": entry["spec"], "path": relative(entry["path"], root), "source": kind, "index": index,
@@ -225,9 +236,10 @@ def summary_sections(found: Mapping[str, Any], *, verbosity: int = 0,
         specs = dict.fromkeys([ev["spec"] for ev in found["evaluations"]] + [c["spec"] for c in found["interference"]])
         agreement = [spec_line(spec, [ev for ev in found["evaluations"] if ev["spec"] == spec],
                                [c for c in found["interference"] if c["spec"] == spec]) for spec in specs]
-    elif found["evaluations"] or found["interference"]:
+    elif found["evaluations"] or found["interference"] or found["comparisons"]:
         agreement = [evaluation_block(ev) for ev in found["evaluations"]]
         agreement += [interference_table(c) for c in found["interference"]]
+        agreement += [comparison_table(c) for c in found["comparisons"]]
         total = Usage()
         for usage in found["usage"].values():
             total.add(usage)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from .baseline import BaselineSpec
 from .cases import Case, CaseResult, checks, load_cases
+from .compare import Comparison, Configuration, Rules, Side, compare, scoring_of
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
-from .interference import InterferenceResult, compare
+from .interference import InterferenceResult, rules_of
 from .judge import CriterionResult, Judged, assess, judge_records, prediction_rows
 from .llm import LLM, Usage
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
@@ -62,6 +64,9 @@ class Session:
         self._usages: dict[tuple[Any, ...], Usage] = {}  # what each memoised evaluation cost, cache hits included
         self._interference: dict[tuple[Any, ...], InterferenceResult] = {}
         self.interferences: list[dict[str, Any]] = []
+        self._comparisons: dict[tuple[Any, ...], Comparison] = {}
+        self._last_results: dict[str, dict[str, CriterionResult]] = {}  # each side's results of the last comparison
+        self.comparisons: list[dict[str, Any]] = []  # baseline, compare and model comparisons, for the reports
         self._cases: dict[tuple[Any, ...], CaseResult] = {}
         self.case_results: list[dict[str, Any]] = []  # the cases judged, as plain data for the reports
 
@@ -127,13 +132,15 @@ class Session:
         return results[criterion] if criterion is not None else results
 
     def evaluate_instructions(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], *, split: str,
-                              shape: str, sources: dict[str, str], record: bool = False) -> dict[str, CriterionResult]:
-        """Judge and assess, memoized; ``record`` puts the result in the run's report (the items' own evaluations)."""
+                              shape: str, sources: dict[str, str], record: bool = False,
+                              model: Model | None = None) -> dict[str, CriterionResult]:
+        """Judge and assess, memoized; ``record`` puts the result in the run's report (the items' own evaluations).
+        ``model`` replaces the judge's (a model comparison); by default the session's model for the spec."""
         spec = loaded.spec
-        key = self._evaluation_key(loaded, instructions, names, split=split, shape=shape)
+        model = model or self.model_for(spec)
+        key = self._evaluation_key(loaded, instructions, names, split=split, shape=shape, model=model)
         if key not in self._evaluations:
             records = self.records(loaded, split)
-            model = self.model_for(spec)
             if self.progress:
                 self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}) on {model.name}")
             judged: Judged = self.llm.run(judge_records(self.llm, model, spec, records, instructions, criteria=names, shape=shape))
@@ -148,8 +155,9 @@ class Session:
             results = self._evaluations[key]
             self.evaluations.append({
                 "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape,
-                "model": self.model_for(spec).describe(), "records": len(self.records(loaded, split)),
-                "split_ids": loaded.splits.ids(), "results": [r.to_json() for r in results.values()],
+                "model": model.describe(), "records": len(self.records(loaded, split)),
+                "scoring": scoring_of(spec), "data_hash": loaded.dataset.digest, "split_ids": loaded.splits.ids(),
+                "results": [r.to_json() for r in results.values()],
                 "usage": self._usages[key].answers_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
                 "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
             })
@@ -226,24 +234,136 @@ class Session:
         if len(spec.criteria) < 2:
             raise ValueError(f"{spec.path}: the interference check needs two or more criteria to merge")
         instructions, sources = self.in_force(loaded)  # the items' own, so separate judgments are theirs too
-        names = list(spec.criteria)
-        key = (spec.path, split, tuple(instructions[n] for n in names))
+        key = (spec.path, split, tuple(instructions[n] for n in spec.criteria))
         if key not in self._interference:
-            shapes = {shape: self.evaluate_instructions(loaded, instructions, names, split=split, shape=shape,
-                                                        sources=sources) for shape in ("separate", "merged")}
-            usage = {shape: self._usages[self._evaluation_key(loaded, instructions, names, split=split, shape=shape)]
-                     for shape in shapes}
-            result = compare(spec, spec.interference or Interference(), shapes["separate"], shapes["merged"],
-                             split=split, model=self.model_for(spec).describe(), records=len(self.records(loaded, split)),
-                             usage_separate=usage["separate"], usage_merged=usage["merged"])
+            settings = spec.interference or Interference()
+            comparison = self.compare_configurations(loaded, self.configuration(loaded, label="separate", shape="separate"),
+                                                     self.configuration(loaded, label="merged", shape="merged"),
+                                                     kind="merged", rules=rules_of(settings), split=split, sources=sources)
+            results = {side: self._last_results[side] for side in ("a", "b")}
+            result = InterferenceResult(comparison, settings, self.model_for(spec).describe(), results["a"], results["b"])
             self._interference[key] = result
-            self.interferences.append({**result.to_json(), "predictions": prediction_rows(result.merged.values())})
+            self.interferences.append({**result.to_json(), "comparison": comparison.to_json(),
+                                       "predictions": prediction_rows(result.merged.values())})
         return self._interference[key]
 
+    # -- paired comparisons of two judge configurations ----------------------------------------
+    def configuration(self, loaded: Loaded, *, label: str, instructions: Mapping[str, str] | None = None,
+                      shape: str | None = None, model: str | Model | None = None) -> Configuration:
+        """The configured judge (instructions in force, the spec's shape, the session's model, the spec's
+        scoring), with any of them replaced."""
+        spec = loaded.spec
+        chosen = dict(self.in_force(loaded)[0])
+        if instructions:
+            unknown = sorted(set(instructions) - set(spec.criteria))
+            if unknown:
+                raise SpecError([f"{spec.path}: no criterion {', '.join(map(repr, unknown))}. "
+                                 f"Fix: use one of {', '.join(spec.criteria)}"])
+            chosen.update(instructions)
+        if shape is not None and shape not in ("separate", "merged"):
+            raise ValueError(f"shape must be 'separate' or 'merged', not {shape!r}")
+        resolved = self.model_for(spec) if model is None else model if isinstance(model, Model) else Model(model)
+        return Configuration(label=label, instructions=chosen, shape=shape or spec.inference, model=resolved.describe(),
+                             scoring=scoring_of(spec), data_hash=loaded.dataset.digest)
+
+    def compare_configurations(self, loaded: Loaded, a: Configuration, b: Configuration, *, kind: str, rules: Rules,
+                               split: str = "test", sources: Mapping[str, str] | None = None,
+                               models: Mapping[str, Model] | None = None) -> Comparison:
+        """Judge the same samples with both configurations (through the memo and the answer cache, so what the
+        items judged is reused) and compare them; ``models`` gives a side's model object by label."""
+        spec = loaded.spec
+        names = list(spec.criteria)
+        given = dict(sources or dict.fromkeys(names, "argument"))
+        sides = {}
+        for side, config in (("a", a), ("b", b)):
+            model = (models or {}).get(config.label) or self._model_named(spec, config.model)
+            results = self.evaluate_instructions(loaded, dict(config.instructions), names, split=split, shape=config.shape,
+                                                 sources={n: given.get(n, "argument") for n in names}, model=model)
+            key = self._evaluation_key(loaded, dict(config.instructions), names, split=split, shape=config.shape,
+                                       model=model)
+            self._last_results[side] = results
+            sides[side] = Side(config, {n: r.judgments for n, r in results.items()}, self._usages[key])
+        return compare(spec, sides["a"], sides["b"], kind=kind, split=split, rules=rules,
+                       records=len(self.records(loaded, split)))
+
+    def _model_named(self, spec: Spec, described: str) -> Model:
+        """The session's model object when a configuration names it (it carries the endpoint), else a new one."""
+        configured = self.model_for(spec)
+        return configured if configured.describe() == described else Model(described)
+
+    def compare(self, path: str | Path, *, model: str | Model | None = None, instructions: Mapping[str, str] | None = None,
+                shape: str | None = None, split: str = "test", kind: str = "compare") -> Comparison:
+        """The configured judge (a) against the same judge with a model, instructions or prompt shape replaced (b),
+        on the same samples (``judge.compare(spec, model="openai/gpt-4o")``). Verdicts follow ``baseline:``."""
+        loaded = self.load(path)
+        spec = loaded.spec
+        if model is None and not instructions and shape is None:
+            raise ValueError("judge.compare needs something to change: model=, instructions= or shape=")
+        # a model by name keeps the configured model's endpoint and settings: the same provider, another model
+        other = replace(self.model_for(spec), name=model) if isinstance(model, str) else model
+        key = (spec.path, split, None if other is None else other.describe(), tuple(sorted((instructions or {}).items())),
+               shape)
+        if key not in self._comparisons:
+            a = self.configuration(loaded, label="configured")
+            b = self.configuration(loaded, label=other.describe() if other is not None else "changed",
+                                   instructions=instructions, shape=shape, model=other)
+            change = (f"switching to {other.describe()}" if other is not None and other.describe() != a.model
+                      else "the change")
+            rules = Rules(max_drop=spec.baseline.max_drop, confidence=spec.correlation.confidence,
+                          inconclusive_passes=spec.baseline.inconclusive == "pass", change=change,
+                          a_noun=f"the configured judge's ({a.model})", b_noun=f"{b.label}")
+            models = {b.label: other} if other is not None else None
+            comparison = self.compare_configurations(loaded, a, b, kind=kind, rules=rules, split=split,
+                                                     sources=self.in_force(loaded)[1], models=models)
+            self._comparisons[key] = comparison
+            self.comparisons.append(comparison_record(comparison, self._last_results["b"]))
+        return self._comparisons[key]
+
+    def against_baseline(self, path: str | Path, baseline: BaselineSpec, *, source: str = "") -> Comparison:
+        """This run's judgments of the test split (the items' own) against an earlier run's, read from its report,
+        paired on the sample ids both judged; ``source`` says where the baseline came from."""
+        loaded = self.load(path)
+        spec = loaded.spec
+        key = (spec.path, "baseline", source, baseline.path)
+        if key not in self._comparisons:
+            instructions, sources = self.in_force(loaded)
+            names = list(spec.criteria)
+            model = self.model_for(spec)
+            results = self.evaluate_instructions(loaded, instructions, names, split="test", shape=spec.inference,
+                                                 sources=sources, record=True)
+            usage = self._usages[self._evaluation_key(loaded, instructions, names, split="test", shape=spec.inference,
+                                                      model=model)]
+            this = Side(self.configuration(loaded, label="this run"), {n: r.judgments for n, r in results.items()}, usage)
+            rules = Rules(max_drop=spec.baseline.max_drop, confidence=spec.correlation.confidence,
+                          inconclusive_passes=spec.baseline.inconclusive == "pass", change="this run",
+                          a_noun="the baseline", b_noun="this run's")
+            common = [n for n in names if n in baseline.judgments]
+            comparison = compare(spec, Side(baseline.configuration, baseline.judgments), this, kind="baseline",
+                                 split="test", rules=rules, records=len(self.records(loaded, "test")), criteria=common)
+            shared = {j.record_id for n in common for j in this.judgments[n]} & {
+                j.record_id for n in common for j in baseline.judgments[n]}
+            if not shared:
+                comparison.problems.append(
+                    f"no sample of this run's test split was judged in the baseline ({len(comparison.unpaired.get('a', []))} "
+                    f"baseline samples, {len(comparison.unpaired.get('b', []))} here): it comes from another dataset or "
+                    f"split ({'; '.join(differences_in_data(comparison)) or 'same data hash'}); make a new baseline")
+            only_here = [n for n in names if n not in baseline.judgments]
+            only_there = [n for n in baseline.judgments if n not in spec.criteria]
+            if only_here:
+                comparison.notes.append(f"not in the baseline, so not compared: {', '.join(only_here)}")
+            if only_there:
+                comparison.notes.append(f"in the baseline only: {', '.join(only_there)}")
+            if source:
+                comparison.notes.append(f"baseline: {source}")
+            self._comparisons[key] = comparison
+            self.comparisons.append(comparison_record(comparison))
+        return self._comparisons[key]
+
     def _evaluation_key(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], *, split: str,
-                        shape: str) -> tuple[Any, ...]:
-        """What makes two evaluations the same judgments: the memo's key, shared with the interference check."""
-        return (loaded.spec.path, split, shape, tuple(names), tuple(instructions[n] for n in names))
+                        shape: str, model: Model | None = None) -> tuple[Any, ...]:
+        """What makes two evaluations the same judgments: the memo's key, shared with the comparisons."""
+        model = model or self.model_for(loaded.spec)
+        return (loaded.spec.path, split, shape, model.describe(), tuple(names), tuple(instructions[n] for n in names))
 
     # -- judging given texts: judge.score, the spec's cases ------------------------------------
     def score(self, path: str | Path, criterion: str | None = None, /, *, instruction: str | None = None,
@@ -333,6 +453,15 @@ class Session:
         return [CaseResult(case=c, spec_name=spec.name, path=str(spec.path), shape=spec.inference, model=model,
                            checks=checks(c, found[c.name]), instruction_sources={n: used[n] for n in c.expect})
                 for c in cases]
+
+
+def comparison_record(comparison: Comparison, results_b: Mapping[str, CriterionResult] | None = None) -> dict[str, Any]:
+    """A comparison as the reports keep it: its JSON form, with side b's judgments when this run made them."""
+    return {**comparison.to_json(), "predictions": prediction_rows(results_b.values()) if results_b else []}
+
+
+def differences_in_data(comparison: Comparison) -> list[str]:
+    return [d for d in comparison.differs if d.startswith("data hash")]
 
 
 async def gather_all(work: Sequence[Any]) -> list[Any]:

@@ -169,6 +169,15 @@ class CacheSettings:
 class Interference:
     max_drop: float = 0.02
     confidence: float = 0.95
+    inconclusive: str = "fail"  # or "pass": an undecided ::merged check passes
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The ::baseline and ::compare items: how far a criterion may drop against the reference judge."""
+
+    max_drop: float = 0.02
+    inconclusive: str = "pass"  # a drop the interval cannot tell from noise passes (it is reported)
 
 
 OPTIMIZE_MODES = ("ST", "SSS", "SSC", "SCC", "CCC")
@@ -226,6 +235,7 @@ class Spec:
     cache: CacheSettings = CacheSettings()
     # the parsed YAML, for the parts checked against the data and hooks once those are loaded (cases, probes)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    baseline: Baseline = Baseline()
 
     def line_of(self, *path: str | int) -> int | None:
         return self.lines.get(tuple(path))
@@ -699,6 +709,7 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         lines=lines,
         cache=CacheSettings(**data.get("cache", {})),
         raw=data,
+        baseline=Baseline(**data.get("baseline", {})),
     )
 
 

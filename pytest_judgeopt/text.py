@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .interference import PASSING
-
 if TYPE_CHECKING:
     from .judge import CriterionResult
 
@@ -125,12 +123,15 @@ def instruction_sources(ev: Mapping[str, Any]) -> str | None:
         f"{source}: {', '.join(r['criterion'] for r in results if r['instruction_source'] == source)}" for source in sources)
 
 
-def interference_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
-    """The word in the table (failing verdicts in capitals) and its kind."""
+def comparison_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
+    """A compared criterion's word in the table (failing verdicts in capitals) and its kind; an inconclusive
+    one says how many judged samples would settle it, in a warning's colour when it passes."""
     verdict = c["verdict"]
-    if verdict == "inconclusive":  # passes, in the colour of a warning
-        return f"inconclusive (about {c['required_n']} samples would settle it)", "warn"
-    return (verdict, "pass") if verdict in PASSING else (verdict.upper(), "fail")
+    if verdict == "inconclusive":
+        settle = f" (about {c['required_n']} judged samples would settle it)" if c.get("required_n") else ""
+        return ("inconclusive" + settle, "warn") if c["passed"] else ("INCONCLUSIVE" + settle, "fail")
+    return (verdict, "pass") if c["passed"] else (verdict.upper(), "fail")
+
 
 
 def interference_heading(check: Mapping[str, Any]) -> str:
@@ -155,7 +156,7 @@ def interference_table(check: Mapping[str, Any]) -> Table:
                   [("criterion", "left"), ("separate", "right"), ("merged", "right"), ("diff", "right"),
                    ("interval", "right"), ("n", "right"), ("failed s/m", "right"), ("verdict", "left")])
     for c in check["criteria"]:
-        verdict, kind = interference_verdict(c)
+        verdict, kind = comparison_verdict(c)
         failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
         table.rows.append([c["criterion"], number(c["separate"]), number(c["merged"]), number(c["diff"], sign=True),
                            interval(c["low"], c["high"], sign=True), str(c["n"]), failed, verdict])
@@ -348,10 +349,15 @@ def measured_line(result: CriterionResult) -> str:
 def interference_failure(check: Mapping[str, Any]) -> str:
     """The failure text of the merged item: which criteria lose, by how much, with what confidence, and the
     savings; below the headline, the same table the terminal summary shows."""
-    lost = [c["criterion"] for c in check["criteria"] if c["verdict"] == "fail"]
-    unknown = [c["criterion"] for c in check["criteria"] if c["verdict"] == "undefined"]
+    def failing(verdict: str) -> list[str]:
+        return [c["criterion"] for c in check["criteria"] if c["verdict"] == verdict and not c["passed"]]
+
+    lost, unknown, undecided = failing("fail"), failing("undefined"), failing("inconclusive")
+    unknown += failing("no baseline")
     parts = ([f"costs agreement on {', '.join(lost)}"] if lost else []) + (
-        [f"cannot be measured on {', '.join(unknown)}"] if unknown else [])
+        [f"cannot be measured on {', '.join(unknown)}"] if unknown else []) + (
+        [f"is not shown to keep agreement on {', '.join(undecided)} (inconclusive fails unless "
+         "interference.inconclusive: pass)"] if undecided else [])
     headline = f"merging the instructions into one prompt {' and '.join(parts)}"
     # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
     missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in check["criteria"]), default=0)
@@ -362,3 +368,82 @@ def interference_failure(check: Mapping[str, Any]) -> str:
         headline = (f"{missing} merged answers are not in {name} or the cache (cache mode is replay). Fix: record them "
                     f"with pytest --judge-record (needs the model) and commit {name}")
     return "\n".join([f"{check['spec']}::merged failed: {headline}", *render([interference_table(check)])])
+
+
+# --------------------------------------------------------------------------------------------
+# paired comparisons (compare.py): ::baseline, ::compare, judge.compare, the optimizer's test before/after
+
+COMPARISON_TITLES = {"merged": "merged vs separate prompts", "baseline": "this run against the baseline",
+                     "compare": "model comparison", "optimize": "initial vs final instructions"}
+# who is compared with whom, in a failure's headline: (side b, side a)
+COMPARISON_SUBJECTS = {"baseline": ("this run", "the baseline"), "optimize": ("the final instructions", "the initial ones"),
+                       "merged": ("the merged prompt", "separate prompts")}
+
+
+def comparison_heading(c: Mapping[str, Any]) -> str:
+    held = sum(x["passed"] for x in c["criteria"])
+    a, b = c["a"], c["b"]
+    return (f"{c['spec']} {COMPARISON_TITLES.get(c['kind'], c['kind'])}: {b['label']} ({b['model']}, {b['shape']}) "
+            f"against {a['label']} ({a['model']}, {a['shape']}) ({c['split']} split, {c['records']} samples, "
+            f"{c['method']} {c['level']}, {c['confidence']:.0%} paired interval, max_drop {c['max_drop']:g}, "
+            f"inconclusive {'passes' if c['inconclusive'] == 'pass' else 'fails'}): "
+            f"{held}/{len(c['criteria'])} criteria hold")
+
+
+def unpaired_text(ids: Sequence[str], label: str, shown: int = 5) -> str:
+    more = ", ..." if len(ids) > shown else ""
+    return f"{len(ids)} {label} samples ({', '.join(ids[:shown])}{more})"
+
+
+def side_cost(label: str, usage: Mapping[str, Any] | None) -> str:
+    if usage is None:
+        return f"{label} not spent in this run"
+    return (f"{label} {usage['calls']} calls, {usage['prompt_tokens']:,} prompt tokens, "
+            f"{usage['completion_tokens']:,} completion tokens, {dollars(usage['cost_usd'], 'cost unknown')}")
+
+
+def comparison_table(c: Mapping[str, Any]) -> Table:
+    """Per criterion: rho of a and b on the samples both scored, the difference with its paired interval, the pairs,
+    documents skipped (level group), failed judgments a/b, verdict; under it what differs, the samples that could
+    not be paired, what each side cost, and the reasons."""
+    a, b = c["a"]["label"], c["b"]["label"]
+    table = Table(comparison_heading(c),
+                  [("criterion", "left"), (a, "right"), (b, "right"), ("diff", "right"), ("interval", "right"),
+                   ("n", "right"), ("skipped docs", "right"), ("failed a/b", "right"), ("verdict", "left")])
+    for x in c["criteria"]:
+        verdict, kind = comparison_verdict(x)
+        failed = f"{sum(x['failures_a'].values())}/{sum(x['failures_b'].values())}"
+        table.rows.append([x["criterion"], number(x["a"]), number(x["b"]), number(x["diff"], sign=True),
+                           interval(x["low"], x["high"], sign=True), str(x["n"]), str(x["documents_skipped"]), failed,
+                           verdict])
+        table.verdicts.append(kind)
+    table.after += [Line(problem, "item") for problem in c["problems"]]
+    differs = "; ".join(c["differs"]) or "nothing (same instructions, model, shape, scoring and data)"
+    table.after.append(Line(f"differs: {differs}"))
+    unpaired = [unpaired_text(c["unpaired"][side], c[side]["label"]) for side in ("a", "b") if c["unpaired"].get(side)]
+    if unpaired:
+        table.after.append(Line(f"could not be paired: {'; '.join(unpaired)}"))
+    if c["usage"]["a"] is not None or c["usage"]["b"] is not None:
+        table.after.append(Line(f"cost: {side_cost(a, c['usage']['a'])}; {side_cost(b, c['usage']['b'])}"))
+    table.after += [Line(note) for note in c["notes"]]
+    for x in c["criteria"]:
+        table.after += [Line(f"{x['criterion']}: {reason}", "item") for reason in x["reasons"]]
+    return table
+
+
+def comparison_failure(c: Mapping[str, Any]) -> str:
+    """The failure text of a ::baseline or ::compare item: which criteria got worse and why, then the table."""
+    b, a = COMPARISON_SUBJECTS.get(c["kind"], (c["b"]["label"], "the configured judge"))
+
+    def failing(*verdicts: str) -> list[str]:
+        return [x["criterion"] for x in c["criteria"] if x["verdict"] in verdicts and not x["passed"]]
+
+    parts = []
+    if failing("fail"):
+        parts.append(f"{b} is worse than {a} on {', '.join(failing('fail'))}")
+    if failing("undefined", "no baseline"):
+        parts.append(f"the difference cannot be measured on {', '.join(failing('undefined', 'no baseline'))}")
+    if failing("inconclusive"):
+        parts.append(f"{b} is not shown to be as good as {a} on {', '.join(failing('inconclusive'))}")
+    parts += list(c["problems"])
+    return "\n".join([f"{c['spec']}::{c['kind']} failed: {'; '.join(parts)}", *render([comparison_table(c)])])

@@ -46,7 +46,15 @@ def test_results_json_matches_its_schema_exactly_is_stable_and_holds_no_secret(p
     jsonschema.Draft202012Validator(schema).validate(results)
     assert text == json.dumps(results, indent=2, sort_keys=True) + "\n"  # canonical: sorted keys, fixed layout
 
-    assert results["version"] == 1
+    assert results["version"] == 2
+    # every comparison with its two configurations: the merged check, the optimization's initial vs final on test
+    assert sorted(c["kind"] for c in results["comparisons"]) == ["merged", "optimize"]
+    merged = next(c for c in results["comparisons"] if c["kind"] == "merged")
+    assert (merged["a"]["shape"], merged["b"]["shape"]) == ("separate", "merged") and merged["differs"] == [
+        "shape (separate -> merged)"]
+    optimized = next(c for c in results["comparisons"] if c["kind"] == "optimize")
+    assert (optimized["a"]["label"], optimized["b"]["label"]) == ("initial", "final")
+    assert optimized["differs"] == ["instructions (coherence)"]
     (ev,) = results["evaluations"]
     assert ev["path"] == "toy.judge.yaml" and [r["criterion"] for r in ev["results"]] == list(CRITERIA)
     assert {r["instruction_source"] for r in ev["results"]} == {"lock"}

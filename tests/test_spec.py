@@ -415,7 +415,8 @@ judge:
   logprobs: true
   max_parse_failure_rate: 0.2
 inference: merged
-interference: {max_drop: 0.05, confidence: 0.9}
+interference: {max_drop: 0.05, confidence: 0.9, inconclusive: pass}
+baseline: {max_drop: 0.03, inconclusive: fail}
 cache: {by_endpoint: true}
 cases:
   - {name: jumbled, inputs: {source: a, summary: b}, expect: {coherence: [1, 2]}, note: why}
@@ -494,7 +495,8 @@ def test_full_spec_uses_every_schema_key_and_validates_directly(tmp_path: Path) 
         (tmp_path / file).write_text("Improve the instruction.\n")
     spec = load_spec(write(tmp_path, FULL))
     assert spec.correlation == Correlation("kendall", "group", "lower_bound", 0.9, 500)
-    assert spec.judge.logprobs is True and spec.inference == "merged" and spec.interference == Interference(0.05, 0.9)
+    assert spec.judge.logprobs is True and spec.inference == "merged" and spec.interference == Interference(0.05, 0.9, "pass")
+    assert (spec.baseline.max_drop, spec.baseline.inconclusive) == (0.03, "fail")
     assert spec.dataset.id == "uid" and spec.dataset.scores == {"coherence": "coh", "fluency": "flu"}
     assert spec.model_for("gradient") == Model("openai/gpt-4o", (("temperature", 0.7),))
     assert spec.cache.by_endpoint is True

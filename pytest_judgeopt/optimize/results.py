@@ -14,6 +14,7 @@ from ..spec import Spec
 from .modes import Mode
 
 if TYPE_CHECKING:  # stats imports scipy: only once something is measured
+    from ..compare import Comparison
     from ..stats import Agreement, PairedDifference
 
 
@@ -72,6 +73,7 @@ class OptimizationResult:
     models: dict[str, str]
     split_sizes: dict[str, int]
     reused: bool = False
+    comparison: Comparison | None = None  # initial against final instructions on test (compare.py)
     lock_path: Path | None = None  # set by the caller that writes the lock file
     lock_note: str | None = None
     wall_seconds: float | None = None  # set by the caller that timed the run (the optimize item)
@@ -85,4 +87,5 @@ class OptimizationResult:
                 "stopped": self.stopped, "resumed_from": self.resumed_from, "reused": self.reused,
                 "planned_calls_per_step": self.planned, "usage": self.usage, "models": self.models,
                 "split_sizes": self.split_sizes, "criteria": {c: o.to_json() for c, o in self.outcomes.items()},
-                "history": [asdict(h) for h in self.history]}
+                "history": [asdict(h) for h in self.history],
+                "comparison": None if self.comparison is None else self.comparison.to_json()}

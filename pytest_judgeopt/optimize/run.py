@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import fcntl
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from ..compare import Comparison, Configuration, Rules, Side, compare, scoring_of
 from ..llm import Usage
 from ..spec import Spec
 from .budget import Allowance, Budget
@@ -23,6 +25,9 @@ from .protocol import JudgingSession, L
 from .results import CriterionOutcome, OptimizationResult, StepRecord
 from .roles import MODEL_ROLES
 
+if TYPE_CHECKING:
+    from ..judge import CriterionResult
+
 
 def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None = None, *, seed: int | None = None,
                   steps: int | None = None, budget: Budget | None = None, diagnostics: bool = False) -> OptimizationResult:
@@ -30,8 +35,6 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
 
     ``diagnostics`` turns the diagnostics on whatever the spec says (the mode study measures them).
     """
-    from ..stats import paired_difference
-
     mode = get_mode(mode_name or loaded.spec.optimize.mode)
     spec: Spec = with_gate_rule(loaded.spec, mode)
     if diagnostics:
@@ -72,19 +75,13 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     missing = sum(r.failures.get("call_replay_miss", 0) for r in (*before.values(), *after.values()))
     if missing:  # no lock from a test evaluation that did not happen
         raise ReplayIncomplete(spec, f"{missing} judgments of the test split")
+    comparison = test_comparison(session, loaded, spec, before, after, initial, final, models["judge"].describe(),
+                                 shape=shape, seed=seed)
     outcomes = {}
     for c in names:
-        b = {j.record_id: j for j in before[c].judgments}
-        # (initial score, final score, human, group) of each test sample both judged
-        both = [(x.score, j.score, x.human, x.group) for j in after[c].judgments
-                if (x := b[j.record_id]).score is not None and j.score is not None]
-        diff = paired_difference(spec.correlation.method, [s[0] for s in both], [s[1] for s in both],
-                                 [s[2] for s in both], groups=[s[3] for s in both] if spec.dataset.group else None,
-                                 level=spec.correlation.level, confidence=spec.correlation.confidence,
-                                 resamples=spec.correlation.resamples, seed=seed)
         outcomes[c] = CriterionOutcome(c, initial[c], final[c], [h.step for h in state.history if c in h.accepted],
                                        state.history[0].val_before[c] if state.history else state.val[c], state.val[c],
-                                       before[c].agreement, after[c].agreement, diff,
+                                       before[c].agreement, after[c].agreement, comparison.criteria[c].measured,
                                        mean_diagnostic(state.history, c, "specificity"),
                                        mean_diagnostic(state.history, c, "adherence"))
     spent = {role: u.minus(usage_before.get(role, Usage())) for role, u in session.llm.usage.items()}
@@ -92,7 +89,23 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     return OptimizationResult(spec, mode, seed, len(state.history), state.stopped, resumed_from, outcomes,
                               state.history, planned, usage, {r: m.describe() for r, m in models.items()},
                               {"train": len(train), "val": len(val), "test": len(session.records(loaded, "test"))},
-                              reused=resumed_from == len(state.history) and resumed_from > 0)
+                              reused=resumed_from == len(state.history) and resumed_from > 0, comparison=comparison)
+
+
+def test_comparison(session: JudgingSession[L], loaded: L, spec: Spec, before: Mapping[str, CriterionResult],
+                    after: Mapping[str, CriterionResult], initial: Mapping[str, str], final: Mapping[str, str],
+                    model: str, *, shape: str, seed: int) -> Comparison:
+    """Initial (a) against final (b) instructions on the untouched test split: the paired comparison of
+    compare.py, at the spec's confidence, with the optimizer's own seed for the interval."""
+    configs = {label: Configuration(label=label, instructions=dict(instructions), shape=shape, model=model,
+                                    scoring=scoring_of(spec), data_hash=loaded.dataset.digest)
+               for label, instructions in (("initial", initial), ("final", final))}
+    sides = [Side(configs[label], {c: r.judgments for c, r in results.items()})
+             for label, results in (("initial", before), ("final", after))]
+    rules = Rules(max_drop=0.0, confidence=spec.correlation.confidence, inconclusive_passes=True,
+                  change="the new instructions", a_noun="the initial instructions'", b_noun="the final instructions'")
+    return compare(spec, sides[0], sides[1], kind="optimize", split="test", rules=rules,
+                   records=len(session.records(loaded, "test")), seed=seed)
 
 
 def mean_diagnostic(history: Sequence[StepRecord], criterion: str, key: str) -> float | None:
