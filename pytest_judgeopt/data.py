@@ -136,15 +136,16 @@ def where_path_stops(record: Mapping[str, Any], path: str) -> tuple[str, Any]:
         here = opened(here)
         for cut in range(len(steps), 0, -1):
             key = ".".join(steps[:cut])
+            step: str | int = key
             if isinstance(here, Mapping) and key in here:
                 break
             if isinstance(here, list) and cut == 1 and key.isascii() and key.isdigit() and int(key) < len(here):
-                key = int(key)  # type: ignore[assignment]
+                step = int(key)
                 break
         else:
             return ".".join(done), here
-        here = here[key]
-        done.append(str(key))
+        here = here[step]
+        done.append(str(step))
         steps = steps[cut:]
     return ".".join(done), here
 
@@ -438,19 +439,20 @@ class Checks:
     def finish(self) -> list[str]:
         """Problems in order: the spec's wrong paths first (one each), then the rows'."""
         spec = self.spec
-        if self.rows == 0:
+        first = self.first  # None exactly when there are no rows
+        if self.rows == 0 or first is None:
             return [problem(spec.dataset.path, None, "", "the data file holds no records",
                             "add records with inputs and human scores")] + [text for _, text in self.problems]
         out: list[str] = []
         rows: list[tuple[int, str]] = []
         fields = self.fields
         nowhere = [f for f in fields + list(self.scores.values()) if len(f.missing) == self.rows]
-        wrong_delimiter = delimiter_problem(spec, self.first) if nowhere else None  # type: ignore[arg-type]
+        wrong_delimiter = delimiter_problem(spec, first) if nowhere else None
         if wrong_delimiter:
             return [wrong_delimiter]
         for field in fields:
             if len(field.missing) == self.rows:
-                out.append(path_problem(spec, field.at, field.path, self.first))  # type: ignore[arg-type]
+                out.append(path_problem(spec, field.at, field.path, first))
             else:
                 rows.extend(field.missing)
         for name, field in self.scores.items():

@@ -71,7 +71,7 @@ def load() -> Any:
         except ImportError:
             raise LocalModelUnavailable(INSTALL_HINT) from None
         _llama = Llama(model_path=str(gguf_path()), n_ctx=CONTEXT_TOKENS, n_threads=None, verbose=False)
-        atexit.register(unload)
+        atexit.register(at_exit)
     return _llama
 
 
@@ -82,6 +82,22 @@ def unload() -> None:
         if _llama is not None:
             _llama.close()
             _llama = None
+
+
+def at_exit() -> None:
+    """Unload the model, then close the two /dev/null files llama-cpp-python opens when it is imported
+    (``llama_cpp._utils.outnull_file``, ``errnull_file``, for its stdout/stderr suppression) and never
+    closes: left to interpreter shutdown, they were finalized after the warnings machinery and printed
+    two "Exception ignored ... ResourceWarning: unclosed file /dev/null" lines after every run that used
+    the embedded model. At exit nothing can load the model again, so nothing needs them any more."""
+    unload()
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None and not handle.closed:
+            handle.close()
 
 
 def generate(messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:

@@ -25,8 +25,9 @@ VERSION = 1
 HEADER = """\
 # pytest-judgeopt lock file: judge instructions found by `pytest --judge-optimize`.
 # Review the diff, then commit this file. Ordinary runs use these instructions while the
-# spec_hash and data_hash below match the spec and its data. Thresholds (min_rho, ...) are
-# not part of the hash: tightening a gate keeps the lock in force.
+# spec_hash and data_hash below match the spec and its data, and the judge is judge_model (a run
+# that names another with --judge-model or JUDGEOPT_MODEL tests these instructions on it). Thresholds
+# (min_rho, ...) are not part of the hash: tightening a gate keeps the lock in force.
 """
 
 
@@ -50,6 +51,7 @@ class Lock:
     data_hash: str
     edited: bool
     content: dict[str, Any]
+    judge_model: str | None = None  # the judge it was optimized with (Model.describe()); None in a lock that predates it
 
 
 def lock_path(spec_path: Path) -> Path:
@@ -93,8 +95,10 @@ def read_lock(spec_path: Path) -> Lock | None:
         if not isinstance(text, str) or not text.strip():
             raise LockError(f"{path}: criteria.{name}.instruction is missing or empty. Fix: restore it, or delete the lock file")
         instructions[str(name)] = text.strip()
+    models: dict[str, Any] = content["models"] if isinstance(content.get("models"), dict) else {}
+    judge = content.get("judge_model", models.get("judge"))
     return Lock(path, instructions, str(content.get("spec_hash", "")), str(content.get("data_hash", "")),
-                content.get("checksum") != checksum(content), content)
+                content.get("checksum") != checksum(content), content, str(judge) if judge else None)
 
 
 def lock_content(spec: Spec, result: Mapping[str, Any], data_digest: str) -> dict[str, Any]:
@@ -116,6 +120,7 @@ def lock_content(spec: Spec, result: Mapping[str, Any], data_digest: str) -> dic
         "made": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "spec_hash": spec_hash(spec),
         "data_hash": data_digest,
+        "judge_model": result["models"].get("judge"),  # ordinary runs compare it with theirs (README: lock files)
         "mode": result["mode"],
         "seed": result["seed"],
         "models": result["models"],

@@ -27,13 +27,17 @@ if TYPE_CHECKING:
     from .session import Session
 
 
+# The parsers raise ValueError saying what is wrong with the text; `named` and `setting` add which
+# option (or ini key) it was and the fix, so every option error names its option.
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise pytest.UsageError(f"expected a whole number, got {text!r}") from None
+        raise ValueError(f"expected a whole number, got {text!r}") from None
     if value < 1:
-        raise pytest.UsageError(f"expected a number of at least 1, got {value}")
+        raise ValueError(f"expected a whole number of at least 1, got {value}")
     return value
 
 
@@ -41,29 +45,29 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise pytest.UsageError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise pytest.UsageError(f"expected a positive number of seconds, got {value}")
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {value:g}")
     return value
 
 
 def optimize_mode(text: str) -> str:
-    from .spec import mode_problem
+    from .spec import OPTIMIZE_MODES, mode_problem
 
     mode = text.upper()
     problem = mode_problem(mode)
     if problem:
-        raise pytest.UsageError(f"--judge-mode: {problem}; use ST, SSS, SSC, SCC or CCC")
+        raise ValueError(f"{problem}; use {', '.join(OPTIMIZE_MODES[:-1])} or {OPTIMIZE_MODES[-1]}")
     return mode
 
 
 def budget(text: str) -> Any:
     from .optimize.budget import Budget
 
-    try:
-        return Budget.parse(text)
-    except ValueError as exc:
-        raise pytest.UsageError(f"--judge-budget: {exc}") from None
+    parsed = Budget.parse(text)
+    if (parsed.calls is not None and parsed.calls < 1) or (parsed.usd is not None and not parsed.usd > 0):
+        raise ValueError("a budget allows at least one call and more than $0")
+    return parsed
 
 
 def duration(text: str) -> float:
@@ -73,10 +77,9 @@ def duration(text: str) -> float:
     try:
         value = float(number) * unit
     except ValueError:
-        raise pytest.UsageError(f"--judge-cache-ttl: expected seconds or a number with s, m, h or d (e.g. 7d), "
-                                f"got {text!r}") from None
-    if value <= 0:
-        raise pytest.UsageError(f"--judge-cache-ttl: expected a positive duration, got {text!r}")
+        raise ValueError(f"expected seconds or a number with s, m, h or d, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a positive duration, got {text!r}")
     return value
 
 
@@ -84,8 +87,31 @@ def cache_mode(text: str) -> str:
     from .cache import MODES
 
     if text not in MODES:
-        raise pytest.UsageError(f"--judge-cache must be one of {', '.join(MODES)}, not {text!r}")
+        raise ValueError(f"must be one of {', '.join(MODES)}, not {text!r}")
     return text
+
+
+def named(flag: str, parse: Any) -> Any:
+    """The option's parser for the command line: its complaint becomes a usage error naming the option."""
+
+    def parse_option(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{flag} {text}: {exc}. Fix: {option_fix(flag)}") from None
+
+    parse_option.__name__ = parse.__name__
+    return parse_option
+
+
+EXAMPLES = {"judge_cache": "replay", "judge_concurrency": "8", "judge_timeout": "60", "judge_retries": "4",
+            "judge_sample": "4", "judge_mode": "SSS", "judge_steps": "4", "judge_budget": "calls=500,usd=2",
+            "judge_cache_url": "redis://127.0.0.1:6379/0", "judge_cache_prefix": "team-a:", "judge_cache_ttl": "7d"}
+
+
+def option_fix(flag: str) -> str:
+    name, help_ = next((n, h) for f, n, _, _, h in OPTIONS if f == flag)
+    return f"write e.g. {flag} {EXAMPLES.get(name, '...')} ({help_.rstrip('.')})"
 
 
 # (option, ini name, parser, default, help)
@@ -136,7 +162,8 @@ FLAGS = [
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("judgeopt", "LLM judge tests (pytest-judgeopt)")
     for flag, name, kind, default, help_ in OPTIONS:
-        group.addoption(flag, dest=name, metavar=name.removeprefix("judge_").upper(), type=kind, default=None, help=help_)
+        group.addoption(flag, dest=name, metavar=name.removeprefix("judge_").upper(), type=named(flag, kind), default=None,
+                        help=help_)
         parser.addini(name, help=f"{help_} (ini twin of {flag})", default=None if default is None else str(default))
     group.addoption("--judge-optimize", dest="judge_optimize", nargs="?", const="run", default=None,
                     choices=("run", "study"), metavar="study",
@@ -157,8 +184,11 @@ def setting(config: pytest.Config, name: str) -> Any:
     text = config.getini(name)
     if text in (None, ""):
         return None
-    kind = next(kind for _, n, kind, _, _ in OPTIONS if n == name)
-    return kind(text)
+    flag, kind = next((f, kind) for f, n, kind, _, _ in OPTIONS if n == name)
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini option {name} = {text}: {exc}. Fix: {option_fix(flag)}") from None
 
 
 def flag(config: pytest.Config, name: str) -> bool:
@@ -284,6 +314,8 @@ def pytest_configure(config: pytest.Config) -> None:
         problem = url_problem(url)
         if problem:
             raise pytest.UsageError(f"--judge-cache-url: {problem}")
+    for _, name, _, _, _ in OPTIONS:  # a bad ini value is a usage error now, not a traceback mid-collection
+        setting(config, name)
     run = config.stash[run_key] = JudgeRun(config)
     folder = setting(config, "judge_baseline")
     if folder:

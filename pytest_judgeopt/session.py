@@ -7,6 +7,7 @@ fixture, a regression item and a script share loading, the answer cache and the 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +22,10 @@ from .judge import CriterionResult, Judged, assess, judge_records, prediction_ro
 from .llm import LLM, Usage
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .scoring import Scored, as_record, check_inputs, scored
-from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, load_spec
+from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, SpecWarning, load_spec
 
 if TYPE_CHECKING:
+    from .lockfile import Lock
     from .optimize.budget import Budget
     from .optimize.results import OptimizationResult
 
@@ -81,6 +83,8 @@ class Session:
             self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
             if note := dataset.skipped_note():
                 self.notes.append(note)
+            for text in spec.warnings:  # under pytest, shown in its warnings summary; filterwarnings can make it an error
+                warnings.warn(SpecWarning(text), stacklevel=2)
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
                                         cases=load_cases(spec, dataset.records))
         return self._loaded[path]
@@ -183,13 +187,35 @@ class Session:
                     self.notes.append(f"{lock.path.name}: the {changed} changed since this lock was made, so the spec's "
                                       f"instructions are tested; run pytest --judge-optimize to make a new lock")
                 else:
-                    if lock.edited:
-                        self.notes.append(f"{lock.path.name} was edited by hand; testing its instructions as edited")
-                    for name in spec.criteria:
-                        if name in lock.instructions:
-                            instructions[name], sources[name] = lock.instructions[name], "lock"
+                    other_model = self.lock_model_note(spec, lock)
+                    if other_model is not None:
+                        self.notes.append(other_model)
+                    if other_model is None or self.model_override:
+                        if lock.edited:
+                            self.notes.append(f"{lock.path.name} was edited by hand; testing its instructions as edited")
+                        for name in spec.criteria:
+                            if name in lock.instructions:
+                                instructions[name], sources[name] = lock.instructions[name], "lock"
             self._in_force[spec.path] = (instructions, sources)
         return self._in_force[spec.path]
+
+    def lock_model_note(self, spec: Spec, lock: Lock) -> str | None:
+        """What to say when a lock was optimized with another judge than this run's, or None.
+
+        The rule (README, lock files): a lock holds for the spec, the data and the judge model it was made
+        with. A model named for this run (--judge-model, JUDGEOPT_MODEL) is a deliberate choice, so the
+        lock's instructions are tested on it; a model the project itself now names (the spec's ``model``,
+        the ini ``judge_model``) is a change like an edit of the spec, so the spec's instructions are tested.
+        """
+        judge = self.model_for(spec).describe()
+        if lock.judge_model is None or lock.judge_model == judge:
+            return None
+        if self.model_override:
+            return (f"{lock.path.name} was optimized with {lock.judge_model}; this run judges with {judge} "
+                    "(--judge-model or JUDGEOPT_MODEL), so the lock's instructions are tested on that model")
+        return (f"{lock.path.name} was optimized with {lock.judge_model}, but the spec now judges with {judge}, "
+                f"so the spec's instructions are tested; run pytest --judge-optimize to make a lock for {judge}, or "
+                f"pass --judge-model {lock.judge_model.split(' ', 1)[0]} to test the lock with the model it was made for")
 
     def optimize(self, path: str | Path, mode: str | None = None, *, seed: int | None = None, steps: int | None = None,
                  budget: Budget | None = None, write: bool = False) -> OptimizationResult:

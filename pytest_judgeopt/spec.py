@@ -47,6 +47,10 @@ def is_credential_name(name: str) -> bool:
     return not CREDENTIAL_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", spaced.lower()))
 
 
+class SpecWarning(UserWarning):
+    """Something in a spec the user chose to allow (``judge.unused_inputs: warn``), said at collection."""
+
+
 class SpecError(Exception):
     """A problem with a spec (or its data) that the user must fix; ``str()`` is the message."""
 
@@ -236,6 +240,7 @@ class Spec:
     # the parsed YAML, for the parts checked against the data and hooks once those are loaded (cases, probes)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     baseline: Baseline = Baseline()
+    warnings: tuple[str, ...] = ()  # what the user should know about the spec that is not an error (SpecWarning)
 
     def line_of(self, *path: str | int) -> int | None:
         return self.lines.get(tuple(path))
@@ -616,6 +621,8 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
         if not (path.parent / file).is_file():
             out.append(problem(path, lines.get(("optimize", "prompts", role)), f"optimize.prompts.{role}",
                                f"no such file: {path.parent / file}", "give the template's path relative to the spec file"))
+        else:
+            out.extend(role_prompt_problems(path, lines, role, path.parent / file))
     template = data.get("judge", {}).get("template")
     if template is not None:
         known = set(data["dataset"]["inputs"]) | {"inputs", "criteria", "format"}
@@ -630,7 +637,62 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
             except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
                 out.append(problem(path, lines.get(("judge", "template")), "judge.template",
                                    f"the template cannot be filled in ({exc})", fix))
+            else:  # one mistake, one message: a misspelt {summray} is reported above, not also as {summary} unused
+                unused = unused_inputs(path, data, lines)
+                if unused is not None and data.get("judge", {}).get("unused_inputs", "error") == "error":
+                    out.append(unused)
     return out
+
+
+def unused_inputs(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> str | None:
+    """A custom template that never places an input: the judge would rate a text it was never shown.
+
+    ``{inputs}`` places all of them; otherwise each must appear by name. An error unless the spec
+    says ``judge.unused_inputs: warn`` (an input kept in the data for the cases or the report only).
+    """
+    template = data.get("judge", {}).get("template")
+    if template is None:
+        return None
+    used = template_fields(template)
+    if "inputs" in used:
+        return None
+    unused = [name for name in data["dataset"]["inputs"] if name not in used]
+    if not unused:
+        return None
+    names = ", ".join("{" + name + "}" for name in unused)
+    return problem(path, lines.get(("judge", "template")), "judge.template",
+                   f"the template never uses the input(s) {names}, so the judge would not see them",
+                   f"put {names} (or {{inputs}} for all of them) in the template, remove them from dataset.inputs, "
+                   "or set `judge.unused_inputs: warn` to go on anyway")
+
+
+def role_prompt_problems(path: Path, lines: dict[Path_, int], role: str, file: Path) -> list[str]:
+    """A role's custom prompt may use the placeholders the built-in one uses (they are what the role fills
+    in) and no others: a stray {x} would otherwise be a KeyError in the middle of an optimization."""
+    at = ("optimize", "prompts", role)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [problem(path, lines.get(at), dotted(at), f"cannot read {file} ({exc})", "save the template as UTF-8 text")]
+    known = role_placeholders(role)
+    shown = ", ".join("{" + name + "}" for name in sorted(known))
+    fix = f"the {role} prompt can use {shown}; write {{{{ and }}}} for literal braces"
+    unknown = template_fields(text) - known
+    if unknown:
+        return [problem(path, lines.get(at), dotted(at),
+                        f"{file.name}: unknown placeholder(s) {', '.join('{' + u + '}' for u in sorted(unknown))}", fix)]
+    try:
+        text.format_map(dict.fromkeys(known, ""))
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        return [problem(path, lines.get(at), dotted(at), f"{file.name} cannot be filled in ({exc})", fix)]
+    return []
+
+
+@cache
+def role_placeholders(role: str) -> frozenset[str]:
+    """What a role fills into its prompt: the placeholders of the built-in prompt, which uses every one."""
+    text = resources.files("pytest_judgeopt").joinpath("prompts", f"{role}.txt").read_text(encoding="utf-8")
+    return frozenset(template_fields(text))
 
 
 GLOB_CHARS = re.compile(r"[*?[]")
@@ -668,7 +730,8 @@ def template_fields(template: str) -> set[str]:
 
 def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
     defaults = JudgeSettings()
-    judge = JudgeSettings(**{**vars(defaults), **data.get("judge", {})})
+    # unused_inputs is a check made here, not a setting of the judgments (nor part of a lock's hash)
+    judge = JudgeSettings(**{**vars(defaults), **{k: v for k, v in data.get("judge", {}).items() if k != "unused_inputs"}})
     criteria = {
         name: Criterion(
             name=name,
@@ -702,7 +765,8 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         split=Split(**data.get("split", {})),
         correlation=Correlation(**data.get("correlation", {})),
         judge=judge,
-        inference=data.get("inference", "separate"),
+        # one criterion merged is the separate prompt: call it that, so no run reports "(merged)" for it
+        inference=data.get("inference", "separate") if len(criteria) > 1 else "separate",
         interference=None if interference is False or len(criteria) < 2 else Interference(**interference),
         criteria=criteria,
         optimize=build_optimize(path, data.get("optimize", {})),
@@ -710,6 +774,7 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         cache=CacheSettings(**data.get("cache", {})),
         raw=data,
         baseline=Baseline(**data.get("baseline", {})),
+        warnings=tuple(filter(None, [unused_inputs(path, data, lines)])),  # reached only with unused_inputs: warn
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,10 +208,22 @@ def optimization_table(o: Mapping[str, Any], root: Path | None = None) -> Table:
 
 
 def instruction_diff(criterion: str, old: str, new: str) -> list[Line]:
-    """A unified diff of two instructions, wrapped to a readable width, each line with its kind."""
-    lines = difflib.unified_diff(wrap(old), wrap(new), fromfile=f"{criterion} (before)", tofile=f"{criterion} (after)",
-                                 lineterm="")
+    """A unified diff of two instructions, one sentence a line, each line with its kind.
+
+    Sentences, not a fixed width: wrapped at a width, one changed word re-flows the rest of its
+    paragraph and the diff shows every later line as changed; a sentence changes alone.
+    """
+    lines = difflib.unified_diff(sentences(old), sentences(new), fromfile=f"{criterion} (before)",
+                                 tofile=f"{criterion} (after)", lineterm="")
     return [Line(line, diff_kind(line)) for line in lines]
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def sentences(text: str) -> list[str]:
+    """The instruction's own lines, each cut after every sentence's end."""
+    return [part for line in text.splitlines() for part in (SENTENCE_END.split(line.strip()) if line.strip() else [""])]
 
 
 def diff_kind(line: str) -> str:
@@ -219,12 +232,6 @@ def diff_kind(line: str) -> str:
     if line.startswith("@@"):
         return "hunk"
     return {"+": "add", "-": "del"}.get(line[:1], "context")
-
-
-def wrap(text: str, width: int = 88) -> list[str]:
-    import textwrap
-
-    return [line for paragraph in text.splitlines() for line in (textwrap.wrap(paragraph, width) or [""])]
 
 
 def instruction_changes(o: Mapping[str, Any]) -> dict[str, list[Line]]:
@@ -258,12 +265,21 @@ def study_table(study: Mapping[str, Any]) -> Table:
     table = Table(f"{study['spec']}: {study['runs']} runs per mode, {study['steps']} steps each, test split of "
                   f"{study['test_size']} samples ({study['level']} {study['method']})",
                   [("mode", "left"), ("criterion", "left"), ("before", "right"), ("after (mean ± sd)", "right"),
-                   ("improved steps", "right"), ("specificity", "right"), ("calls/run", "right"), ("cost/run", "right")])
+                   ("improved steps", "right"), ("specificity", "right"), ("calls/run made", "right"),
+                   ("cached", "right"), ("cost/run", "right")])
+    reused = {}
     for row in study["rows"]:
         sd = f" ± {row['after_sd']:.3f}" if row["after_sd"] is not None else ""
         table.rows.append([row["mode"], row["criterion"], number(row["before"]), number(row["after_mean"]) + sd,
-                           f"{row['improved_steps']:.1f}", number(row["specificity"], 1), f"{row['calls']:.0f}",
+                           f"{row['improved_steps']:.1f}", number(row["specificity"], 1),
+                           f"{row.get('calls_made', row['calls']):.0f}", f"{row.get('calls_cached', 0):.0f}",
                            dollars(row["cost"])])
+        if row.get("reused_runs"):
+            reused[row["mode"]] = row["reused_runs"]
+    if reused:
+        counts = ", ".join(f"{m}: {n}" for m, n in reused.items())
+        table.after.append(Line(f"runs finished before were reused from their checkpoints ({counts}): their optimization "
+                                "steps were neither asked again nor counted, only the test split's judgments"))
     return table
 
 
@@ -330,7 +346,7 @@ def criterion_failure(result: CriterionResult) -> str:
     if failed:
         lines.append("  failed judgments, for example:")
         for j in failed:
-            lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]} reply {json.dumps((j.reply or '')[:80])}")
+            lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]}; the reply: {json.dumps((j.reply or '')[:80])}")
     if result.agreement.value is not None and result.criterion.min_rho is None:
         lines.append("  (no min_rho set for this criterion)")
     return "\n".join(lines)
@@ -340,9 +356,11 @@ def measured_line(result: CriterionResult) -> str:
     """What a criterion's verdict rests on: the estimate, protocol, confidence, n, threshold, failed judgments."""
     a = result.agreement
     value = "undefined" if a.value is None else number(a.value)
-    shown = f" {interval(a.low, a.high)}" if a.low is not None and a.high is not None else ""
+    has_interval = a.low is not None and a.high is not None
+    shown = f" {interval(a.low, a.high)}" if has_interval else ""
+    confidence = f"{a.confidence:.0%} CI" if has_interval else "no interval"  # a CI level without a CI says nothing
     threshold = f", min_rho {number(result.criterion.min_rho, 2)}" if result.criterion.min_rho is not None else ""
-    return (f"{a.method} {value}{shown} ({a.level}, {a.confidence:.0%} CI, n={a.n}{threshold}, "
+    return (f"{a.method} {value}{shown} ({a.level}, {confidence}, n={a.n}{threshold}, "
             f"failed {result.failed_count}/{result.n})")
 
 

@@ -156,3 +156,25 @@ def test_collecting_a_spec_imports_no_heavy_module(pytester: pytest.Pytester) ->
     modules = set(json.loads((pytester.path / "modules.json").read_text()))
     assert {"pytest_judgeopt.plugin", "pytest_judgeopt.spec", "pytest_judgeopt.data"} <= modules  # it did collect
     assert {m for m in modules if m.split(".")[0] in HEAVY} == set()
+
+
+# -- issue 12.4: a custom template that leaves an input out -----------------------------------------
+
+UNUSED = "judge:\n  template: '{source}\\n{criteria}\\n{format}'\n"
+
+
+def test_a_template_that_never_uses_an_input_is_a_collection_error(pytester: pytest.Pytester) -> None:
+    write(pytester, spec=spec_text(None, extra=ONLY_CRITERIA + UNUSED))
+    result = pytester.runpytest("--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*toy.judge.yaml:*: judge.template: the template never uses the input(s) {summary}, "
+                                 "so the judge would not see them. Fix: *"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_unused_inputs_warn_collects_with_a_warning(pytester: pytest.Pytester) -> None:
+    write(pytester, spec=spec_text(None, extra=ONLY_CRITERIA + UNUSED + "  unused_inputs: warn\n"))
+    result = pytester.runpytest("--collect-only", "-q", "-W", "default::pytest_judgeopt.spec.SpecWarning")
+    assert result.ret == pytest.ExitCode.OK and len(collected(result)) == 2
+    result.stdout.fnmatch_lines(["*SpecWarning: *toy.judge.yaml:*: judge.template: the template never uses the input(s) "
+                                 "{summary}*"])

@@ -583,3 +583,17 @@ def test_sample_groups_is_deterministic_and_seeded() -> None:
 def test_sample_groups_keeps_everything_when_not_limiting(n: int | None) -> None:
     records = tuple(grouped(SIZES))
     assert sample_groups(records, n, seed=9) == records
+
+
+def test_skip_missing_is_said_in_the_run_notes(tmp_path: Path) -> None:
+    from pytest_judgeopt.llm import LLM
+    from pytest_judgeopt.session import Session
+
+    rows = make_records(2, 3)
+    rows[0]["scores"].pop("coherence")
+    project(tmp_path, jsonl(rows))
+    (tmp_path / "toy.judge.yaml").write_text(spec_text(None).replace("  scores: scores\n", "  scores: scores\n  skip_missing: true\n"))
+    session = Session(LLM(), state_dir=tmp_path / ".judgeopt")
+    session.load(tmp_path / "toy.judge.yaml")
+    assert session.notes == ["data.jsonl: 1 of 6 records have no human score for some criterion and were skipped "
+                             "(dataset.skip_missing)"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -158,3 +159,24 @@ def test_one_optimization_step_on_the_embedded_model(tmp_path: Path) -> None:
         assert name in step.accepted or step.rejected_reasons.get(name)
     lock = read_lock(path)
     assert lock is not None and lock.instructions == result.instructions and not lock.edited
+
+
+def test_a_run_on_the_embedded_model_ends_without_resource_warnings(tmp_path: Path) -> None:
+    """issue 12.8: after the main job pytest printed two "Exception ignored ... ResourceWarning: unclosed file
+    /dev/null" lines: llama-cpp-python's module-level /dev/null files, left open to interpreter shutdown."""
+    rows = [{"id": f"r{i}", "source": f"Article {i}.", "summary": f"Summary {i}.", "scores": {"coherence": 1 + i % 5}}
+            for i in range(3)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tiny.judge.yaml").write_text(textwrap.dedent("""\
+        model: local/smollm2
+        dataset: {path: data.jsonl, inputs: {source: source, summary: summary}, scores: scores}
+        split: {train: 0.0, val: 0.0, test: 1.0}
+        judge: {max_tokens: 4}
+        criteria:
+          coherence: {instruction: Rate the coherence., scale: [1, 5]}
+    """))
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert "1 passed" in done.stdout or "1 failed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "ResourceWarning" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-2000:]

@@ -594,7 +594,7 @@ def test_a_mode_that_separates_after_combining_is_refused_with_the_reason(pytest
     spec = write_project(pytester.path, fake_llm)
     result = pytester.runpytest("--judge-optimize", "--judge-mode=SCS")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--judge-mode: 'SCS' combines a stage and then separates a later one*"
+    result.stderr.fnmatch_lines(["*--judge-mode SCS: 'SCS' combines a stage and then separates a later one*"
                                  "once a stage is C, every later stage must be C*"])
     with pytest.raises(ValueError, match="'CCS' combines a stage and then separates a later one"):
         Session(LLM()).optimize(spec, "CCS")
@@ -693,6 +693,28 @@ def test_the_judge_fixture_optimizes_and_shares_its_work_with_the_command_line(p
     assert read_yaml(pytester.path / LOCK)["criteria"]["coherence"]["instruction"] == GOOD["coherence"]
 
 
+def test_a_cached_mode_study_shows_its_calls_made_and_cached_apart(pytester: pytest.Pytester,
+                                                                   fake_llm: FakeLLMServer) -> None:
+    """issue 12.8: calls per run differed between a fresh and a cached study, with nothing saying why."""
+    fake_llm.responder = World(RECORDS, score=strict_improves)
+    write_project(pytester.path, fake_llm, optimize="study_runs: 1\nbatch_size: 2")
+
+    def rows(result: pytest.RunResult) -> dict[str, list[str]]:
+        out = result.stdout.str()
+        return {mode: re.search(rf"^\s+{mode}\s+coherence\s.*$", out, re.M).group(0).split() for mode in MODES}
+
+    fresh = pytester.runpytest("--judge-optimize=study", "--judge-steps=1", "-k", "study")
+    fresh.assert_outcomes(passed=1)
+    made = {mode: int(cells[-3]) for mode, cells in rows(fresh).items()}  # ... calls made, cached, cost
+    assert all(n > 0 for n in made.values())
+    cached = pytester.runpytest("--judge-optimize=study", "--judge-steps=1", "-k", "study")
+    again = rows(cached)
+    assert {mode: int(cells[-3]) for mode, cells in again.items()} == dict.fromkeys(MODES, 0)
+    assert sum(int(cells[-2]) for cells in again.values()) > 0  # the answers a reused run still needs come from the cache
+    cached.stdout.fnmatch_lines(["*runs finished before were reused from their checkpoints (ST: 1, SSS: 1, SSC: 1, "
+                                 "SCC: 1, CCC: 1)*"])
+
+
 def test_the_mode_study_prints_every_mode_and_criterion_with_specificity(pytester: pytest.Pytester,
                                                                         fake_llm: FakeLLMServer) -> None:
     fake_llm.responder = World(RECORDS, score=strict_improves, diagnostics="8 because it stays on its criterion.")
@@ -723,6 +745,34 @@ def test_a_diagnostics_floor_fails_the_optimize_item_naming_criterion_and_value(
                                  "*toy::fluency: gradient specificity 3.0 is below the spec's minimum 9*"])
     assert "Traceback" not in result.stdout.str()
     assert read_yaml(pytester.path / LOCK)["criteria"]["coherence"]["diagnostics"]["specificity"] == 3.0
+
+
+def test_a_lock_records_its_judge_model_and_runs_with_another_say_so(pytester: pytest.Pytester,
+                                                                    fake_llm: FakeLLMServer) -> None:
+    """issue 12.7: a lock made with one model was used by runs with another without a word. The rule: a model
+    named for the run (--judge-model, JUDGEOPT_MODEL) tests the lock on it; a model the spec now names does not."""
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    spec = write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)
+    pytester.runpytest("--judge-optimize").assert_outcomes(passed=4)
+    lock = pytester.path / LOCK
+    assert read_yaml(lock)["judge_model"] == "openai/fake-judge"
+
+    def in_force(session: Session) -> tuple[dict[str, str], list[str]]:
+        return session.in_force(session.load(spec))[1], session.notes
+
+    assert in_force(new_session(pytester.path / ".judgeopt")) == (dict.fromkeys(CRITERIA, "lock"), [])
+
+    sources, notes = in_force(Session(LLM(), model_override="openai/another-judge", state_dir=pytester.path / ".s"))
+    assert sources == dict.fromkeys(CRITERIA, "lock")
+    assert notes == [f"{LOCK} was optimized with openai/fake-judge; this run judges with openai/another-judge "
+                     "(--judge-model or JUDGEOPT_MODEL), so the lock's instructions are tested on that model"]
+
+    spec.write_text(spec.read_text().replace('"name": "openai/fake-judge"', '"name": "openai/new-judge"'))
+    sources, notes = in_force(new_session(pytester.path / ".judgeopt"))
+    assert sources == dict.fromkeys(CRITERIA, "spec")
+    assert notes == [f"{LOCK} was optimized with openai/fake-judge, but the spec now judges with openai/new-judge, so the "
+                     "spec's instructions are tested; run pytest --judge-optimize to make a lock for openai/new-judge, "
+                     "or pass --judge-model openai/fake-judge to test the lock with the model it was made for"]
 
 
 def test_a_lock_broken_by_hand_is_kept_and_an_outdated_one_is_replaced(tmp_path: Path, fake_llm: FakeLLMServer) -> None:

@@ -223,9 +223,32 @@ def test_model_resolution_order(monkeypatch: pytest.MonkeyPatch, make_project: A
     assert plain.model_for(plain.load(without).spec).name == "local/smollm2"
 
 
-def test_usage_errors_for_bad_option_values(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--judge-cache=sometimes")
+@pytest.mark.parametrize(("flag", "value", "what"), [
+    ("--judge-sample", "0", "expected a whole number of at least 1, got 0"),
+    ("--judge-sample", "two", "expected a whole number, got 'two'"),
+    ("--judge-concurrency", "0", "expected a whole number of at least 1, got 0"),
+    ("--judge-retries", "-1", "expected a whole number of at least 1, got -1"),
+    ("--judge-steps", "1.5", "expected a whole number, got '1.5'"),
+    ("--judge-timeout", "0", "expected a positive number of seconds, got 0"),
+    ("--judge-timeout", "soon", "expected a number of seconds, got 'soon'"),
+    ("--judge-cache", "sometimes", "must be one of use, off, refresh, replay, not 'sometimes'"),
+    ("--judge-mode", "XYZ", "'XYZ' is not a decomposition mode; use ST, SSS, SSC, SCC or CCC"),
+    ("--judge-budget", "calls=0", "a budget allows at least one call and more than $0"),
+    ("--judge-budget", "lots", "cannot read budget 'lots'"),
+])
+def test_every_option_error_names_the_option_and_the_fix(pytester: pytest.Pytester, flag: str, value: str,
+                                                         what: str) -> None:
+    """issue 12.6: `--judge-sample 0` said only "expected a number of at least 1, got 0"."""
+    result = pytester.runpytest(f"{flag}={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--judge-cache must be one of use, off, refresh, replay*"])
-    result = pytester.runpytest("--judge-concurrency=0")
+    result.stderr.fnmatch_lines([f"ERROR: {flag} {value}: {what}*. Fix: write e.g. {flag} *"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_bad_ini_value_names_the_ini_option_before_anything_runs(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\njudge_sample = 0\n")
+    result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ini option judge_sample = 0: expected a whole number of at least 1, got 0. "
+                                 "Fix: write e.g. --judge-sample 4 (*"])
+    assert "Traceback" not in result.stderr.str()

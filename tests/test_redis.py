@@ -189,6 +189,11 @@ def test_a_missing_redis_client_or_a_wrong_url_is_a_usage_error(pytester: pytest
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "ERROR: --judge-cache-url: http://cache:6379 is not a Redis URL: use redis://host:port/db" in result.stderr.str()
 
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--judge-cache-ttl=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("--judge-cache-ttl soon: expected seconds or a number with s, m, h or d, got 'soon'. Fix: write e.g. "
+            "--judge-cache-ttl 7d") in result.stderr.str()
+
 
 def test_a_url_is_shown_without_its_password() -> None:
     assert shown_url("rediss://:s3cret@cache.internal:6380/0") == "rediss://:***@cache.internal:6380/0"

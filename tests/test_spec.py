@@ -186,6 +186,13 @@ BROKEN = [
     Broken("unquoted comma in an input mapping", edit("{source: source, summary: summary}",
                                                       "{source: source text, plain, summary: summary}"), 6,
            "dataset.inputs.source", "the value was split at a comma", 'quote the value: source: "source text, plain"'),
+    # issue 12.4: a template that never places an input: every judgment rated a text the judge never saw
+    Broken("template that never uses an input", before_correlation("judge:\n  template: '{source} {criteria} {format}'\n"),
+           14, "judge.template", "the template never uses the input(s) {summary}, so the judge would not see them",
+           "put {summary} (or {inputs} for all of them) in the template, remove them from dataset.inputs, or set "
+           "`judge.unused_inputs: warn` to go on anyway"),
+    Broken("unused_inputs not a choice", before_correlation("judge:\n  template: '{inputs}'\n  unused_inputs: ignore\n"),
+           15, "judge.unused_inputs", "'ignore' is not allowed", "use one of: error, warn"),
     Broken("delimiter of two characters", edit("  scores: scores\n", "  scores: scores\n  delimiter: ';;'\n"), 8,
            "dataset.delimiter", '";;" is longer than 1 character', "write one character"),
     Broken("data glob matching nothing", edit("path: data.jsonl", "path: parts/*.jsonl"), 4, "dataset.path",
@@ -195,6 +202,35 @@ BROKEN = [
     Broken("data path a number", edit("path: data.jsonl", "path: 5"), 4, "dataset.path",
            "unexpected a number (5)", "a glob such as data/*.jsonl, or a list of paths"),
 ]
+
+
+def test_unused_inputs_warn_loads_and_keeps_the_warning(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, before_correlation("judge:\n  template: '{source} {criteria}'\n  unused_inputs: warn\n")))
+    assert spec.warnings == (f"{tmp_path / 'toy.judge.yaml'}:14: judge.template: the template never uses the input(s) "
+                             "{summary}, so the judge would not see them. Fix: put {summary} (or {inputs} for all of them) "
+                             "in the template, remove them from dataset.inputs, or set `judge.unused_inputs: warn` to go on anyway",)
+    assert load_spec(write(tmp_path, before_correlation("judge:\n  template: '{inputs} {criteria}'\n"))).warnings == ()
+
+
+@pytest.mark.parametrize(("role", "text", "what"), [
+    ("loss", "Rate {criterion} on {scale}: {sample} {judge_score} {human} {verdict}", "loss.txt: unknown placeholder(s) {human}"),
+    ("optimizer", "{instruction} {batch} {feedback} {criterion} {scale} {max_chars} {}", "optimizer.txt cannot be filled in"),
+    ("adherence", "{old} {new} {feedback!z}", "adherence.txt cannot be filled in"),
+])
+def test_a_role_prompt_file_with_a_placeholder_the_role_does_not_fill_is_a_spec_error(
+        tmp_path: Path, role: str, text: str, what: str) -> None:
+    """issue 12.4: a stray {x} in a custom role prompt was a KeyError traceback in the middle of an optimization."""
+    (tmp_path / f"{role}.txt").write_text(text)
+    path = write(tmp_path, before_correlation(f"optimize:\n  prompts:\n    {role}: {role}.txt\n"))
+    found = problems_of(path)
+    assert len(found) == 1 and found[0].startswith(f"{path}:15: optimize.prompts.{role}: {what}"), found
+    assert f"Fix: the {role} prompt can use {{" in found[0]
+
+
+def test_a_role_prompt_file_using_the_roles_own_placeholders_loads(tmp_path: Path) -> None:
+    (tmp_path / "loss.txt").write_text("About {criterion} ({scale}): {sample}\n{judge_score} vs {human_score}. {verdict} {{ok}}")
+    spec = load_spec(write(tmp_path, before_correlation("optimize:\n  prompts:\n    loss: loss.txt\n")))
+    assert spec.optimize.prompts["loss"] == (tmp_path / "loss.txt").resolve()
 
 
 def test_a_comma_in_a_field_name_mapping_without_prose_is_a_missing_value(tmp_path: Path) -> None:
@@ -380,8 +416,8 @@ def test_utf8_bom_and_crlf_are_read(tmp_path: Path) -> None:
 
 
 def test_template_with_inputs_and_literal_braces_is_accepted(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, before_correlation('judge:\n  template: "Doc: {source}\\n{{json}} {criteria}"\n')))
-    assert spec.judge.template == "Doc: {source}\n{{json}} {criteria}"
+    spec = load_spec(write(tmp_path, before_correlation('judge:\n  template: "Doc: {source} {summary}\\n{{json}} {criteria}"\n')))
+    assert spec.judge.template == "Doc: {source} {summary}\n{{json}} {criteria}"
 
 
 # -- the shipped JSON Schema is the editor contract ------------------------------------------------
@@ -409,6 +445,7 @@ correlation: {method: kendall, level: group, gate: lower_bound, confidence: 0.9,
 judge:
   system: You are strict.
   template: "{inputs}\\n{criteria}\\n{format}\\n{summary}"
+  unused_inputs: warn
   temperature: 0.5
   max_tokens: 128
   n: 3

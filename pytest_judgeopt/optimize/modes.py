@@ -87,7 +87,8 @@ def plan_text(spec: Spec, mode: Mode, planned: Mapping[str, int], steps: int, tr
     """The calls a run will make, per role and step, from the mode's formula; dollars where litellm knows the price."""
     terms = formula(mode, spec.optimize.diagnostics)
     per_step = sum(planned.values())
-    parts = ", ".join(f"{role} {terms[role]}={n}" for role, n in planned.items())
+    # a term that is already a number ("optimizer 1") is not written out again ("optimizer 1=1")
+    parts = ", ".join(f"{role} {n}" if terms[role] == str(n) else f"{role} {terms[role]}={n}" for role, n in planned.items())
     batch = min(spec.optimize.batch_size, train)
     text = (f"optimizing {spec.name} in mode {mode.name}: K={len(spec.criteria)} criteria, B={batch}, "
             f"V={val} val samples; per step {parts}: {per_step} calls; {steps} steps: at most {per_step * steps} calls "

@@ -43,6 +43,11 @@ def run_study(session: JudgingSession[L], path: str | Path, *, modes: Sequence[s
     for mode in modes:
         mine = [r for r in results if r.mode.name == mode]
         calls = statistics.fmean(sum(u["requests"] for u in r.usage.values()) for r in mine)
+        # made and cached apart: a second study answers from the cache (and reuses finished runs), so the
+        # total of requests alone would differ between a fresh and a cached run without saying why
+        made = statistics.fmean(sum(u["calls"] for u in r.usage.values()) for r in mine)
+        cached = statistics.fmean(sum(u["cache_hits"] for u in r.usage.values()) for r in mine)
+        reused = sum(bool(r.reused) for r in mine)
         costs = [sum(u["cost_usd"] for u in r.usage.values()) for r in mine
                  if all(u["cost_usd"] is not None for u in r.usage.values())]  # a run of unknown cost leaves none
         for c in spec.criteria:
@@ -54,7 +59,8 @@ def run_study(session: JudgingSession[L], path: str | Path, *, modes: Sequence[s
                 "after_sd": statistics.stdev(after) if len(after) > 1 else None,
                 "improved_steps": statistics.fmean(len(r.outcomes[c].accepted_steps) for r in mine),
                 "specificity": statistics.fmean(spec_values) if spec_values else None,
-                "calls": calls, "cost": statistics.fmean(costs) if len(costs) == len(mine) else None,
+                "calls": calls, "calls_made": made, "calls_cached": cached, "reused_runs": reused,
+                "cost": statistics.fmean(costs) if len(costs) == len(mine) else None,
             })
     return Study(spec.name, runs, steps or spec.optimize.steps, len(session.records(loaded, "test")),
                  spec.correlation.method, spec.correlation.level, rows, results)
