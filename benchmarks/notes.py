@@ -186,6 +186,24 @@ def embedded_note(rows: list[Row]) -> str:
             "samples: a 135M model is a weak judge, as the README says.")
 
 
+def example_note(rows: list[Row]) -> str:
+    d = rows[0].details
+    load = d["load"]
+    during = (f"mean {load['during_1min_mean']:.1f}, max {load['during_1min_max']:.1f}" if load["during_1min_mean"] is not None
+              else f"{load['before_1min']:.1f} at the start")
+    rhos = "; ".join(f"{r.measure.split(', ')[1].split(' ')[0]} {r.shown}" for r in rows[3:])
+    text = (f"A fresh pytest process from start to exit (imports, collection, the judge pass with each sample's merged call "
+            f"next to its separate ones, bootstraps, the report), {d['cpu_s']:.0f} s of CPU in {rows[0].value:.0f} s: on "
+            f"{load['cores']} cores the 1-minute load average was {load['before_1min']:.1f} before and {during} during the "
+            "run, so other processes held part of the cores it had. Every reply is grammar-held JSON and every score is "
+            f"probability-weighted; failed judgments: {d['failed_separate']} separate, {d['failed_merged']} merged. Test rho "
+            f"(separate / merged): {rhos}. SmolLM2-135M is a weak judge: these correlations are near zero and the items "
+            "fail on them, as they should.")
+    if rows[0].met is False and rows[0].value is not None and rows[0].value > 240:
+        text += " The time target is missed on this run; see the load average for how busy the machine was."
+    return text
+
+
 def fmt_rho(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
 
@@ -212,6 +230,8 @@ def annotate(rows: list[Row], profiles: dict[str, Any], s: Settings) -> None:
         elif case == "8. limits":
             first.note = ("Each huge input loaded once per repeat in the benchmark's process; the unit tests check the "
                           "same inputs by what the loader did (calls counted, memory traced), not by the clock.")
+        elif case == "9. main job":
+            first.note = example_note(rows_of_case)
         elif case == "0. baseline":
             first.note = ("The same server and concurrency, calling litellm.acompletion directly: the CPU every call costs "
                           "before any project code runs. On 2 shared cores this, not the model, is the limit of cases 1, 2 "

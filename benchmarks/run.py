@@ -26,6 +26,7 @@ from typing import Any
 
 # The sibling modules import as top-level modules: Python puts this script's folder first on the path.
 import embedded
+import example
 import judge_pass
 import limits
 import notes
@@ -39,7 +40,7 @@ from server import Server
 
 HERE = Path(__file__).resolve().parent
 
-CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded", "limits")
+CASES = ("baseline", "judge", "step", "cached", "startup", "textgrad", "scale", "embedded", "limits", "example")
 
 
 def parse() -> argparse.Namespace:
@@ -50,7 +51,8 @@ def parse() -> argparse.Namespace:
                         help="C for the optimization steps of case 2, enough that no phase waits for a slot (128)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the table shows medians (3)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and one run each: a smoke test, not a result")
-    parser.add_argument("--skip-embedded", action="store_true", help="leave out case 7 (the embedded model; minutes)")
+    parser.add_argument("--skip-embedded", action="store_true",
+                        help="leave out cases 7 and 9 (the embedded model, and the main job on it; minutes)")
     parser.add_argument("--skip-textgrad", action="store_true", help="leave out TextGrad in case 5 (installs it once)")
     parser.add_argument("--case", action="append", choices=CASES, help="run only these cases (repeatable)")
     parser.add_argument("--no-profile", action="store_true", help="do not profile the cases that miss their target")
@@ -145,6 +147,9 @@ def run_cases(ctx: Context, wanted: set[str]) -> tuple[list[Row], dict[str, Any]
     if "embedded" in wanted and s.embedded:
         ctx.log("case 7: embedded model (slow)")
         rows += embedded.embedded_rows(ctx)
+    if "example" in wanted and s.embedded:
+        ctx.log("case 9: the main job, pytest examples/summeval, empty answer cache (minutes)")
+        rows += example.example_rows(ctx)
     return rows, keep
 
 

@@ -96,6 +96,7 @@ class Cache:
             enable_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS facts (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self._writer = db
         return self._writer
 
@@ -132,6 +133,22 @@ class Cache:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def fact(self, key: str) -> Any:
+        """A fact about a model that costs an import to learn (does litellm know it to take a response schema?),
+        kept apart from the answers; None when not known."""
+        with self._read_lock:
+            try:
+                row = self._read().execute("SELECT value FROM facts WHERE key = ?", (key,)).fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return None
+                raise
+        return json.loads(row[0]) if row else None
+
+    def remember(self, key: str, value: Any) -> None:
+        with self._write_lock:
+            self._connect().execute("INSERT OR REPLACE INTO facts (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def __len__(self) -> int:
         with self._read_lock:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .judge import Judgment
     from .llm import Usage
-    from .spec import Spec
+    from .spec import Model, Spec
     from .stats import PairedDifference
 
 POWER = 0.80  # of the sample size that would settle an inconclusive verdict
@@ -63,10 +63,16 @@ class Configuration:
                 "scoring": self.scoring, "data_hash": self.data_hash}
 
 
-def scoring_of(spec: Spec) -> str:
-    """The scoring rule of a spec's judge, in words: two sides scored by different rules are not comparable."""
+def scoring_of(spec: Spec, model: Model | str) -> str:
+    """The scoring rule of a spec's judge on a model (or its description), in words: two sides scored by
+    different rules are not comparable (``logprobs: auto`` weighs on the embedded model only)."""
+    from .judge import uses_logprobs
+    from .spec import Model
+
+    if isinstance(model, str):
+        model = Model(model.split(" ", 1)[0])
     settings = spec.judge
-    rule = "probability-weighted" if settings.logprobs else "parsed"
+    rule = "probability-weighted" if uses_logprobs(settings.logprobs, model) else "parsed"
     return rule if settings.n == 1 else f"{rule}, mean of {settings.n} replies"
 
 

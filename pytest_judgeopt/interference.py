@@ -73,6 +73,11 @@ class InterferenceResult:
         return {name: CriterionInterference(c) for name, c in self.comparison.criteria.items()}
 
     @property
+    def records(self) -> int:
+        """The samples of the split each shape judged (the pairs behind a criterion's rho may be fewer)."""
+        return self.comparison.records
+
+    @property
     def usage_separate(self) -> Usage:
         assert self.comparison.usage_a is not None
         return self.comparison.usage_a

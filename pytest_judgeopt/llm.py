@@ -16,10 +16,11 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .cache import MODES, Answer, Store, Stores, cache_key
+from .cache import MODES, Answer, Cache, Store, Stores, cache_key
 from .spec import CONNECTION_PARAMS, Model, is_credential_name
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class LLM:
     async work with :meth:`run`.
     """
 
-    def __init__(self, *, cache: Store | None = None, shared: Store | None = None, cache_mode: str = "use",
+    def __init__(self, *, cache: Cache | None = None, shared: Store | None = None, cache_mode: str = "use",
                  concurrency: int = 8, timeout: float = 60.0, retries: int = 4, backoff: float = 1.0,
                  max_wait: float = 60.0):
         if cache_mode not in MODES:
@@ -177,6 +178,7 @@ class LLM:
         self.answer_files: dict[Path, dict[str, Answer]] = {}
         self.recorder: Recorder | None = None  # --judge-record: every answer used, per spec
         self._weights: dict[str, str] = {}  # the embedded model's weights identity, per model name
+        self._reader: ThreadPoolExecutor | None = None  # the one thread that looks answers up in the stores
         self.concurrency = concurrency
         self.timeout = timeout
         self.retries = retries
@@ -194,6 +196,7 @@ class LLM:
         self._start_lock = threading.Lock()
         self._semaphore: asyncio.Semaphore | None = None
         self._in_flight: dict[str, asyncio.Future[Reply]] = {}
+        self._schema_support: dict[str, bool] = {}
 
     # -- running async work from synchronous code -------------------------------------------
     def run(self, work: Awaitable[T]) -> T:
@@ -222,6 +225,9 @@ class LLM:
             if self._thread is not None:
                 self._thread.join(timeout=30)
             loop.close()
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
         self.stores.close()
 
     def flush(self) -> None:
@@ -234,6 +240,32 @@ class LLM:
         for usage in self.usage.values():
             out.add(usage)
         return out
+
+    def supports_response_schema(self, model: Model) -> bool:
+        """Whether litellm knows the model to take a JSON-schema ``response_format`` (the embedded model does).
+
+        The answer is kept beside the answer cache (keyed by the litellm version that gave it), so a run
+        answered from the cache does not import litellm to ask again.
+        """
+        if is_embedded(model):
+            return True
+        if model.name not in self._schema_support:
+            from importlib.metadata import version
+
+            key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
+            cache = self.cache if self.cache_mode != "off" else None
+            stored = cache.fact(key) if cache is not None else None
+            if stored is None:
+                litellm = import_litellm()
+                try:
+                    supported = bool(litellm.supports_response_schema(model=model.name))
+                except Exception:  # litellm raises for a model it does not know: no claim of support
+                    supported = False
+                stored = {"supported": supported}
+                if cache is not None:
+                    cache.remember(key, stored)
+            self._schema_support[model.name] = bool(stored["supported"])
+        return self._schema_support[model.name]
 
     def _usage(self, role: str) -> Usage:
         return self.usage.setdefault(role, Usage())
@@ -257,7 +289,7 @@ class LLM:
                                    "params": {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}}
         if model.by_endpoint:
             request["endpoint"] = model.endpoint
-        if model.name.startswith(f"{LOCAL_PROVIDER}/"):
+        if is_embedded(model):
             if model.name not in self._weights:
                 from .local_model import weights_identity
 
@@ -266,25 +298,34 @@ class LLM:
         return cache_key(request)
 
     async def lookup(self, key: str, spec: Path | None) -> Answer | None:
-        """The spec's answer file, then answers not yet written, then the stores (off the loop: disk or network)."""
+        """The spec's answer file, then answers not yet written, then the stores: off the loop (disk or
+        network), on one thread, so lookups finish in the order the calls began and the calls that miss
+        reach the model in that order (a local model reuses the prompt prefix consecutive calls share)."""
         book = self.answer_files.get(spec) if spec is not None else None
         if book is not None and key in book:
             return book[key]
         found = self.stores.pending(key)
         if found is None and self.stores:
-            hit = await asyncio.to_thread(self.stores.get, key)
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judgeopt-cache-reader")
+            hit = await asyncio.get_running_loop().run_in_executor(self._reader, self.stores.get, key)
             found = None if hit is None else hit[0]
         return found
 
     async def complete(self, model: Model, messages: list[dict[str, str]], *, role: str = "judge",
                        temperature: float = 0.0, max_tokens: int = 256, n: int = 1, logprobs: int = 0,
-                       seed: int | None = None, spec: Path | None = None) -> Reply:
+                       seed: int | None = None, response_format: dict[str, Any] | None = None,
+                       spec: Path | None = None) -> Reply:
         """One chat completion (``n`` choices), from an answer file or a cache when one holds the answer.
 
+        ``response_format`` asks for structured output (litellm's, e.g. a JSON schema); it is part of
+        the cache key, so a reply held to one schema never answers a call asking for another.
         ``spec`` is the spec file the call serves: its answer file is read first, and with
         ``--judge-record`` the answer is recorded for it.
         """
         params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
+        if response_format is not None:
+            params["response_format"] = response_format
         key = self.key(model, messages, params, n, logprobs, seed)
         usage = self._usage(role)
         usage.requests += 1
@@ -377,7 +418,7 @@ class LLM:
     async def _request(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
                        logprobs: int, seed: int | None) -> Reply:
         litellm = import_litellm()
-        if model.name.startswith(f"{LOCAL_PROVIDER}/"):
+        if is_embedded(model):
             register_local_model(litellm)
         kwargs = dict(params)
         if n > 1:
@@ -532,6 +573,11 @@ def import_litellm() -> Any:
 
 
 LOCAL_PROVIDER = "local"
+
+
+def is_embedded(model: Model) -> bool:
+    """The in-process model of ``local_model.py`` (``local/smollm2``), not a hosted provider."""
+    return model.name.startswith(f"{LOCAL_PROVIDER}/")
 
 
 def register_local_model(litellm: Any) -> None:

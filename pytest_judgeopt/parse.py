@@ -8,12 +8,11 @@ so every rule below prefers "no score" over a plausible-looking wrong one.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["FAILURE_KINDS", "ParsedScore", "json_objects", "parse_merged", "parse_score", "weighted_score"]
+__all__ = ["FAILURE_KINDS", "NUMBER", "ParsedScore", "json_objects", "number_value", "parse_merged", "parse_score"]
 
 FAILURE_KINDS: tuple[str, ...] = ("empty", "refusal", "no_score", "out_of_scale", "missing_criterion", "bad_json")
 
@@ -39,17 +38,21 @@ class _Candidate:
     out_of: float | None = None
 
 
+# The one rule for what a written number is, shared by the parser and the probability weighting:
+# ASCII digits only, so "²" or "٣" is text, never int("²").
+NUMBER = r"-?[0-9]+(?:\.[0-9]+)?"
+
 _NUMBER_WORDS = {word: n for n, word in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
                                                     "nine", "ten"])}
 
 # A digit number that is not part of a word, version or hyphenated name ("GPT-4", "v2", "1.2.3", "5-point").
-_DIGITS = r"(?<![\w.\-])-?\d+(?:\.\d+)?(?!\w|-\w|\.\d)"
+_DIGITS = rf"(?<![\w.\-]){NUMBER}(?!\w|-\w|\.[0-9])"
 # A number word only where it ends the phrase, so "one of the best" is not a 1.
 _WORD = rf"\b(?:{'|'.join(_NUMBER_WORDS)})\b(?=\s*(?:$|[.,;:!?)*\]\"'/]|out\s+of))"
 _VALUE = rf"(?:{_DIGITS}|{_WORD})"
 _OUT_OF = rf"(?:\s*(?:/|out\s+of)\s*({_VALUE}))?"
 
-_RAW_NUMBER = r"-?\d+(?:\.\d+)?"
+_RAW_NUMBER = NUMBER
 # Scale echoes from the prompt ("1 to 5", "1-5" with a hyphen or a dash, "between 3 and 4", "5 point scale")
 # are never the score.
 _RANGE = re.compile(
@@ -155,30 +158,9 @@ def parse_merged(reply: str | None, scales: dict[str, tuple[float, float]]) -> d
     return {name: failure for name in scales}
 
 
-def weighted_score(top_logprobs: list[tuple[str, float]], scale: tuple[float, float]) -> float | None:
-    """G-Eval's probability-weighted score: given the top alternatives (token text, logprob) at the
-    position of the score token, renormalise the probabilities of the tokens that are integers
-    inside the scale and return sum(p * value). None when no alternative is an in-scale integer.
-
-    Tokens are stripped (" 4" counts as 4, and adds to "4"); non-finite logprobs are dropped.
-    Probabilities are taken relative to the best one so very negative logprobs do not underflow.
-    """
-    low, high = scale
-    options = [
-        (value, logprob)
-        for token, logprob in top_logprobs
-        if (value := _integer_token(token)) is not None and low <= value <= high and math.isfinite(logprob)
-    ]
-    if not options:
-        return None
-    best = max(logprob for _, logprob in options)
-    weights = [(value, math.exp(logprob - best)) for value, logprob in options]
-    return sum(value * weight for value, weight in weights) / sum(weight for _, weight in weights)
-
-
-def _integer_token(token: str) -> int | None:
-    text = token.strip()
-    return int(text) if re.fullmatch(r"-?\d{1,9}", text) else None
+def number_value(text: str) -> float | None:
+    """The value of a text that is a number by the rule above, else None."""
+    return float(text) if re.fullmatch(NUMBER, text) else None
 
 
 def json_objects(text: str) -> list[dict]:

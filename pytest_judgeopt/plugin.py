@@ -381,19 +381,6 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
             run.live.end()
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Which specs this run covers only in part (``-k``, ``spec.yaml::coherence``): recording them must not
-    drop the answers of their items that did not run."""
-    run = session.config.stash.get(run_key, None)
-    if run is None or not run.spec_items:
-        return
-    selected: dict[Path, int] = {}
-    for item in session.items:
-        if isinstance(item.parent, JudgeFile):
-            selected[item.path.resolve()] = selected.get(item.path.resolve(), 0) + 1
-    run.partial_specs = {str(path) for path, total in run.spec_items.items() if 0 < selected.get(path, 0) < total}
-
-
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     patterns = parent.config.getini("judge_spec_glob")
     if any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns):
@@ -756,6 +743,24 @@ def gathered(run: JudgeRun) -> dict[str, Any]:
     from .report import merge
 
     return merge([measured(run)] + [run.workers[name] for name in sorted(run.workers)])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After deselection: tell the judging session which specs' ``::merged`` checks will run (their separate
+    passes then make the merged calls too, each sample's calls together; see Session.merged_ahead), and note
+    which specs this run covers only in part (``-k``, ``spec.yaml::coherence``): recording them must not drop
+    the answers of their items that did not run."""
+    run = session.config.stash.get(run_key, None)
+    if run is None:
+        return
+    merged = {Path(item.path).resolve() for item in session.items if isinstance(item, MergedItem)}
+    if merged:
+        run.session.merged_ahead.update(merged)
+    selected: dict[Path, int] = {}
+    for item in session.items:
+        if isinstance(item.parent, JudgeFile):
+            selected[item.path.resolve()] = selected.get(item.path.resolve(), 0) + 1
+    run.partial_specs = {str(path) for path, total in run.spec_items.items() if 0 < selected.get(path, 0) < total}
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

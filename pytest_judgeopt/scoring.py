@@ -16,10 +16,7 @@ from typing import Any
 
 from .data import Record
 from .judge import Judgment
-from .parse import parse_score
 from .spec import Spec
-
-WEIGHTED_DETAIL = "probability-weighted"  # what judge.weighted() writes in a score's detail
 
 
 @dataclass(frozen=True)
@@ -49,12 +46,10 @@ class Scored:
                 "failure": self.failure, "detail": self.detail, "reply": self.reply}
 
 
-def scored(judgment: Judgment, scale: tuple[float, float]) -> Scored:
-    weighted = judgment.score if judgment.score is not None and WEIGHTED_DETAIL in judgment.detail else None
-    parsed = judgment.score
-    if weighted is not None:
-        parsed = parse_score(judgment.reply, scale, judgment.criterion).score
-    return Scored(judgment.criterion, judgment.score, judgment.reply, judgment.failure, judgment.detail, weighted, parsed)
+def scored(judgment: Judgment) -> Scored:
+    weighted = judgment.score if judgment.scoring == "weighted" else None
+    return Scored(judgment.criterion, judgment.score, judgment.reply, judgment.failure, judgment.detail, weighted,
+                  judgment.parsed)
 
 
 def input_problems(spec: Spec, inputs: Mapping[str, Any], *, complete: bool = True) -> list[tuple[str, str]]:

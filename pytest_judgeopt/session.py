@@ -18,7 +18,7 @@ from .cases import Case, CaseResult, checks, load_cases
 from .compare import Comparison, Configuration, Rules, Side, compare, scoring_of
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, rules_of
-from .judge import CriterionResult, Judged, assess, judge_records, prediction_rows
+from .judge import CriterionResult, Judged, assess, judge_records, judge_shapes, prediction_rows
 from .llm import LLM, Usage
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .scoring import Scored, as_record, check_inputs, scored
@@ -59,6 +59,9 @@ class Session:
         self._in_force: dict[Path, tuple[dict[str, str], dict[str, str]]] = {}
         self._recorded: set[tuple[Any, ...]] = set()
         self._logprobs_missing: dict[tuple[Any, ...], int] = {}
+        self._logprobs_noted: set[str] = set()
+        # specs whose ::merged check runs in this session (the plugin fills it in from the collected items)
+        self.merged_ahead: set[Path] = set()
         self.base = Path.cwd()
         self._loaded: dict[Path, Loaded] = {}
         self._evaluations: dict[tuple[Any, ...], dict[str, CriterionResult]] = {}
@@ -145,27 +148,54 @@ class Session:
         key = self._evaluation_key(loaded, instructions, names, split=split, shape=shape, model=model)
         if key not in self._evaluations:
             records = self.records(loaded, split)
+            shapes = [shape]
+            if shape == "separate" and self._merged_check_follows(loaded, instructions, names, split, model):
+                shapes.append("merged")
             if self.progress:
-                self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}) on {model.name}")
-            judged: Judged = self.llm.run(judge_records(self.llm, model, spec, records, instructions, criteria=names, shape=shape))
+                also = ", and merged for the ::merged check, each sample's calls together" if len(shapes) > 1 else ""
+                self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}{also}) "
+                              f"on {model.name}")
+            judged = self.llm.run(judge_shapes(self.llm, model, spec, records, instructions, criteria=names, shapes=shapes))
             self._register_metrics()
-            results = {name: assess(spec, spec.criteria[name], judged.judgments[name], split=split, shape=shape,
-                                    instruction=instructions[name], instruction_source=sources[name]) for name in names}
-            self._evaluations[key] = results
-            self._usages[key] = judged.usage
-            self._logprobs_missing[key] = judged.logprobs_missing
+            for each in shapes:
+                each_key = self._evaluation_key(loaded, instructions, names, split=split, shape=each, model=model)
+                self._evaluations[each_key] = {
+                    name: assess(spec, spec.criteria[name], judged[each].judgments[name], split=split, shape=each,
+                                 instruction=instructions[name], instruction_source=sources[name]) for name in names}
+                self._usages[each_key] = judged[each].usage
+                self._logprobs_missing[each_key] = judged[each].logprobs_missing
+                self._note_missing_logprobs(model, judged[each])
         if record and key not in self._recorded:
             self._recorded.add(key)
             results = self._evaluations[key]
             self.evaluations.append({
                 "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape,
                 "model": model.describe(), "records": len(self.records(loaded, split)),
-                "scoring": scoring_of(spec), "data_hash": loaded.dataset.digest, "split_ids": loaded.splits.ids(),
+                "scoring": scoring_of(spec, model), "data_hash": loaded.dataset.digest, "split_ids": loaded.splits.ids(),
                 "results": [r.to_json() for r in results.values()],
                 "usage": self._usages[key].answers_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
                 "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
             })
         return self._evaluations[key]
+
+    def _merged_check_follows(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], split: str,
+                              model: Model) -> bool:
+        """Whether this separate pass is the one the spec's ``::merged`` check compares with, and that check runs
+        in this session (``merged_ahead``): then the pass makes the merged calls too, each next to its sample's
+        separate calls, so a local model evaluates the sample's shared prefix once for both shapes."""
+        spec = loaded.spec
+        return (spec.path in self.merged_ahead and split == "test" and len(names) > 1 and list(names) == list(spec.criteria)
+                and instructions == self.in_force(loaded)[0] and model == self.model_for(spec)
+                and self._evaluation_key(loaded, instructions, names, split=split, shape="merged", model=model)
+                not in self._evaluations)
+
+    def _note_missing_logprobs(self, model: Model, judged: Judged) -> None:
+        """Said once per model: its replies came without the logprobs asked for, so their scores are the parsed ones."""
+        if judged.logprobs_missing and model.name not in self._logprobs_noted:
+            self._logprobs_noted.add(model.name)
+            self.notes.append(f"{model.describe()} returned no token logprobs for {judged.logprobs_missing} of "
+                              f"{judged.usage.requests} judge replies that asked for them (judge.logprobs); those "
+                              "judgments use the parsed score, and results.json counts them under `scoring`")
 
     def in_force(self, loaded: Loaded) -> tuple[dict[str, str], dict[str, str]]:
         """The instructions ordinary runs test, and where each came from: the lock file while it
@@ -290,7 +320,7 @@ class Session:
             raise ValueError(f"shape must be 'separate' or 'merged', not {shape!r}")
         resolved = self.model_for(spec) if model is None else model if isinstance(model, Model) else Model(model)
         return Configuration(label=label, instructions=chosen, shape=shape or spec.inference, model=resolved.describe(),
-                             scoring=scoring_of(spec), data_hash=loaded.dataset.digest)
+                             scoring=scoring_of(spec, resolved), data_hash=loaded.dataset.digest)
 
     def compare_configurations(self, loaded: Loaded, a: Configuration, b: Configuration, *, kind: str, rules: Rules,
                                split: str = "test", sources: Mapping[str, str] | None = None,
@@ -434,7 +464,7 @@ class Session:
         by_record: dict[str, dict[str, Scored]] = {r.id: {} for r in records}
         for name in wanted:
             for judgment in judged.judgments[name]:
-                by_record[judgment.record_id][name] = scored(judgment, spec.criteria[name].scale)
+                by_record[judgment.record_id][name] = scored(judgment)
         return [by_record[r.id] for r in records]
 
     def case(self, path: str | Path, name: str, *, together: Sequence[str] = ()) -> CaseResult:

@@ -111,6 +111,9 @@ class Criterion:
     min_rho: float | None
     max_parse_failure_rate: float
     line: int
+    # ends written as integers ([1, 5]) make an integer scale: its structured schema allows 1, 2, ..., 5;
+    # ends written with a decimal point ([0.0, 1.0]) make a continuous one
+    integer: bool = True
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ class JudgeSettings:
     temperature: float = 0.0
     max_tokens: int = 64
     n: int = 1
-    logprobs: bool = False
+    logprobs: bool | str = "auto"  # True, False or "auto": on for the embedded model, where they cost nothing
+    structured: bool | str = "auto"  # True, False or "auto": on where the model supports a response schema
     max_parse_failure_rate: float = 0.1
 
 
@@ -493,7 +497,7 @@ def explain(path: Path, error: Any, lines: dict[Path_, int],
                 "name": "add `name:` with a litellm model string"}.get(missing, f"add `{missing}:`")
         return [problem(path, line, where or "spec", f"missing key '{missing}'", hint)]
     if rule == "enum":
-        options = [str(o) for o in sub["enum"]]
+        options = [o if isinstance(o, str) else json.dumps(o) for o in sub["enum"]]  # true, not True
         guess = difflib.get_close_matches(str(value), options, n=1)
         fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(options)}"
         return [problem(path, line, where, f"'{value}' is not allowed", fix)]
@@ -740,6 +744,7 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
             min_rho=body.get("min_rho"),
             max_parse_failure_rate=body.get("max_parse_failure_rate", judge.max_parse_failure_rate),
             line=lines.get(("criteria", name), 1),
+            integer=all(isinstance(end, int) and not isinstance(end, bool) for end in body["scale"]),
         )
         for name, body in data["criteria"].items()
     }

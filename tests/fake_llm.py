@@ -2,7 +2,9 @@
 
 Tests and benchmarks point litellm at ``FakeLLMServer.base_url`` so the real HTTP path
 (connection pooling, retries, timeouts, response parsing) runs without a network or a model,
-and every request is logged so tests can assert what reached the "model" and count calls.
+and every request is logged so tests can assert what reached the "model" and count calls
+(a structured-output ``response_format`` included: a malformed one is refused with 400, as
+OpenAI does). Scripted ``Reply`` objects serve per-token logprobs.
 It only ever binds 127.0.0.1.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import socket
 import struct
 import sys
@@ -145,6 +148,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_json(400, _error("request body must be a JSON object", "invalid_request_error", 400))
             return
+        problem = response_format_problem(body.get("response_format"))
+        if problem is not None:  # refused before any answer, as OpenAI refuses a malformed structured-output request
+            self._send_json(400, _error(problem, "invalid_request_error", 400))
+            return
         while True:
             if fault is None:
                 try:
@@ -193,6 +200,40 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+def response_format_problem(response_format: object) -> str | None:
+    """What OpenAI would refuse in a ``response_format`` (None when absent or well-formed): a json_schema
+    request needs a name of letters, digits, "_" or "-", and a schema; a strict one needs every object to
+    list all its properties as required and to forbid additional ones."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict) or response_format.get("type") not in ("text", "json_object", "json_schema"):
+        return f"Invalid value for 'response_format': {response_format!r}"
+    if response_format["type"] != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", spec["name"]):
+        return "Missing or invalid 'response_format.json_schema.name'"
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        return "Invalid 'response_format.json_schema.schema': expected an object"
+    if spec.get("strict"):
+        for node in _objects(schema):
+            properties = node.get("properties") or {}
+            if node.get("additionalProperties") is not False:
+                return "Invalid schema: 'additionalProperties' is required to be supplied and to be false"
+            if sorted(node.get("required") or []) != sorted(properties):
+                return "Invalid schema: 'required' is required to be supplied and to be an array including every key in properties"
+    return None
+
+
+def _objects(schema: dict) -> list[dict]:
+    found = [schema] if schema.get("type") == "object" else []
+    for sub in (schema.get("properties") or {}).values():
+        if isinstance(sub, dict):
+            found += _objects(sub)
+    return found
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """One daemon thread per connection, so latency sleeps overlap like a real provider's."""
 
@@ -217,6 +258,7 @@ class FakeLLMServer:
     def __init__(self, responder: Responder | None = None, *, latency: float = 0.0) -> None:
         self.responder: Responder = responder or (lambda body: "3")
         self.latency = latency
+        self.serve_logprobs = True  # False: logprobs asked for are not returned, as several providers do
         self.base_url = ""
         self.requests: list[dict] = []
         self.faults: list[Fault] = []
@@ -308,7 +350,7 @@ class FakeLLMServer:
             {
                 "index": index,
                 "message": {"role": "assistant", "content": reply.content},
-                "logprobs": {"content": _logprob_content(reply, top_n)} if body.get("logprobs") else None,
+                "logprobs": {"content": _logprob_content(reply, top_n)} if body.get("logprobs") and self.serve_logprobs else None,
                 "finish_reason": reply.finish_reason,
             }
             for index, reply in enumerate(replies)

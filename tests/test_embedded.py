@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -34,12 +35,11 @@ def test_example_judged_end_to_end_on_the_embedded_model(tmp_path: Path) -> None
     assert usage.calls == 4 * n and usage.prompt_tokens > 4 * n * 100
     for result in results.values():
         assert len(result.judgments) == n
+        # structured and logprobs are auto, so on: grammar-held JSON, every judgment scored and weighted
+        assert result.failed_count == 0 and result.scoring == {"weighted": n, "parsed": 0}
         for judgment in result.judgments:
-            assert judgment.reply is not None  # a real model answered every call
-            assert (judgment.score is None) == (judgment.failure is not None)
-            if judgment.score is not None:
-                assert 1 <= judgment.score <= 5
-    assert any(j.score is not None for r in results.values() for j in r.judgments)
+            assert judgment.reply is not None and list(json.loads(judgment.reply)) == [result.criterion.name]
+            assert 1 <= judgment.score <= 5 and 0 <= judgment.outside <= 1
 
     again = Session(LLM(cache=Cache(tmp_path)), sample=1)
     try:
@@ -47,6 +47,49 @@ def test_example_judged_end_to_end_on_the_embedded_model(tmp_path: Path) -> None
         assert again.llm.total().calls == 0
     finally:
         again.close()
+
+
+def structured_request(*criteria: tuple[str, tuple[float, float], bool]) -> dict:
+    from pytest_judgeopt.spec import Criterion
+    from pytest_judgeopt.structured import response_format
+
+    return response_format([Criterion(name, "x", scale, None, 0.1, 1, integer=integer) for name, scale, integer in criteria])
+
+
+JUDGE_MESSAGES = [{"role": "system", "content": "You rate summaries."},
+                  {"role": "user", "content": "<summary>\nThe cat sat on the mat. It was happy.\n</summary>\n\n"
+                                              "Rate the summary. Answer with one JSON object and nothing else."}]
+
+
+@pytest.mark.parametrize("criteria", [
+    [("coherence", (1.0, 5.0), True)],
+    [("coherence", (1.0, 5.0), True), ("consistency", (1.0, 5.0), True), ("fluency", (1.0, 3.0), True)],
+    [("relevance", (1.0, 10.0), True)],
+    [("consistency", (0.0, 1.0), False)],
+], ids=["one-integer", "merged", "two-digit", "continuous"])
+def test_grammar_held_replies_are_valid_in_scale_json_with_logprobs_at_the_values(criteria: list) -> None:
+    from pytest_judgeopt.local_model import generate
+    from pytest_judgeopt.structured import longest_reply, schema_of, violation
+
+    request = structured_request(*criteria)
+    schema = schema_of(request)
+    for temperature, seed in ((0.0, None), (1.0, 1), (1.0, 2)):
+        out = generate(JUDGE_MESSAGES, {"response_format": request, "logprobs": True, "top_logprobs": 5,
+                                        "temperature": temperature, "seed": seed, "max_tokens": 1})
+        (choice,) = out["choices"]
+        text = choice["message"]["content"]
+        assert violation(text, schema) is None, text  # max_tokens 1 is ignored: the schema sizes the reply
+        values = json.loads(text)
+        assert list(values) == [name for name, _, _ in criteria]
+        for name, (low, high), integer in criteria:
+            assert low <= values[name] <= high and (not integer or float(values[name]).is_integer())
+        assert choice["finish_reason"] == "stop" and out["usage"]["completion_tokens"] <= len(longest_reply(schema))
+        positions = choice["logprobs"]
+        assert "".join(p[0][0] for p in positions) == text
+        sampled = [p for p in positions if len(p) > 1]  # the values: the model's own alternatives
+        assert len(sampled) >= len(criteria)
+        assert all(lp <= 0 and math.isfinite(lp) for p in sampled for _, lp in p)
+        assert all(p == [(p[0][0], 0.0)] for p in positions if len(p) == 1)  # fixed text: certain
 
 
 def test_overlapping_calls_are_serialised(tmp_path: Path) -> None:
@@ -103,7 +146,8 @@ def test_interference_check_on_the_embedded_model(tmp_path: Path) -> None:
     assert result.usage_merged.answered == n and result.usage_separate.answered == 4 * n
     assert 0 < result.usage_merged.prompt_tokens < result.usage_separate.prompt_tokens
     (recorded,) = session.interferences
-    assert {k: v for k, v in recorded.items() if k != "predictions"} == result.to_json()
+    assert {k: v for k, v in recorded.items() if k not in ("predictions", "comparison")} == result.to_json()
+    assert recorded["comparison"]["kind"] == "merged"
     assert len(recorded["predictions"]) == 4 * n  # the merged judgments, one row per sample and criterion
 
 
@@ -111,17 +155,18 @@ def verdict_from_numbers(c: Any, separate: Any, max_drop: float) -> str:
     """The verdict the README's rules give for the numbers the check reports, worked out here again:
     whatever a weak model answers, the verdict must be the one its numbers call for."""
     failed, before = sum(c.failures_merged.values()), sum(c.failures_separate.values())
-    merging_fails_judgments = failed / c.judged > separate.criterion.max_parse_failure_rate and failed > before
+    rate = failed / c.judged if c.judged else 0.0
+    merging_fails_judgments = rate > separate.criterion.max_parse_failure_rate and (failed > before or separate.rho is None)
     if separate.rho is None:
         kind = "no baseline"
     elif c.diff is None:
-        return "undefined"
-    elif -c.diff <= max_drop:
-        kind = "pass"
+        kind = "undefined"
     elif c.low is None or c.high is None:
-        return "undefined"
-    elif c.high < 0:
-        return "fail"
+        kind = "inconclusive"
+    elif c.low >= -max_drop:
+        kind = "pass"
+    elif -c.diff > max_drop and c.high < 0:
+        kind = "fail"
     else:
         kind = "inconclusive"
     return "fail" if merging_fails_judgments else kind

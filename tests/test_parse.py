@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_judgeopt.parse import FAILURE_KINDS, ParsedScore, parse_merged, parse_score, weighted_score
+from pytest_judgeopt.parse import FAILURE_KINDS, ParsedScore, parse_merged, parse_score
 
 FIVE = (1.0, 5.0)
 TEN = (1.0, 10.0)
@@ -200,31 +199,6 @@ def test_parse_merged(reply: str | None, scales: dict[str, tuple[float, float]],
         assert_parsed(result[name], want)
 
 
-def lp(p: float) -> float:
-    return math.log(p)
-
-
-WEIGHTED_CASES = [
-    ([("4", lp(0.6)), ("5", lp(0.3)), ("3", lp(0.1))], FIVE, 4.2),
-    ([(" 4", lp(0.5)), ("Score", lp(0.3)), ("9", lp(0.1)), ("5", lp(0.1))], FIVE, (0.5 * 4 + 0.1 * 5) / 0.6),
-    ([(" 4", lp(0.25)), ("4", lp(0.25)), ("2", lp(0.5))], FIVE, 3.0),
-    ([("4.5", lp(0.9)), ("3", lp(0.1))], FIVE, 3.0),
-    ([("5", -1000.0), ("1", -1000.0)], FIVE, 3.0),
-    ([("5", -math.inf), ("2", lp(0.2))], FIVE, 2.0),
-    ([("Score", lp(0.9)), ("7", lp(0.1))], FIVE, None),
-    ([], FIVE, None),
-]
-
-
-@pytest.mark.parametrize(("top_logprobs", "scale", "expected"), WEIGHTED_CASES)
-def test_weighted_score(top_logprobs: list[tuple[str, float]], scale: tuple[float, float], expected: float | None) -> None:
-    result = weighted_score(top_logprobs, scale)
-    if expected is None:
-        assert result is None
-    else:
-        assert result == pytest.approx(expected)
-
-
 scales = st.tuples(st.integers(-20, 20), st.integers(0, 50)).map(lambda t: (float(t[0]), float(t[0] + t[1])))
 
 
@@ -261,10 +235,3 @@ def test_parse_merged_never_raises(reply: str) -> None:
     result = parse_merged(reply, TWO)
     assert result.keys() == TWO.keys()
     assert all(r.ok or r.failure in FAILURE_KINDS for r in result.values())
-
-
-@given(st.lists(st.tuples(st.integers(-3, 12).map(str), st.floats(max_value=0.0, allow_nan=False))))
-def test_weighted_score_stays_in_scale(top_logprobs: list[tuple[str, float]]) -> None:
-    result = weighted_score(top_logprobs, FIVE)
-    if result is not None:
-        assert FIVE[0] - 1e-9 <= result <= FIVE[1] + 1e-9

@@ -319,8 +319,8 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
     assert spec.model is None and spec.models == {} and spec.model_for("judge") is None
     assert spec.split == Split(train=0.2, val=0.2, test=0.6, seed=0)
     assert spec.correlation == Correlation(method="spearman", level="pooled", gate="point", confidence=0.95, resamples=1000)
-    assert spec.judge == JudgeSettings(system=None, template=None, temperature=0.0, max_tokens=64, n=1, logprobs=False,
-                                       max_parse_failure_rate=0.1)
+    assert spec.judge == JudgeSettings(system=None, template=None, temperature=0.0, max_tokens=64, n=1, logprobs="auto",
+                                       structured="auto", max_parse_failure_rate=0.1)
     assert spec.inference == "separate"
     assert spec.interference is None  # one criterion cannot interfere with another
     ds = spec.dataset
@@ -450,6 +450,7 @@ judge:
   max_tokens: 128
   n: 3
   logprobs: true
+  structured: false
   max_parse_failure_rate: 0.2
 inference: merged
 interference: {max_drop: 0.05, confidence: 0.9, inconclusive: pass}
@@ -532,7 +533,8 @@ def test_full_spec_uses_every_schema_key_and_validates_directly(tmp_path: Path) 
         (tmp_path / file).write_text("Improve the instruction.\n")
     spec = load_spec(write(tmp_path, FULL))
     assert spec.correlation == Correlation("kendall", "group", "lower_bound", 0.9, 500)
-    assert spec.judge.logprobs is True and spec.inference == "merged" and spec.interference == Interference(0.05, 0.9, "pass")
+    assert spec.judge.logprobs is True and spec.judge.structured is False
+    assert spec.inference == "merged" and spec.interference == Interference(0.05, 0.9, "pass")
     assert (spec.baseline.max_drop, spec.baseline.inconclusive) == (0.03, "fail")
     assert spec.dataset.id == "uid" and spec.dataset.scores == {"coherence": "coh", "fluency": "flu"}
     assert spec.model_for("gradient") == Model("openai/gpt-4o", (("temperature", 0.7),))
@@ -553,3 +555,22 @@ def test_schema_rejects_what_load_spec_rejects(tmp_path: Path, old: str, new: st
     errors = list(jsonschema.Draft202012Validator(schema()).iter_errors(yaml.safe_load(text)))
     assert errors
     assert any(f": {key}: " in p for p in problems_of(write(tmp_path, text)))
+
+
+def test_scale_ends_written_as_integers_make_an_integer_scale(tmp_path: Path) -> None:
+    text = MINIMAL + "  consistency:\n    instruction: Consistent?\n    scale: [0.0, 1.0]\n" \
+                     "  mixed:\n    instruction: Mixed?\n    scale: [1, 4.5]\n"
+    spec = load_spec(write(tmp_path, text))
+    assert spec.criteria["clarity"].integer is True  # [0, 10]
+    assert spec.criteria["consistency"].integer is False
+    assert spec.criteria["mixed"].integer is False
+
+
+@pytest.mark.parametrize("key", ["structured", "logprobs"])
+def test_structured_and_logprobs_take_auto_true_or_false(tmp_path: Path, key: str) -> None:
+    for value, expected in (("auto", "auto"), ("true", True), ("false", False)):
+        spec = load_spec(write(tmp_path, MINIMAL + f"judge: {{{key}: {value}}}\n"))
+        assert getattr(spec.judge, key) == expected
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, MINIMAL + f"judge: {{{key}: always}}\n"))
+    assert str(caught.value).endswith(f".judge.yaml:9: judge.{key}: 'always' is not allowed. Fix: use one of: auto, true, false")

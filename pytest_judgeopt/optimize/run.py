@@ -98,7 +98,7 @@ def test_comparison(session: JudgingSession[L], loaded: L, spec: Spec, before: M
     """Initial (a) against final (b) instructions on the untouched test split: the paired comparison of
     compare.py, at the spec's confidence, with the optimizer's own seed for the interval."""
     configs = {label: Configuration(label=label, instructions=dict(instructions), shape=shape, model=model,
-                                    scoring=scoring_of(spec), data_hash=loaded.dataset.digest)
+                                    scoring=scoring_of(spec, model), data_hash=loaded.dataset.digest)
                for label, instructions in (("initial", initial), ("final", final))}
     sides = [Side(configs[label], {c: r.judgments for c, r in results.items()})
              for label, results in (("initial", before), ("final", after))]
