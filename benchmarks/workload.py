@@ -92,6 +92,9 @@ def write_spec(folder: Path, data: Path | str, base_url: str | None, *, split: d
     or with the embedded model when ``base_url`` is None."""
     spec = yaml.safe_load(EXAMPLE_SPEC.read_text(encoding="utf-8"))
     spec["name"] = name
+    # the example's cases name its own records and its probe adds calls: the benchmarks time the judge pass alone
+    spec.pop("cases", None)
+    spec.pop("probes", None)
     if base_url is None:  # the embedded model
         spec.pop("model", None)
     else:

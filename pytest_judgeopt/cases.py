@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .data import Record
-from .scoring import Scored, input_problems
-from .spec import Path_, Spec, SpecError, dotted, explain, non_finite, problem, read_yaml, schema
+from .llm import LLM
+from .scoring import Scored, as_record, input_problems, score_records
+from .spec import Model, Path_, Spec, SpecError, dotted, explain, non_finite, problem, read_yaml, schema
 
 CASE_FILE_SUFFIXES = (".yaml", ".yml", ".jsonl")
 MAX_CASE_FILE_BYTES = 10_000_000
@@ -190,6 +191,12 @@ def load_cases(spec: Spec, records: Sequence[Record]) -> tuple[Case, ...]:
     """The spec's cases, checked against its criteria, inputs and data; raises SpecError listing every problem."""
     raw = spec.raw.get("cases")
     if raw is None:
+        settings = spec.raw.get("optimize", {})
+        unused = [at for at, on in ((("optimize", "gate", "cases"), settings.get("gate", {}).get("cases")),
+                                    (("optimize", "cases_in_prompt"), settings.get("cases_in_prompt"))) if on]
+        if unused:
+            raise SpecError([problem(spec.path, spec.line_of(*at), dotted(at), "the spec has no cases for this to use",
+                                     "add `cases:` to the spec, or remove this setting") for at in unused])
         return ()
     if isinstance(raw, str):
         file = (spec.path.parent / raw).resolve()
@@ -338,6 +345,23 @@ class CaseResult:
 
 def checks(case: Case, scores: Mapping[str, Scored]) -> list[Check]:
     return [Check(name, expectation, scores[name], case.human.get(name)) for name, expectation in case.expect.items()]
+
+
+async def judge_cases(llm: LLM, model: Model, spec: Spec, cases: Sequence[Case], instructions: Mapping[str, str],
+                      *, role: str = "judge") -> list[list[Check]]:
+    """Each case's checks under the given instructions (the items', or an optimizer's candidate), all calls in
+    flight together: cases that expect the same criteria share one pass of the judge."""
+    import asyncio
+
+    groups: dict[tuple[str, ...], list[Case]] = {}
+    for case in cases:
+        groups.setdefault(tuple(case.expect), []).append(case)
+    work = [score_records(llm, model, spec, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
+                          instructions, names, role=role) for names, members in groups.items()]
+    found: dict[str, dict[str, Scored]] = {}
+    for members, scores in zip(groups.values(), await asyncio.gather(*work), strict=True):
+        found.update({case.name: s for case, s in zip(members, scores, strict=True)})
+    return [checks(c, found[c.name]) for c in cases]
 
 
 def describe_failure(result: CaseResult) -> str:

@@ -1,4 +1,4 @@
-"""Hooks for plugins and conftest files: extra dataset formats and agreement metrics.
+"""Hooks for plugins and conftest files: extra dataset formats, agreement metrics and the probes' transforms.
 
 The built-in formats and metrics are ordinary implementations of these hooks
 (``pytest_judgeopt.defaults``), registered the same way a third-party plugin would be.
@@ -52,4 +52,32 @@ def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | 
             def neg_mae(judge, human):
                 return -float(np.mean(np.abs(judge - human)))
             return {"neg_mae": neg_mae}
+    """
+
+
+@hookspec
+def pytest_judgeopt_transforms() -> dict[str, Callable[[dict[str, str]], dict[str, str] | None]] | None:
+    """Contribute input transforms that a ``transform`` probe can name (``probes: [{kind: transform, ...}]``).
+
+    Each function takes one record's inputs (a new dict, placeholder -> text) and returns the changed
+    inputs (all of them, or only those it changes), or None to leave the record out (a summary of one
+    sentence cannot be shuffled). Records it leaves unchanged are left out too, and counted. Seed any
+    randomness from the text, so a run judges the same changed prompts again and the cache answers them.
+    (An implementation returning None contributes nothing.) Example, in a ``conftest.py``::
+
+        import random
+
+        def pytest_judgeopt_transforms():
+            def shuffle_sentences(inputs):
+                sentences = [s for s in inputs["summary"].split(". ") if s]
+                if len(sentences) < 2:
+                    return None
+                random.Random(inputs["summary"]).shuffle(sentences)
+                return {"summary": ". ".join(sentences)}
+            return {"shuffle_sentences": shuffle_sentences}
+
+    and in the spec::
+
+        probes:
+          - {kind: transform, transform: shuffle_sentences, expect: {coherence: lower}}
     """

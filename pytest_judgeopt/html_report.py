@@ -25,6 +25,8 @@ from .text import (
     VERDICT_STYLES,
     Line,
     Table,
+    by_spec,
+    cases_table,
     comparison_table,
     comparison_verdict,
     dollars,
@@ -34,6 +36,7 @@ from .text import (
     interference_table,
     interval,
     optimization_table,
+    probes_table,
     study_table,
     usage_text,
 )
@@ -282,6 +285,28 @@ def interference_section(check: Mapping[str, Any], compared: Mapping[str, Any] |
             f'<p class="muted">{escape(t.heading)}</p>' + plot + table(t) + lines_html(t.after) + "</section>")
 
 
+def cases_section(cases: Sequence[Mapping[str, Any]]) -> str:
+    """One spec's cases: the pass/fail table with the scores, then each judgment's reply and the case's note."""
+    t = cases_table(cases)
+    replies = [[case["case"], check["criterion"], check["expect"], check["reply"] or "", case["note"] or ""]
+               for case in cases for check in case["checks"]]
+    return (f'<section class="cases"><h2>{escape(cases[0]["spec"])}: cases</h2><p class="muted">{escape(t.heading)}</p>'
+            + table(t) + "<h3>Replies</h3>" + plain_table(["case", "criterion", "expect", "reply", "note"], replies,
+                                                           cls="text") + "</section>")
+
+
+def probes_section(probes: Sequence[Mapping[str, Any]]) -> str:
+    """One spec's probes: each probe's statistic and mean change with its interval, the reasons, the worst examples."""
+    t = probes_table(probes)
+    worst = [[p["probe"], c["criterion"], w["record_id"], f"{w['before']:g}", f"{w['after']:g}",
+              f"{w['change']:+g}", w["reply_before"], w["reply_after"]]
+             for p in probes for c in p["criteria"] for w in c["worst"]]
+    return (f'<section class="probes"><h2>{escape(probes[0]["spec"])}: probes</h2><p class="muted">{escape(t.heading)}</p>'
+            + table(t) + lines_html(t.after) + "<h3>Largest changes</h3>"
+            + plain_table(["probe", "criterion", "record", "before", "after", "change", "reply before", "reply after"],
+                          worst, cls="text") + "</section>")
+
+
 def optimization_section(o: Mapping[str, Any], seconds: float | None = None) -> str:
     t = optimization_table(o)
     out = [f'<section class="optimization"><h2>{escape(o["spec"])}: optimization, mode {escape(o["mode"])}</h2>',
@@ -372,6 +397,10 @@ def render_html(document: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) 
     merged = sum(len(check["criteria"]) for check in checks)
     summary = [f"{passed}/{total} criteria pass"] if total else []
     summary += [f"merged prompts: {held}/{merged} criteria hold"] if merged else []
+    cases = document.get("cases", [])
+    probes = document.get("probes", [])
+    summary += [f"cases: {sum(c['passed'] for c in cases)}/{len(cases)} pass"] if cases else []
+    summary += [f"probes: {sum(p['passed'] for p in probes)}/{len(probes)} hold"] if probes else []
     summary += [f"{len(document['optimizations'])} optimization{'s' * (len(document['optimizations']) != 1)}"] \
         if document["optimizations"] else []
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -388,6 +417,8 @@ def render_html(document: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) 
     for compared in comparisons:
         if compared["kind"] != "merged":
             out.append(comparison_section(compared))
+    out += [cases_section(group) for group in by_spec(cases).values()]
+    out += [probes_section(group) for group in by_spec(probes).values()]
     times = document["timing"]["optimizations"]
     for i, o in enumerate(document["optimizations"]):
         out.append(optimization_section(o, times[i]["seconds"] if i < len(times) else None))

@@ -109,15 +109,18 @@ class Judged:
 
 
 async def judge_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Record], instructions: Mapping[str, str],
-                        *, criteria: Sequence[str] | None = None, shape: str = "separate", role: str = "judge") -> Judged:
-    """Judge every record on the chosen criteria, all calls in flight together."""
-    judged = await judge_shapes(llm, model, spec, records, instructions, criteria=criteria, shapes=(shape,), role=role)
+                        *, criteria: Sequence[str] | None = None, shape: str = "separate", role: str = "judge",
+                        seed: int | None = None) -> Judged:
+    """Judge every record on the chosen criteria, all calls in flight together; ``seed`` goes to the provider
+    (a retest probe asks the same prompts again with other seeds)."""
+    judged = await judge_shapes(llm, model, spec, records, instructions, criteria=criteria, shapes=(shape,), role=role,
+                                seed=seed)
     return judged[shape]
 
 
 async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Record], instructions: Mapping[str, str],
                        *, criteria: Sequence[str] | None = None, shapes: Sequence[str] = ("separate",),
-                       role: str = "judge") -> dict[str, Judged]:
+                       role: str = "judge", seed: int | None = None) -> dict[str, Judged]:
     """Judge every record in each prompt shape, all calls in flight together.
 
     The calls are started document by document and, within a record, its separate calls then its
@@ -139,7 +142,7 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
         try:
             reply = await llm.complete(model, messages, role=role, temperature=settings.temperature,
                                        max_tokens=max_tokens, n=settings.n, logprobs=logprobs,
-                                       response_format=request, spec=spec.path)
+                                       response_format=request, seed=seed, spec=spec.path)
         except CallError as exc:
             return record, group, shape, exc
         return record, group, shape, reply

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .items import CaseItem, ProbeItem, known_failure
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -224,6 +226,7 @@ class JudgeRun:
         self.partial_specs: set[str] = set()
         self.recorded: list[Any] = []  # answers.Outcome per answer file written, or an error line
         self.baseline: Any = None  # baseline.BaselineRun of --judge-baseline, read when the run is configured
+        self.hook_proxies: dict[Path, Any] = {}  # spec file -> the hooks of its directory (its node's ihook)
 
     @property
     def session(self) -> Session:
@@ -249,9 +252,6 @@ class JudgeRun:
                 from .answers import Recorder
 
                 llm.recorder = Recorder()
-            metrics: dict[str, Any] = {}
-            for contributed in config.hook.pytest_judgeopt_metrics():
-                metrics.update(contributed)
             reporter = config.pluginmanager.get_plugin("terminalreporter")
             progress = None if reporter is None or hasattr(config, "workerinput") else self.message
             if self.live is not None:
@@ -259,12 +259,25 @@ class JudgeRun:
                 llm.listeners.append(self.live)
             self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
-                                    loader=lambda path, fmt, ds: config.hook.pytest_judgeopt_load_records(path=path, format=fmt,
-                                                                                                          dataset=ds),
-                                    metrics=metrics, state_dir=cache_dir)
+                                    hooks=self.spec_hooks, state_dir=cache_dir, transforms=lambda: transforms(config))
             self._session.notes = notes  # the shared cache reports its troubles here, once each
             self._session.base = config.rootpath
         return self._session
+
+    def spec_hooks(self, spec_path: Path) -> tuple[Any, dict[str, Any]]:
+        """The loader and metrics for one spec, asked when it is loaded: from the hooks of its directory (its file
+        node's ``ihook``: plugins and the conftest files above it, not a sibling folder's), so a conftest collected
+        after the first spec counts too. A spec pytest did not collect (the judge fixture given another path) gets
+        the hooks of every conftest loaded so far."""
+        hook = self.hook_proxies.get(spec_path, self.config.hook)
+        metrics: dict[str, Any] = {}
+        for contributed in hook.pytest_judgeopt_metrics():
+            metrics.update(contributed)
+
+        def loader(path: Path, format: str, dataset: Any) -> Any:
+            return hook.pytest_judgeopt_load_records(path=path, format=format, dataset=dataset)
+
+        return loader, metrics
 
     @property
     def started(self) -> bool:
@@ -300,6 +313,16 @@ class JudgeRun:
 
 
 run_key = pytest.StashKey[JudgeRun]()
+
+
+def transforms(config: pytest.Config) -> dict[str, Any]:
+    """The probes' transforms the hooks give, asked when a spec loads (so a conftest.py beside it counts);
+    a name two hooks give is the first one's, in pluggy's call order (the most recently registered first)."""
+    found: dict[str, Any] = {}
+    for contributed in config.hook.pytest_judgeopt_transforms():
+        for name, function in (contributed or {}).items():
+            found.setdefault(name, function)
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -381,6 +404,23 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
             run.live.end()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A spec's optimize (or study) item runs before its other items, whatever reordered them (pytest-randomly,
+    which runs first): it writes the lock they test. Its ::merged runs after its criterion items, whose
+    judgments it reuses. Each spec's items keep the places they have; only their order among them changes,
+    so other tests, and other specs' items, stay where the reordering put them."""
+    rank = {OptimizeItem: 0, StudyItem: 0, MergedItem: 2}
+    places: dict[Path, list[int]] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, JUDGE_ITEMS):
+            places.setdefault(item.path, []).append(index)
+    for indices in places.values():
+        ordered = sorted((items[i] for i in indices), key=lambda item: rank.get(type(item), 1))  # stable
+        for index, item in zip(indices, ordered, strict=True):
+            items[index] = item
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     patterns = parent.config.getini("judge_spec_glob")
     if any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns):
@@ -393,8 +433,10 @@ class JudgeFile(pytest.File):
         from .spec import SpecError
 
         run = self.config.stash[run_key]
+        run.hook_proxies[self.path.resolve()] = self.ihook
         try:
-            loaded = run.session.load(self.path)
+            self.judging = run.session  # the case and probe items judge through it
+            loaded = self.judging.load(self.path)
         except SpecError as exc:
             raise self.CollectError(str(exc)) from None
         run.spec_items[loaded.spec.path] = 0
@@ -425,6 +467,8 @@ class JudgeFile(pytest.File):
             yield ComparisonItem.from_parent(self, name="compare", line=1, baseline=None)
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.item_name, case=case.name, line=case.line)
+        for probe in loaded.probes:
+            yield ProbeItem.from_parent(self, name=probe.item_name, probe=probe.name, line=probe.line)
 
 
 class JudgeFailed(Exception):
@@ -444,11 +488,20 @@ class CriterionItem(pytest.Item):
         self.line = line
 
     def runtest(self) -> None:
-        result = self.config.stash[run_key].session.evaluate(self.path, self.criterion)
+        result = self.config.stash[run_key].session.evaluate(self.path, self.criterion, together=self.together())
         for key, value in junit_properties(result).items():
             self.user_properties.append((key, value))
         if not result.passed:
             raise JudgeFailed(result)
+
+    def together(self) -> list[str]:
+        """The criteria this run judges of the spec, in one pass (after -k and node ids): those of its selected
+        criterion items, or all of them when an item that needs every criterion's judgments is selected too
+        (::merged, ::baseline, ::compare), so those judgments are the items' own."""
+        mine = [i for i in self.session.items if i.path == self.path]
+        if any(isinstance(i, (MergedItem, ComparisonItem)) for i in mine):
+            return []  # every criterion
+        return [i.criterion for i in mine if isinstance(i, CriterionItem)]
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, JudgeFailed):
@@ -531,52 +584,6 @@ class ComparisonItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
-
-
-class ItemFailed(Exception):
-    """A case or probe that does not hold; the message says what was expected and what the judge did."""
-
-
-class CaseItem(pytest.Item):
-    """One case of a spec: the judge must score its inputs within the expectation, per criterion."""
-
-    def __init__(self, *, case: str, line: int, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.case = case
-        self.line = line
-
-    def runtest(self) -> None:
-        from .cases import describe_failure
-
-        # the spec's cases selected in this run (after -k and node ids) are judged together, in one pass
-        together = [i.case for i in self.session.items if isinstance(i, CaseItem) and i.path == self.path]
-        result = self.config.stash[run_key].session.case(self.path, self.case, together=together)
-        self.user_properties.extend(result.properties().items())
-        if not result.passed:
-            raise ItemFailed(describe_failure(result))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, ItemFailed):
-            return str(excinfo.value)
-        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"
-
-
-def known_failure(error: BaseException) -> str | None:
-    """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model,
-    a shared cache that is required)."""
-    from .llm import CallError
-    from .local_model import LocalModelUnavailable
-    from .redis_cache import SharedCacheError
-    from .spec import SpecError
-
-    if isinstance(error, (SpecError, CallError, SharedCacheError)):
-        return str(error)
-    if isinstance(error, LocalModelUnavailable):
-        return f"cannot run the embedded judge model: {error}"
-    return None
 
 
 def interference_properties(result: InterferenceResult) -> dict[str, Any]:
@@ -700,6 +707,9 @@ class StudyItem(OptimizeItem):
                                                        budget=setting(config, "judge_budget")))
 
 
+JUDGE_ITEMS = (CriterionItem, MergedItem, ComparisonItem, CaseItem, OptimizeItem, StudyItem)
+
+
 class OptimizationFailed(Exception):
     pass
 
@@ -728,6 +738,7 @@ def measured(run: JudgeRun) -> dict[str, Any]:
 
     session = run.session
     return {"evaluations": session.evaluations, "interference": session.interferences, "cases": session.case_results,
+            "probes": session.probe_results,
             "comparisons": session.comparisons,
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, result.wall_seconds)
@@ -765,22 +776,65 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist's default ``--dist load``, except that a spec's items stay together on one worker,
-    in order, as in a serial run: the optimize item writes the lock its criterion items then test, and
-    ``::merged`` reuses the criteria's judgments (on another worker it would ask the model again).
-    Every other test is its own unit, as with ``load``; other ``--dist`` modes are left alone."""
+    """pytest-xdist's default ``--dist load``, left as it is unless judge items are collected; then a spec's
+    items stay together on one worker, in order, as in a serial run: the optimize item writes the lock its
+    criterion items then test, and ``::merged`` reuses the criteria's judgments (on another worker it would ask
+    the model again). Every other test stays its own unit. Other ``--dist`` modes are left alone.
+
+    The controller does not collect, so the choice is made when the workers' collections arrive, before
+    anything is scheduled: a project with the plugin installed and no spec file is scheduled by xdist's own
+    LoadScheduling."""
     if config.getvalue("dist") != "load":
         return None
-    from xdist.scheduler import LoadScopeScheduling
+    from xdist.scheduler import LoadScheduling, LoadScopeScheduling
 
     patterns = config.getini("judge_spec_glob")
 
+    def spec_file(nodeid: str) -> str | None:
+        file = nodeid.split("::", 1)[0]
+        return file if any(fnmatch.fnmatch(file.rsplit("/", 1)[-1], p) for p in patterns) else None
+
     class SpecScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            file = nodeid.split("::", 1)[0]
-            return file if any(fnmatch.fnmatch(file.rsplit("/", 1)[-1], p) for p in patterns) else nodeid
+            return spec_file(nodeid) or nodeid
 
-    return SpecScheduling(config, log)
+    class JudgeScheduling:
+        """xdist's LoadScheduling until the collection is complete; SpecScheduling from then on if it holds
+        a judge item. Until the first schedule() xdist only adds and removes workers and their collections,
+        which are kept here and handed to the scheduler chosen."""
+
+        def __init__(self) -> None:
+            self.active: Any = LoadScheduling(config, log)
+            self.collections: dict[Any, Any] = {}
+            self.decided = False
+
+        def add_node(self, node: Any) -> None:
+            self.active.add_node(node)
+
+        def add_node_collection(self, node: Any, collection: Any) -> None:
+            self.collections[node] = collection
+            self.active.add_node_collection(node, collection)
+
+        def remove_node(self, node: Any) -> Any:
+            self.collections.pop(node, None)
+            return self.active.remove_node(node)
+
+        def schedule(self) -> None:
+            if not self.decided:
+                self.decided = True
+                if any(spec_file(nodeid) for ids in self.collections.values() for nodeid in ids):
+                    chosen = SpecScheduling(config, log)
+                    for node in self.active.nodes:
+                        chosen.add_node(node)
+                        if node in self.collections:
+                            chosen.add_node_collection(node, self.collections[node])
+                    self.active = chosen
+            self.active.schedule()
+
+        def __getattr__(self, name: str) -> Any:  # the rest of xdist's Scheduling protocol, as the chosen one has it
+            return getattr(self.active, name)
+
+    return JudgeScheduling()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -799,7 +853,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run is None or hasattr(config, "workerinput") or not (run.started or run.workers):
         return  # nothing judged or collected here: gathering would import the report and llm modules for nothing
     found = gathered(run)
-    if not any(found[key] for key in ("evaluations", "interference", "comparisons", "optimizations", "studies", "notes")):
+    if not any(found[key] for key in ("evaluations", "interference", "comparisons", "cases", "probes", "optimizations",
+                                      "studies", "notes")):
         answers_summary(terminalreporter, run, config.rootpath)
         return
     from .report import summary_sections

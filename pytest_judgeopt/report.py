@@ -20,6 +20,8 @@ from .llm import Usage
 from .text import (
     Line,
     Table,
+    by_spec,
+    cases_table,
     comparison_table,
     evaluation_table,
     instruction_changes,
@@ -27,6 +29,7 @@ from .text import (
     interference_table,
     optimization_heading,
     optimization_table,
+    probes_table,
     relative,
     render,
     study_table,
@@ -81,6 +84,7 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "interference": unique_sorted(every("interference"), lambda c: (c["path"], c["split"])),
         "comparisons": unique_sorted(every("comparisons"), lambda c: (c["path"], c["kind"], c["b"]["label"])),
         "cases": unique_sorted(every("cases"), lambda c: (c["path"], c["case"])),
+        "probes": unique_sorted(every("probes"), lambda p: (p["path"], p["line"], p["probe"])),
         "optimizations": unique_sorted(every("optimizations"), lambda o: (o["path"], o["mode"], o["seed"])),
         "studies": unique_sorted(every("studies"), lambda s: (s["spec"],)),
         "notes": sorted(set(every("notes"))),
@@ -107,6 +111,8 @@ def results_document(found: Mapping[str, Any], *, root: Path | None = None, run_
     evaluations = [{**without(ev, "predictions"), "path": relative(ev["path"], root)} for ev in found["evaluations"]]
     interference = [{**without(c, "predictions", "comparison"), "path": relative(c["path"], root)}
                     for c in found["interference"]]
+    cases = [{**c, "path": relative(c["path"], root), "file": relative(c["file"], root)} for c in found.get("cases", [])]
+    probes = [{**p, "path": relative(p["path"], root)} for p in found.get("probes", [])]
     optimizations = []
     for o in found["optimizations"]:
         lock = o.get("lock_path")
@@ -123,6 +129,8 @@ def results_document(found: Mapping[str, Any], *, root: Path | None = None, run_
         "generator": f"pytest-judgeopt {package_version()}",
         "evaluations": evaluations,
         "interference": interference,
+        "cases": cases,
+        "probes": probes,
         "comparisons": comparisons,
         "optimizations": optimizations,
         "studies": list(found["studies"]),
@@ -244,8 +252,12 @@ def summary_sections(found: Mapping[str, Any], *, verbosity: int = 0,
         for usage in found["usage"].values():
             total.add(usage)
         agreement.append(calls_line(total))
+    case_tables = [cases_table(group) for group in by_spec(found.get("cases", [])).values()]
+    probe_tables = [probes_table(group) for group in by_spec(found.get("probes", [])).values()]
+    cases: list[Table | str] = [t.heading for t in case_tables] if quiet else list(case_tables)
+    probes: list[Table | str] = [t.heading for t in probe_tables] if quiet else list(probe_tables)
     return [("judge optimization", optimizations), ("judge mode study", studies), ("judge agreement", agreement),
-            ("judge notes", [f"- {note}" for note in found["notes"]])]
+            ("judge cases", cases), ("judge probes", probes), ("judge notes", [f"- {note}" for note in found["notes"]])]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .data import Record
-from .judge import Judgment
-from .spec import Spec
+from .judge import Judgment, judge_records
+from .llm import LLM
+from .spec import Model, Spec
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,18 @@ def as_record(key: str, inputs: Mapping[str, str], spec: Spec, human: Mapping[st
     """A record for the judge to read: texts with no human score (NaN stands where the judge code expects one)."""
     scores = {name: (human or {}).get(name, math.nan) for name in spec.criteria}
     return Record(id=key, group=key, inputs=dict(inputs), human=scores, line=0)
+
+
+async def score_records(llm: LLM, model: Model, spec: Spec, records: Sequence[Record], instructions: Mapping[str, str],
+                        wanted: Sequence[str], *, role: str = "judge") -> list[dict[str, Scored]]:
+    """Judge records outside the splits in the spec's prompt shape, as the items judge: separate prompts for the
+    criteria wanted, or the merged prompt of every criterion, read for the ones wanted. One dict per record."""
+    if not records:
+        return []
+    names = list(spec.criteria) if spec.inference == "merged" else list(wanted)
+    judged = await judge_records(llm, model, spec, records, instructions, criteria=names, shape=spec.inference, role=role)
+    by_record: dict[str, dict[str, Scored]] = {r.id: {} for r in records}
+    for name in wanted:
+        for judgment in judged.judgments[name]:
+            by_record[judgment.record_id][name] = scored(judgment)
+    return [by_record[r.id] for r in records]

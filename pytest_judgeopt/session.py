@@ -9,19 +9,20 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from .baseline import BaselineSpec
-from .cases import Case, CaseResult, checks, load_cases
+from .cases import Case, CaseResult, judge_cases, load_cases
 from .compare import Comparison, Configuration, Rules, Side, compare, scoring_of
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, rules_of
 from .judge import CriterionResult, Judged, assess, judge_records, judge_shapes, prediction_rows
 from .llm import LLM, Usage
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
-from .scoring import Scored, as_record, check_inputs, scored
+from .probes import Probe, ProbeResult, Transform, assess_retest, assess_shift, load_probes, padded, transformed
+from .scoring import Scored, as_record, check_inputs, score_records
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, SpecWarning, load_spec
 
 if TYPE_CHECKING:
@@ -39,19 +40,29 @@ class Loaded:
     dataset: Dataset
     splits: Splits
     cases: tuple[Case, ...] = ()
+    probes: tuple[Probe, ...] = ()
+    metrics: Mapping[str, Metric | None] = field(default_factory=lambda: dict.fromkeys(BUILTIN_METRICS))
 
 
 class Session:
     def __init__(self, llm: LLM | None = None, *, model_override: str | None = None, default_model: str | None = None,
                  sample: int | None = None, loader: Loader | None = None, metrics: Mapping[str, Metric | None] | None = None,
-                 progress: Callable[[str], None] | None = None, state_dir: str | Path = ".judgeopt"):
+                 progress: Callable[[str], None] | None = None, state_dir: str | Path = ".judgeopt",
+                 transforms: Mapping[str, Transform] | Callable[[], Mapping[str, Transform]] | None = None,
+                 hooks: Callable[[Path], tuple[Loader | None, Mapping[str, Metric | None]]] | None = None):
         self.llm = llm or LLM()
+        # the probes' transforms by name (pytest_judgeopt_transforms hooks), or a function asked when a spec loads;
+        # None: not known, so a transform's name is checked only when its probe runs
+        self.transforms = transforms
         self.model_override = model_override or os.environ.get("JUDGEOPT_MODEL") or None
         self.default_model = default_model
         self.sample = sample
         self.loader = loader
         # name -> function for metrics added by hooks; None for those stats.py computes itself
         self.metrics = dict(metrics) if metrics is not None else dict.fromkeys(BUILTIN_METRICS)
+        # given a spec's path, the loader and metrics that apply to it (under pytest: the hooks of the conftest
+        # files of its directory, asked when the spec is loaded); else ``loader`` and ``metrics`` for every spec
+        self.hooks = hooks
         self.progress = progress
         self.state_dir = Path(state_dir)
         self.notes: list[str] = []  # things the user should know that are no test's failure (stale lock files, ...)
@@ -74,6 +85,8 @@ class Session:
         self.comparisons: list[dict[str, Any]] = []  # baseline, compare and model comparisons, for the reports
         self._cases: dict[tuple[Any, ...], CaseResult] = {}
         self.case_results: list[dict[str, Any]] = []  # the cases judged, as plain data for the reports
+        self._probes: dict[tuple[Any, ...], ProbeResult] = {}
+        self.probe_results: list[dict[str, Any]] = []  # the probes run, as plain data for the reports
 
     def load(self, path: str | Path) -> Loaded:
         """Spec, data, splits and the spec's answer file; raises SpecError naming file, line and fix."""
@@ -81,15 +94,29 @@ class Session:
 
         path = (self.base / path).resolve()
         if path not in self._loaded:
-            spec = load_spec(path, tuple(self.metrics))
-            dataset = load_dataset(spec, self.loader)
+            loader, metrics = self.hooks(path) if self.hooks is not None else (self.loader, self.metrics)
+            spec = load_spec(path, tuple(metrics))
+            dataset = load_dataset(spec, loader)
+            problems: list[str] = []
+            cases: tuple[Case, ...] = ()
+            probes: tuple[Probe, ...] = ()
+            try:
+                cases = load_cases(spec, dataset.records)
+            except SpecError as exc:
+                problems += exc.problems
+            try:
+                probes = load_probes(spec, tuple(metrics), self.known_transforms())
+            except SpecError as exc:
+                problems += exc.problems
+            if problems:
+                raise SpecError(problems)
             self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
             if note := dataset.skipped_note():
                 self.notes.append(note)
             for text in spec.warnings:  # under pytest, shown in its warnings summary; filterwarnings can make it an error
                 warnings.warn(SpecWarning(text), stacklevel=2)
-            self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split),
-                                        cases=load_cases(spec, dataset.records))
+            self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split), cases=cases,
+                                        probes=probes, metrics=dict(metrics))
         return self._loaded[path]
 
     def model_for(self, spec: Spec, role: str = "judge") -> Model:
@@ -112,30 +139,38 @@ class Session:
 
     @overload
     def evaluate(self, path: str | Path, criterion: str, *, instruction: str | None = None, split: str = "test",
-                 shape: str | None = None) -> CriterionResult: ...
+                 shape: str | None = None, together: Sequence[str] = ()) -> CriterionResult: ...
 
     @overload
     def evaluate(self, path: str | Path, criterion: None = None, *, instruction: None = None, split: str = "test",
-                 shape: str | None = None) -> dict[str, CriterionResult]: ...
+                 shape: str | None = None, together: Sequence[str] = ()) -> dict[str, CriterionResult]: ...
 
     def evaluate(self, path: str | Path, criterion: str | None = None, *, instruction: str | None = None,
-                 split: str = "test", shape: str | None = None) -> CriterionResult | dict[str, CriterionResult]:
-        """Judge a split and measure agreement: one criterion's result, or all of them when criterion is None."""
+                 split: str = "test", shape: str | None = None,
+                 together: Sequence[str] = ()) -> CriterionResult | dict[str, CriterionResult]:
+        """Judge a split and measure agreement: one criterion's result, or all of them when criterion is None.
+
+        ``together`` names the criteria judged in the same pass (the criterion items a run selected): with
+        separate prompts only those are judged, record by record, so ``pytest spec.yaml::fluency`` pays for one
+        criterion. Without it every criterion is judged. A merged prompt holds every criterion whatever is asked.
+        """
         loaded = self.load(path)
         spec = loaded.spec
         if criterion is not None and criterion not in spec.criteria:
             raise SpecError([f"{spec.path}: no criterion '{criterion}'. Fix: use one of {', '.join(spec.criteria)}"])
         instructions, sources = self.in_force(loaded)
         instructions, sources = dict(instructions), dict(sources)
-        names = list(spec.criteria)
+        shape = shape or spec.inference
+        wanted = set(together) | ({criterion} if criterion is not None else set())
+        names = [n for n in spec.criteria if n in wanted] if together and shape == "separate" else list(spec.criteria)
         if instruction is not None:
             if criterion is None:
                 raise ValueError("an instruction replaces one criterion's: name the criterion too")
             instructions[criterion] = instruction
             sources[criterion] = "argument"
             names = [criterion]
-        results = self.evaluate_instructions(loaded, instructions, names, split=split,
-                                             shape=shape or spec.inference, sources=sources, record=True)
+        results = self.evaluate_instructions(loaded, instructions, names, split=split, shape=shape, sources=sources,
+                                             record=True)
         return results[criterion] if criterion is not None else results
 
     def evaluate_instructions(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], *, split: str,
@@ -153,10 +188,11 @@ class Session:
                 shapes.append("merged")
             if self.progress:
                 also = ", and merged for the ::merged check, each sample's calls together" if len(shapes) > 1 else ""
-                self.progress(f"judging {spec.name}: {len(records)} samples x {len(names)} criteria ({shape}{also}) "
+                criteria = f"{len(names)} criterion" if len(names) == 1 else f"{len(names)} criteria"
+                self.progress(f"judging {spec.name}: {len(records)} samples x {criteria} ({shape}{also}) "
                               f"on {model.name}")
             judged = self.llm.run(judge_shapes(self.llm, model, spec, records, instructions, criteria=names, shapes=shapes))
-            self._register_metrics()
+            self._register_metrics(loaded.metrics)
             for each in shapes:
                 each_key = self._evaluation_key(loaded, instructions, names, split=split, shape=each, model=model)
                 self._evaluations[each_key] = {
@@ -263,10 +299,12 @@ class Session:
         self.optimizations.append(result)
         return result
 
-    def _register_metrics(self) -> None:
+    def _register_metrics(self, metrics: Mapping[str, Metric | None]) -> None:
+        """The spec's own metrics, registered before its agreement is measured: two folders may each define a
+        metric of the same name."""
         from .stats import CUSTOM, register_metric  # scipy: only once something was judged
 
-        for name, function in self.metrics.items():
+        for name, function in metrics.items():
             if function is not None and CUSTOM.get(name) is not function:
                 register_metric(name, function)
 
@@ -445,27 +483,8 @@ class Session:
             instructions[criterion] = instruction
         records = [as_record(f"input-{i}", check_inputs(spec, texts), spec) for i, texts in enumerate(inputs)]
         wanted = [criterion] if criterion is not None else list(spec.criteria)
-        per_record = self._score_records(loaded, records, instructions, wanted)
+        per_record = self.llm.run(score_records(self.llm, self.model_for(spec), spec, records, instructions, wanted))
         return [found[criterion] if criterion is not None else found for found in per_record]
-
-    def _score_records(self, loaded: Loaded, records: Sequence[Any], instructions: Mapping[str, str],
-                       wanted: Sequence[str]) -> list[dict[str, Scored]]:
-        return self.llm.run(self._ascore(loaded, records, instructions, wanted)) if records else []
-
-    async def _ascore(self, loaded: Loaded, records: Sequence[Any], instructions: Mapping[str, str],
-                      wanted: Sequence[str]) -> list[dict[str, Scored]]:
-        """Judge records outside the splits in the spec's prompt shape: separate prompts for the criteria wanted,
-        or the merged prompt of every criterion (as the items judge), read for the ones wanted."""
-        spec = loaded.spec
-        shape = spec.inference
-        names = list(spec.criteria) if shape == "merged" else list(wanted)
-        judged = await judge_records(self.llm, self.model_for(spec), spec, records, instructions, criteria=names,
-                                     shape=shape)
-        by_record: dict[str, dict[str, Scored]] = {r.id: {} for r in records}
-        for name in wanted:
-            for judgment in judged.judgments[name]:
-                by_record[judgment.record_id][name] = scored(judgment)
-        return [by_record[r.id] for r in records]
 
     def case(self, path: str | Path, name: str, *, together: Sequence[str] = ()) -> CaseResult:
         """A case of the spec judged (memoized), with the cases named in ``together`` that are not judged yet
@@ -493,22 +512,73 @@ class Session:
 
     def judge_cases(self, loaded: Loaded, cases: Sequence[Case], instructions: Mapping[str, str],
                     sources: Mapping[str, str] | None = None) -> list[CaseResult]:
-        """Judge cases with the given instructions (the optimizer's case gate passes its candidates), in one pass
-        per set of criteria; the results are not kept by the session."""
+        """Judge cases with the given instructions, in one pass; the results are not kept by the session."""
         spec = loaded.spec
-        groups: dict[tuple[str, ...], list[Case]] = {}
-        for case in cases:
-            groups.setdefault(tuple(case.expect), []).append(case)
-        work = [self._ascore(loaded, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
-                             instructions, names) for names, members in groups.items()]
-        found: dict[str, dict[str, Scored]] = {}
-        for members, scores in zip(groups.values(), self.llm.run(gather_all(work)), strict=True):
-            found.update({case.name: s for case, s in zip(members, scores, strict=True)})
+        found = self.llm.run(judge_cases(self.llm, self.model_for(spec), spec, cases, instructions))
         model = self.model_for(spec).describe()
         used = dict(sources or dict.fromkeys(spec.criteria, "argument"))
         return [CaseResult(case=c, spec_name=spec.name, path=str(spec.path), shape=spec.inference, model=model,
-                           checks=checks(c, found[c.name]), instruction_sources={n: used[n] for n in c.expect})
-                for c in cases]
+                           checks=checks_, instruction_sources={n: used[n] for n in c.expect})
+                for c, checks_ in zip(cases, found, strict=True)]
+
+    # -- probes ------------------------------------------------------------------------------------
+    def known_transforms(self) -> dict[str, Transform] | None:
+        found = self.transforms() if callable(self.transforms) else self.transforms
+        return None if found is None else dict(found)
+
+    def probe(self, path: str | Path, name: str) -> ProbeResult:
+        """Run one of the spec's probes on the test split (the ``--judge-sample`` of it, or the probe's own
+        ``sample``), memoized: the unchanged prompts are the items' own, so they come from the answer cache."""
+        from .data import sample_groups
+
+        loaded = self.load(path)
+        spec = loaded.spec
+        by_name = {p.name: p for p in loaded.probes}
+        if name not in by_name:
+            known = ", ".join(by_name) or "none"
+            raise SpecError([f"{spec.path}: no probe '{name}'. Fix: use one of the spec's probes ({known})"])
+        probe = by_name[name]
+        instructions, _ = self.in_force(loaded)
+        key = (spec.path, name, tuple(sorted(instructions.items())))
+        if key in self._probes:
+            return self._probes[key]
+        records = sample_groups(self.records(loaded, "test"), probe.sample, spec.split.seed)
+        shape = spec.inference
+        names = list(spec.criteria) if shape == "merged" else list(probe.criteria)
+        model = self.model_for(spec)
+        skipped = 0
+        if probe.kind == "retest":
+            changed: list[list[Any]] = [list(records)] * probe.k
+        elif probe.kind == "pad":
+            changed = [padded(probe, records)]
+        else:
+            transforms = self.known_transforms() or {}
+            if probe.transform not in transforms:
+                raise SpecError([f"{spec.path}:{probe.line}: probes: no transform '{probe.transform}'. Fix: return it "
+                                 "from a pytest_judgeopt_transforms hook in a conftest.py"])
+            kept, skipped = transformed(probe, records, transforms[probe.transform])
+            changed = [kept]
+        if self.progress:
+            self.progress(f"probing {spec.name}: {probe.kind} '{probe.name}', {len(records)} samples x {len(names)} "
+                          f"criteria ({shape}) on {model.name}")
+        work = [judge_records(self.llm, model, spec, records, instructions, criteria=names, shape=shape)]
+        work += [judge_records(self.llm, model, spec, batch, instructions, criteria=names, shape=shape,
+                               seed=(r + 1 if probe.kind == "retest" else None)) for r, batch in enumerate(changed)]
+        spent_before = self.llm.total()
+        judged = self.llm.run(gather_all(work))
+        spent = self.llm.total().minus(spent_before)
+        base, afters = judged[0], judged[1:]
+        if probe.kind == "retest":
+            criteria = {c: assess_retest(probe, spec, c, base.judgments[c], [a.judgments[c] for a in afters])
+                        for c in probe.criteria}
+        else:
+            criteria = {c: assess_shift(probe, spec, c, base.judgments[c], afters[0].judgments[c]) for c in probe.criteria}
+        result = ProbeResult(probe=probe, spec_name=spec.name, path=str(spec.path), split="test", shape=shape,
+                             model=model.describe(), records=len(records), criteria=criteria, skipped=skipped,
+                             calls=spent.calls, cache_hits=spent.cache_hits)
+        self._probes[key] = result
+        self.probe_results.append(result.to_json())
+        return result
 
 
 def comparison_record(comparison: Comparison, results_b: Mapping[str, CriterionResult] | None = None) -> dict[str, Any]:

@@ -196,6 +196,7 @@ class Gate:
     metric: str = "spearman"
     rule: str | None = None  # None: the default of the mode run (optimize/gate.py: default_rule)
     tolerance: float = 0.0
+    cases: bool = False  # a second gate: a rewrite that breaks a case that passed before it is rejected
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ class Optimize:
     diagnostics: bool = False
     min_specificity: float | None = None
     min_adherence: float | None = None
+    cases_in_prompt: bool = False  # the optimizer role sees the criterion's cases (never, unless the spec says so)
 
 
 def mode_problem(mode: str) -> str | None:
@@ -791,9 +793,11 @@ def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
         mode=mode,
         **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs")
            if k in data},
-        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0)),
+        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0),
+                  cases=gate.get("cases", False)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),
         min_specificity=diagnostics.get("min_specificity"),
         min_adherence=diagnostics.get("min_adherence"),
+        cases_in_prompt=data.get("cases_in_prompt", False),
     )

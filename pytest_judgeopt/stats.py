@@ -402,6 +402,66 @@ def paired_difference(
     return PairedDifference(a, b, b - a, low, high, confidence, len(h), None, dropped)
 
 
+@dataclass(frozen=True)
+class MeanChange:
+    """The mean of ``after - before`` over paired samples, with its bootstrap interval; ``reason`` explains a
+    ``None``. ``groups`` is the number of documents resampled (0 when the pairs themselves are)."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    confidence: float
+    n: int
+    groups: int
+    reason: str | None
+    resamples_dropped: int = 0
+
+
+def mean_change(
+    before: Sequence[float],
+    after: Sequence[float],
+    *,
+    groups: Sequence[str] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> MeanChange:
+    """Paired mean change (after minus before) with a percentile bootstrap that resamples whole groups.
+
+    A resample of documents is scored as the pooled mean of its pairs (the sum of their changes over
+    their number), so a long document weighs by its pairs, as in the point estimate.
+    """
+    import numpy as np
+
+    b, a = _as_scores("before", before), _as_scores("after", after)
+    if len(b) != len(a):
+        raise ValueError(f"before has {len(b)} scores but after has {len(a)}")
+    if len(b) == 0:
+        return MeanChange(None, None, None, confidence, 0, 0, "no pairs: every judgment failed or nothing was judged")
+    change = a - b
+    value = float(change.mean())
+    if groups is None:
+        units, statistic = len(change), lambda idx: change[idx].mean(axis=-1)
+        used = 0
+    else:
+        if len(groups) != len(change):
+            raise ValueError(f"groups has {len(groups)} labels but there are {len(change)} pairs")
+        members = _members(groups)
+        sums = np.array([change[rows].sum() for rows in members])
+        counts = np.array([len(rows) for rows in members], dtype=float)
+        units, used = len(members), len(members)
+
+        def statistic(idx: np.ndarray) -> np.ndarray:
+            return sums[idx].sum(axis=-1) / counts[idx].sum(axis=-1)
+
+    low, high, dropped = _interval(units, statistic, confidence, resamples, seed, rows=len(change))
+    reason = None
+    if low is None:
+        unit = "documents" if groups is not None else "pairs"
+        reason = f"an interval needs at least 2 {unit}, there {'is' if units == 1 else 'are'} {units}"
+    return MeanChange(value, low, high, confidence, len(change), used, reason, dropped)
+
+
 # --------------------------------------------------------------------------
 # helpers for reporting
 

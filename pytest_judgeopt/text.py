@@ -172,6 +172,79 @@ def interference_table(check: Mapping[str, Any]) -> Table:
     return table
 
 
+def by_spec(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Cases or probes grouped by their spec file, in order: one table per spec."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in entries:
+        out.setdefault(entry["path"], []).append(entry)
+    return out
+
+
+def case_score(check: Mapping[str, Any]) -> str:
+    if check["score"] is None:
+        return "-"
+    if check["weighted"] is not None:
+        return f"{check['score']:.2f}"
+    return f"{check['score']:g}"
+
+
+def cases_table(cases: Sequence[Mapping[str, Any]]) -> Table:
+    """One spec's cases: per case and criterion the expectation, the judge's score, the human's (for a record's
+    case), the verdict; a failed judgment's verdict names its kind."""
+    passed = sum(c["passed"] for c in cases)
+    first = cases[0]
+    table = Table(f"{first['spec']} cases ({first['shape']} prompts, {first['model']}): {passed}/{len(cases)} pass",
+                  [("case", "left"), ("criterion", "left"), ("expect", "right"), ("score", "right"), ("human", "right"),
+                   ("verdict", "left")])
+    for case in cases:
+        for check in case["checks"]:
+            verdict = "pass" if check["passed"] else "FAIL" + (f": {check['failure']}" if check["failure"] else "")
+            human = "-" if check["human"] is None else f"{check['human']:g}"
+            table.rows.append([case["case"], check["criterion"], check["expect"], case_score(check), human, verdict])
+            table.verdicts.append("pass" if check["passed"] else "fail")
+    return table
+
+
+def probe_gate(probe: Mapping[str, Any], c: Mapping[str, Any]) -> str:
+    """What the probe's gate asks of a criterion, in a few words."""
+    settings = probe["settings"]
+    if probe["kind"] == "retest":
+        return f"{'lower end ' if settings['gate'] == 'bound' else ''}>= {c['threshold']:g}"
+    if probe["kind"] == "pad":
+        return f"{'upper end ' if settings['gate'] == 'bound' else ''}rise <= {c['threshold']:g}"
+    return f"{c['expected']}, interval excludes 0"
+
+
+def probes_table(probes: Sequence[Mapping[str, Any]]) -> Table:
+    """One spec's probes: per probe and criterion the statistic the gate reads, the paired mean change with its
+    interval, the pairs, the failed judgments, the gate and the verdict; the reasons under it."""
+    held = sum(p["passed"] for p in probes)
+    first = probes[0]
+    table = Table(f"{first['spec']} probes ({first['split']} split, {first['shape']} prompts, {first['model']}): "
+                  f"{held}/{len(probes)} hold",
+                  [("probe", "left"), ("criterion", "left"), ("statistic", "left"), ("value", "right"),
+                   ("mean change", "right"), ("n", "right"), ("failed", "right"), ("gate", "left"), ("verdict", "left")])
+    for probe in probes:
+        for c in probe["criteria"]:
+            value = estimate(c["value"], c["low"], c["high"]) if probe["kind"] == "retest" else "-"
+            change = estimate(c["change"], c["change_low"], c["change_high"], sign=True)
+            table.rows.append([probe["probe"], c["criterion"], c["statistic"], value, change, str(c["n"]),
+                               f"{c['failed']}/{c['judged']}", probe_gate(probe, c), "pass" if c["passed"] else "FAIL"])
+            table.verdicts.append("pass" if c["passed"] else "fail")
+    for probe in probes:
+        if probe["skipped"]:
+            table.after.append(Line(f"{probe['probe']}: {probe['skipped']} records left out (the transform returned "
+                                    "None or changed nothing)", "item"))
+        for c in probe["criteria"]:
+            table.after += [Line(f"{probe['probe']}: {c['criterion']}: {reason}", "item") for reason in c["reasons"]]
+    calls = sum(p["calls"] for p in probes)
+    cached = sum(p["cache_hits"] for p in probes)
+    table.after.append(Line(f"probe judgments: {calls} model calls made, {cached} from cache; intervals "
+                            f"{first['criteria'][0]['confidence']:.0%}, documents resampled whole"
+                            if first["criteria"] else f"probe judgments: {calls} model calls made, {cached} from cache"))
+    return table
+
+
 def relative(path: str, root: Path | None) -> str:
     """Paths shown relative to the rootdir (or where pytest was started), so two checkouts report alike."""
     if root is None:

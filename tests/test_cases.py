@@ -389,3 +389,104 @@ def test_score_errors_name_the_problem(tmp_path: Path, make_project: Any) -> Non
     with pytest.raises(TypeError, match="a list of inputs"):
         session.score_many(spec, "coherence", {"source": "a", "summary": "b"})
     assert session.score_many(spec, "coherence", []) == []
+
+
+# --------------------------------------------------------------------------
+# the optimizer: cases as a second gate, and never in a role prompt unless the spec says so
+
+
+STRICT = "Rate the coherence from 1 to 5. Be strict."
+CASE_TEXT = "JUMBLED the of words."
+
+
+def strict_world(records: list[dict[str, Any]]) -> Any:
+    """Every role, scripted: with "Be strict" the judge gives the human score (val rho rises from -1 to 1) but also
+    rates the case's jumbled text 5 instead of 1; the optimizer always proposes adding "Be strict"."""
+    import re
+
+    by_summary = {r["summary"]: r for r in records}
+
+    def respond(body: dict[str, Any]) -> str:
+        messages = body["messages"]
+        text = messages[-1]["content"]
+        if messages[0]["role"] == "system":  # a judge prompt
+            strict = "Be strict" in text
+            summary = re.search(r"<summary>\n(.*?)\n</summary>", text, re.S).group(1)
+            if summary == CASE_TEXT:
+                return "coherence: 5" if strict else "coherence: 1"
+            human = by_summary[summary]["scores"]["coherence"]
+            return f"coherence: {human if strict else 6 - human:g}"
+        if text.startswith("You rewrite the instruction"):
+            return f"<instruction>{STRICT}</instruction>"
+        return "The judge should look closer at the order of the sentences."
+
+    return respond
+
+
+def optimize_project(pytester: pytest.Pytester, server: FakeLLMServer, optimize: str) -> Path:
+    (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    extra = (f"interference: false\noptimize: {{steps: 1, batch_size: 2{optimize}}}\n"
+             f"cases:\n  - {{name: jumbled, inputs: {{source: s, summary: {CASE_TEXT!r}}}, expect: {{coherence: [1, 2]}}}}\n")
+    spec = pytester.path / "toy.judge.yaml"
+    spec.write_text(spec_text(server_model(server), criteria=("coherence",), min_rho=0.5, extra=extra))
+    return spec
+
+
+def lock_instruction(pytester: pytest.Pytester) -> str:
+    import yaml
+
+    return yaml.safe_load((pytester.path / "toy.judge.lock.yaml").read_text())["criteria"]["coherence"]["instruction"]
+
+
+def test_without_the_case_gate_a_rewrite_that_breaks_a_case_is_kept(pytester: pytest.Pytester,
+                                                                    fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = strict_world(RECORDS)
+    optimize_project(pytester, fake_llm, "")
+    result = pytester.runpytest("--judge-optimize", "-v")
+    result.assert_outcomes(passed=2, failed=1)  # optimize and coherence pass; the case now fails
+    result.stdout.fnmatch_lines(["*::case?jumbled? FAILED*"])
+    assert lock_instruction(pytester) == STRICT
+    role_prompts = [b["messages"][-1]["content"] for b in fake_llm.chat_requests() if b["messages"][0]["role"] != "system"]
+    assert role_prompts and not any(CASE_TEXT in p for p in role_prompts)  # cases never enter a role prompt
+
+
+def test_the_case_gate_rejects_a_rewrite_that_breaks_a_passing_case(pytester: pytest.Pytester,
+                                                                   fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = strict_world(RECORDS)
+    optimize_project(pytester, fake_llm, ", gate: {cases: true}")
+    result = pytester.runpytest("--judge-optimize", "-v")
+    result.assert_outcomes(passed=2, failed=1)  # optimize and the case pass; coherence keeps failing
+    result.stdout.fnmatch_lines(["*::case?jumbled? PASSED*",
+                                 "*coherence: unchanged (rejected by the case gate: case[[]jumbled[]] breaks "
+                                 "(expected [[]1, 2[]], the judge scored 5))*"])
+    assert lock_instruction(pytester) == "Rate the coherence from 1 to 5."
+    role_prompts = [b["messages"][-1]["content"] for b in fake_llm.chat_requests() if b["messages"][0]["role"] != "system"]
+    assert not any(CASE_TEXT in p for p in role_prompts)
+
+
+def test_cases_reach_the_optimizer_prompt_only_when_the_spec_says_so(pytester: pytest.Pytester,
+                                                                      fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = strict_world(RECORDS)
+    optimize_project(pytester, fake_llm, ", cases_in_prompt: true")
+    pytester.runpytest("--judge-optimize")
+    role_prompts = [b["messages"][-1]["content"] for b in fake_llm.chat_requests() if b["messages"][0]["role"] != "system"]
+    optimizer = [p for p in role_prompts if p.startswith("You rewrite the instruction")]
+    assert optimizer and all(CASE_TEXT in p and "[case[jumbled]: coherence [1, 2]]" in p for p in optimizer)
+    assert not any(CASE_TEXT in p for p in role_prompts if p not in optimizer)
+
+
+@pytest.mark.parametrize("setting", ["gate: {cases: true}", "cases_in_prompt: true"])
+def test_a_case_setting_without_cases_is_a_collection_error(pytester: pytest.Pytester, setting: str) -> None:
+    write(pytester, None, f"optimize: {{{setting}}}\n")
+    out = pytester.runpytest("--collect-only").stdout.str()
+    assert "the spec has no cases for this to use. Fix: add `cases:` to the spec, or remove this setting" in out
+
+
+def test_the_summeval_example_carries_cases_and_a_probe() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "summeval" / "summeval.judge.yaml"
+    loaded = Session().load(example)
+    assert [c.name for c in loaded.cases] == ["expert-best", "expert-worst", "sentence-salad"]
+    assert all(c.record is not None for c in loaded.cases)
+    assert not {c.record for c in loaded.cases} & {r.id for r in loaded.splits.test}  # cases never from the test split
+    (probe,) = loaded.probes
+    assert (probe.kind, probe.criteria, probe.sample) == ("pad", ("relevance",), 2)

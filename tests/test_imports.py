@@ -15,7 +15,7 @@ import pytest_judgeopt
 
 PACKAGE = Path(pytest_judgeopt.__file__).resolve().parent
 NAME = "pytest_judgeopt"
-PYTEST_LAYER = {"plugin", "hooks", "defaults"}
+PYTEST_LAYER = {"plugin", "items", "hooks", "defaults"}
 PRESENTATION = {"report", "html_report", "progress", "text"}
 PYTEST_PACKAGES = {"pytest", "_pytest", "pluggy", "xdist"}
 

@@ -747,6 +747,27 @@ def test_a_diagnostics_floor_fails_the_optimize_item_naming_criterion_and_value(
     assert read_yaml(pytester.path / LOCK)["criteria"]["coherence"]["diagnostics"]["specificity"] == 3.0
 
 
+def test_the_optimize_item_runs_first_whatever_reordered_the_items(pytester: pytest.Pytester,
+                                                                   fake_llm: FakeLLMServer) -> None:
+    """issue 12.20: with -p randomly (which reorders first) a criterion item could run before ::optimize wrote
+    the lock it tests. Here a conftest reverses the items as the first reordering, the worst order there is."""
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)
+    (pytester.path / "test_plain.py").write_text("def test_a():\n    pass\n\n\ndef test_b():\n    pass\n")
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_collection_modifyitems(items):
+            items.reverse()
+    """)
+    result = pytester.runpytest("--judge-optimize", "-v")
+    result.assert_outcomes(passed=6)  # the criteria pass on the lock's instructions, so the lock came first
+    ran = [line.split(" ")[0] for line in result.outlines if " PASSED" in line]
+    assert ran == ["toy.judge.yaml::optimize", "toy.judge.yaml::fluency", "toy.judge.yaml::coherence",
+                   "toy.judge.yaml::merged", "test_plain.py::test_b", "test_plain.py::test_a"]
+
+
 def test_a_lock_records_its_judge_model_and_runs_with_another_say_so(pytester: pytest.Pytester,
                                                                     fake_llm: FakeLLMServer) -> None:
     """issue 12.7: a lock made with one model was used by runs with another without a word. The rule: a model

@@ -195,3 +195,57 @@ def test_a_second_optimization_of_the_same_spec_refuses_with_a_message_and_loses
     assert again.reused and again.steps_run == 2
     assert out_first.splitlines()[-1] == f"DONE 2 {sorted(again.instructions.items())}"
     assert all(b["messages"][0]["role"] == "system" for b in fake_llm.chat_requests())  # the test split's judge only
+
+
+class Worker:
+    """A stand-in for one xdist worker as the scheduler sees it: it records the test indices sent to it."""
+
+    def __init__(self, name: str) -> None:
+        self.gateway = type("Gateway", (), {"id": name})()
+        self.sent: list[int] = []
+        self.shutting_down = False
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        self.sent.extend(indices)
+
+    def send_runtest_all(self) -> None:
+        self.sent.append(-1)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def scheduled(pytester: pytest.Pytester, collection: list[str]) -> tuple[str, list[list[str]]]:
+    """The scheduler our hook makes for two workers, fed one collection by both: which xdist scheduler it
+    ended up as, and the test ids each worker was sent first."""
+    from xdist.workermanage import Producer
+
+    from pytest_judgeopt.plugin import pytest_xdist_make_scheduler
+
+    config = pytester.parseconfigure("--tx", "2*popen", "--dist", "load", "-p", "no:benchmark")
+    scheduler = pytest_xdist_make_scheduler(config, Producer("test", enabled=False))
+    workers = [Worker("gw0"), Worker("gw1")]
+    for worker in workers:
+        scheduler.add_node(worker)
+    for worker in workers:
+        scheduler.add_node_collection(worker, collection)
+    assert scheduler.collection_is_completed
+    scheduler.schedule()
+    return type(scheduler.active).__name__, [[collection[i] for i in w.sent] for w in workers]
+
+
+def test_without_judge_items_xdist_schedules_as_it_would_without_the_plugin(pytester: pytest.Pytester) -> None:
+    """issue 12.20: the plugin replaced xdist's `load` scheduling in every project, spec files or not."""
+    which, _ = scheduled(pytester, [f"test_plain.py::test_{i}" for i in range(8)])
+    assert which == "LoadScheduling"
+
+
+def test_with_judge_items_a_specs_items_go_to_one_worker_together(pytester: pytest.Pytester) -> None:
+    collection = ["a.judge.yaml::optimize", "a.judge.yaml::coherence", "a.judge.yaml::merged",
+                  "b.judge.yaml::coherence", "b.judge.yaml::fluency"] + [f"test_plain.py::test_{i}" for i in range(4)]
+    which, sent = scheduled(pytester, collection)
+    assert which == "SpecScheduling"
+    for spec in ("a.judge.yaml", "b.judge.yaml"):
+        holders = [ids for ids in sent if any(i.startswith(spec) for i in ids)]
+        assert len(holders) == 1, sent  # one worker has all of the spec's items, in their order
+        assert [i for i in holders[0] if i.startswith(spec)] == [i for i in collection if i.startswith(spec)]

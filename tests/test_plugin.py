@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -252,3 +253,90 @@ def test_a_bad_ini_value_names_the_ini_option_before_anything_runs(pytester: pyt
     result.stderr.fnmatch_lines(["ERROR: ini option judge_sample = 0: expected a whole number of at least 1, got 0. "
                                  "Fix: write e.g. --judge-sample 4 (*"])
     assert "Traceback" not in result.stderr.str()
+
+
+# -- issue 12.20: hooks per directory, the criteria a run selects, the order of a spec's items -------------
+
+def spec_in(pytester: pytest.Pytester, folder: str, server: FakeLLMServer, *, data: str = "data.jsonl",
+            extra: str = "", **spec_args: Any) -> None:
+    root = pytester.path / folder
+    root.mkdir(parents=True, exist_ok=True)
+    (root / data).write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (root / "toy.judge.yaml").write_text(spec_text(server_model(server), data=data, extra=extra + NO_MERGED_ITEM,
+                                                   **spec_args))
+
+
+def test_a_metric_from_a_conftest_collected_after_the_first_spec_is_found(pytester: pytest.Pytester,
+                                                                          fake_llm: FakeLLMServer) -> None:
+    """The metrics were gathered once, when the first spec (a/) was collected, before b/conftest.py was loaded."""
+    fake_llm.responder = human_from_prompt(RECORDS)
+    spec_in(pytester, "a", fake_llm)
+    spec_in(pytester, "b", fake_llm, extra="correlation: {method: neg_mae}\n", min_rho=-0.1)
+    (pytester.path / "b" / "conftest.py").write_text(
+        "import numpy as np\n\n"
+        "def pytest_judgeopt_metrics():\n"
+        "    return {'neg_mae': lambda judge, human: -float(np.mean(np.abs(judge - human)))}\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*coherence*neg_mae*0.000*pass*"])
+
+
+def test_a_loader_in_one_folders_conftest_does_not_read_another_folders_data(pytester: pytest.Pytester,
+                                                                            fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    for folder in ("a", "b"):
+        spec_in(pytester, folder, fake_llm, data="data.rows")
+    (pytester.path / "a" / "conftest.py").write_text(
+        "import json\n\n"
+        "def pytest_judgeopt_load_records(path, format):\n"
+        "    if format != 'rows':\n"
+        "        return None\n"
+        "    return ((i + 1, json.loads(line)) for i, line in enumerate(path.read_text().splitlines()))\n")
+    result = pytester.runpytest("--continue-on-collection-errors")
+    result.assert_outcomes(passed=2, errors=1)  # a/ reads .rows with its own conftest; b/ has no loader for it
+    result.stdout.fnmatch_lines(["*b/toy.judge.yaml:4: dataset.path: no loader reads '.rows' files.*"])
+
+
+THREE = ("coherence", "fluency", "relevance")
+RECORDS3 = make_records(criteria=THREE)
+
+
+def write_three(pytester: pytest.Pytester, server: FakeLLMServer) -> None:
+    server.responder = human_from_prompt(RECORDS3)
+    (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS3))
+    (pytester.path / "toy.judge.yaml").write_text(spec_text(server_model(server), criteria=THREE, extra=NO_MERGED_ITEM))
+
+
+@pytest.mark.parametrize("selection", [["toy.judge.yaml::fluency"], ["-k", "fluency"]], ids=["node id", "-k"])
+def test_a_run_judges_only_the_criteria_it_selected(pytester: pytest.Pytester, fake_llm: FakeLLMServer,
+                                                    selection: list[str]) -> None:
+    """`pytest spec.yaml::fluency` judged every criterion and paid for all of them."""
+    write_three(pytester, fake_llm)
+    pytester.runpytest(*selection).assert_outcomes(passed=1)
+    asked = [b["messages"][-1]["content"] for b in fake_llm.chat_requests()]
+    assert asked and all("Criterion: fluency" in text for text in asked)
+    assert len(asked) == len({re.search(r"<summary>\n(.*?)\n</summary>", t, re.S).group(1) for t in asked})
+
+
+def test_two_selected_criteria_are_judged_in_one_pass_record_by_record(pytester: pytest.Pytester,
+                                                                       fake_llm: FakeLLMServer) -> None:
+    write_three(pytester, fake_llm)
+    pytester.runpytest("-k", "coherence or relevance").assert_outcomes(passed=2)
+    asked = [(re.search(r"<summary>\n(.*?)\n</summary>", t, re.S).group(1), re.search(r"Criterion: (\w+)", t).group(1))
+             for t in (b["messages"][-1]["content"] for b in fake_llm.chat_requests())]
+    assert {c for _, c in asked} == {"coherence", "relevance"}
+    assert Counter(s for s, _ in asked) == Counter({s: 2 for s, _ in asked})  # each sample once per criterion
+    # announced together, one sample's two prompts next to each other: the order the server saw them in follows
+    # the samples (the client has 8 calls in flight, so only the first arrivals are compared)
+    first = [s for s, _ in asked[:4]]
+    assert first[0] == first[1] or first[0] in first[1:4]
+
+
+def test_the_merged_item_makes_its_spec_judge_every_criterion(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = human_from_prompt(RECORDS)
+    (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (pytester.path / "toy.judge.yaml").write_text(spec_text(server_model(fake_llm)))
+    pytester.runpytest("toy.judge.yaml::fluency", "toy.judge.yaml::merged")
+    separate = [b for b in fake_llm.chat_requests() if "Criterion: " in b["messages"][-1]["content"]]
+    assert {re.search(r"Criterion: (\w+)", b["messages"][-1]["content"]).group(1) for b in separate} == {"coherence",
+                                                                                                        "fluency"}

@@ -459,6 +459,10 @@ cache: {by_endpoint: true}
 cases:
   - {name: jumbled, inputs: {source: a, summary: b}, expect: {coherence: [1, 2]}, note: why}
   - {name: from-data, record: r1, expect: {fluency: ">= 2"}}
+probes:
+  - {kind: retest, name: again, criteria: [coherence], k: 3, min: 0.8, metric: kendall, gate: bound, sample: 4}
+  - {kind: pad, criteria: fluency, input: summary, filler: Also this., max_rise: 0.2}
+  - {kind: transform, transform: shuffle, expect: {coherence: lower}}
 optimize:
   mode: SSC
   steps: 2
@@ -468,7 +472,8 @@ optimize:
   max_instruction_chars: 800
   max_tokens: 1500
   study_runs: 2
-  gate: {metric: kendall, rule: mean, tolerance: 0.01}
+  gate: {metric: kendall, rule: mean, tolerance: 0.01, cases: true}
+  cases_in_prompt: true
   prompts: {loss: p/loss.txt, loss_combined: p/loss_c.txt, gradient: p/gradient.txt, gradient_combined: p/gradient_c.txt,
             optimizer: p/optimizer.txt, optimizer_combined: p/optimizer_c.txt, specificity: p/spec.txt, adherence: p/adh.txt}
   diagnostics: {enabled: true, min_specificity: 5, min_adherence: 6}

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cases import Case, judge_cases
 from ..data import Record
 from ..files import write_atomic
 from ..judge import Judged, judge_records
@@ -58,7 +59,7 @@ class State:
 
 
 def run_key(spec: Spec, data_digest: str, mode: Mode, models: Mapping[str, Model], sample: int | None, seed: int,
-            steps: int | None = None) -> str:
+            steps: int | None = None, cases: Sequence[Case] = ()) -> str:
     """Everything a finished run depends on: the same key means the same run, which is not repeated.
 
     The step count is the one run (``--judge-steps`` may override the spec's): a finished 1-step run is
@@ -67,8 +68,11 @@ def run_key(spec: Spec, data_digest: str, mode: Mode, models: Mapping[str, Model
     settings = asdict(spec.optimize)
     settings["prompts"] = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in spec.optimize.prompts.items()}
     settings.update(mode=mode.name, seed=seed, steps=steps or spec.optimize.steps)
-    payload = {"spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(), "data": data_digest, "settings": settings,
-               "models": {r: m.describe() for r, m in sorted(models.items())}, "sample": sample}
+    payload: dict[str, Any] = {"spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(), "data": data_digest,
+                               "settings": settings, "models": {r: m.describe() for r, m in sorted(models.items())},
+                               "sample": sample}
+    if cases and (spec.optimize.gate.cases or spec.optimize.cases_in_prompt):  # a case file can change apart from the spec
+        payload["cases"] = [[c.name, c.inputs, {k: str(v) for k, v in c.expect.items()}] for c in cases]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -77,8 +81,10 @@ class Optimization:
 
     def __init__(self, llm: LLM, spec: Spec, mode: Mode, models: Mapping[str, Model], *, train: Sequence[Record],
                  val: Sequence[Record], checkpoint: Path, key: str, seed: int, steps: int | None = None,
-                 budget: Allowance | None = None, progress: Callable[[str], None] | None = None):
+                 budget: Allowance | None = None, progress: Callable[[str], None] | None = None,
+                 cases: Sequence[Case] = ()):
         self.llm = llm
+        self.cases = list(cases)
         self.spec = spec
         self.mode = mode
         self.models = dict(models)
@@ -168,7 +174,7 @@ class Optimization:
         batch = rng.sample(self.train, min(self.spec.optimize.batch_size, len(self.train)))
         new_rng = rng.getstate()
         criteria = list(self.spec.criteria)
-        step = Step(self.llm, self.spec, self.mode, self.models, state.instructions)
+        step = Step(self.llm, self.spec, self.mode, self.models, state.instructions, self.cases)
         self._check_budget()
         judged = await self.judge(batch, state.instructions, "judge")
         seen = []
@@ -195,6 +201,9 @@ class Optimization:
         for c in proposed:
             if c not in keep:
                 reasons[c] = "rejected by the val gate"
+        if keep and self.spec.optimize.gate.cases and self.cases:
+            self._check_budget()
+            keep = await self.case_gate(state.instructions, candidate, keep, reasons)
         record = StepRecord(number, [r.id for r in batch], {c: proposals.get(c) for c in criteria}, reasons,
                             dict(state.val), val_after, keep,
                             {role: self._requests(role) - before[role] for role in ROLES if self._requests(role) - before[role]},
@@ -208,6 +217,42 @@ class Optimization:
         state.rng = new_rng
         self.progress(f"step {number}: proposed {len(proposed)}, kept {', '.join(keep) or 'none'}")
         return record
+
+    async def case_gate(self, current: Mapping[str, str], candidate: Mapping[str, str], keep: list[str],
+                        reasons: dict[str, str]) -> list[str]:
+        """The second gate (``optimize.gate.cases``): the rewrites the val gate kept, minus any that break a case
+        that passed with the current instructions. Cases are judged as their items judge them (the spec's shape).
+        Under ``per_criterion`` a rewrite falls alone (the rest are judged again without it); otherwise, or when a
+        case of an unchanged criterion breaks (a merged prompt), the step keeps nothing."""
+        async def checks(instructions: Mapping[str, str]) -> list[list[Any]]:
+            found = await judge_cases(self.llm, self.models["judge"], self.spec, self.cases, instructions, role="cases")
+            failures = [ch.scored.failure for per_case in found for ch in per_case]
+            if "call_budget" in failures:
+                raise BudgetExceeded("the budget ran out while judging the cases")
+            if "call_replay_miss" in failures:
+                raise ReplayIncomplete(self.spec, f"the cases' judgments by {self.models['judge'].name}")
+            return found
+
+        before = await checks(current)
+        passing = {(case.name, ch.criterion) for case, per_case in zip(self.cases, before, strict=True) for ch in per_case if ch.passed}
+        keep = list(keep)
+        while keep and passing:
+            trial = {c: candidate[c] if c in keep else current[c] for c in current}
+            broken: dict[str, str] = {}
+            for case, per_case in zip(self.cases, await checks(trial), strict=True):
+                for ch in per_case:
+                    if (case.name, ch.criterion) in passing and not ch.passed:
+                        broken.setdefault(ch.criterion, f"{case.item_name} breaks ({ch.reason()})")
+            if not broken:
+                break
+            hit = [c for c in keep if c in broken]
+            if self.spec.optimize.gate.rule != "per_criterion" or not hit:
+                first = next(iter(broken.values()))
+                reasons.update({c: f"rejected by the case gate: {first}" for c in keep})
+                return []
+            reasons.update({c: f"rejected by the case gate: {broken[c]}" for c in hit})
+            keep = [c for c in keep if c not in hit]
+        return keep
 
     def _requests(self, role: str) -> int:
         usage = self.llm.usage.get(role)

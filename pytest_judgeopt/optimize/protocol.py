@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from ..cases import Case
 from ..data import Dataset, Record
 from ..judge import CriterionResult
 from ..llm import LLM
@@ -49,6 +50,8 @@ class StepContext(Protocol):
     def batch_text(self, seen: Sequence[Seen], criterion: str | None) -> str: ...
 
     def checked(self, criterion: str, text: str | None, reasons: dict[str, str]) -> str | None: ...
+
+    def with_cases(self, messages: list[dict[str, str]], criterion: str | None) -> list[dict[str, str]]: ...
 
 
 class JudgeShape(Protocol):
@@ -142,6 +145,9 @@ class SpecAndData(Protocol):
 
     @property
     def spec(self) -> Spec: ...
+
+    @property
+    def cases(self) -> Sequence[Case]: ...
 
     @property
     def dataset(self) -> Dataset: ...

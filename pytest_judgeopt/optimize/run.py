@@ -45,7 +45,7 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     if not train or not val:
         raise ValueError(f"{spec.path}: optimization needs train and val samples (train {len(train)}, val {len(val)}); "
                          "give split.train and split.val fractions above 0")
-    key = run_key(spec, loaded.dataset.digest, mode, models, session.sample, seed, steps)
+    key = run_key(spec, loaded.dataset.digest, mode, models, session.sample, seed, steps, loaded.cases)
     checkpoint = session.state_dir / "runs" / f"{spec.path.name}-{mode.name}-{key[:16]}.json"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     progress = session.progress or (lambda text: None)
@@ -58,7 +58,7 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
                                    "settings; wait for it to finish (its checkpoint is shared, so nothing is lost)") from None
         allowance = None if budget is None else Allowance(budget, session.llm.total())
         run = Optimization(session.llm, spec, mode, models, train=train, val=val, checkpoint=checkpoint, key=key,
-                           seed=seed, steps=steps, budget=allowance, progress=progress)
+                           seed=seed, steps=steps, budget=allowance, progress=progress, cases=loaded.cases)
         planned = run.planned()
         progress(plan_text(spec, mode, planned, run.steps, len(train), len(val), models["judge"]))
         session.llm.budget = allowance

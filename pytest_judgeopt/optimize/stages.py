@@ -187,10 +187,10 @@ class SeparateOptimizer:
                 reasons[c] = "no feedback reached the optimizer"
                 return None
             feedback = "\n\n".join(f"[text {i}] {clip(n)}" for i, n in notes)
-            reply = await step.ask("optimizer", fill(
+            reply = await step.ask("optimizer", step.with_cases(fill(
                 template(step.spec, "optimizer"), criterion=c, scale=scale_text(step.spec.criteria[c].scale),
                 instruction=step.instructions[c], batch=step.batch_text(seen, c), feedback=feedback,
-                max_chars=step.spec.optimize.max_instruction_chars), step.tokens(1.5))
+                max_chars=step.spec.optimize.max_instruction_chars), c), step.tokens(1.5))
             return step.checked(c, tagged_instruction(reply), reasons)
 
         return dict(zip(step.criteria, await together(*[one(c) for c in step.criteria]), strict=True)), reasons
@@ -205,10 +205,10 @@ class CombinedOptimizer:
         notes = step.mode.gradient.all_notes(grads, step.criteria)
         if not notes:
             return dict.fromkeys(step.criteria), dict.fromkeys(step.criteria, "no feedback reached the optimizer")
-        reply = await step.ask("optimizer", fill(
+        reply = await step.ask("optimizer", step.with_cases(fill(
             template(step.spec, "optimizer_combined"), instruction_list=step.instruction_list(),
             batch=step.batch_text(seen, None), feedback="\n\n".join(notes),
             max_chars=step.spec.optimize.max_instruction_chars,
-            criteria_keys=", ".join(json.dumps(c) for c in step.criteria)), step.tokens(0.75 * len(step.criteria)))
+            criteria_keys=", ".join(json.dumps(c) for c in step.criteria)), None), step.tokens(0.75 * len(step.criteria)))
         proposed = instruction_object(reply, step.criteria)
         return {c: step.checked(c, proposed.get(c), reasons) for c in step.criteria}, reasons

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
+from ..cases import Case
 from ..judge import render_inputs
 from ..llm import LLM, CallError
 from ..spec import Model, Spec
@@ -23,8 +24,11 @@ from .roles import Seen, clip, fill, rating, show, template
 class Step:
     """The roles' calls for one step, written once for every mode: each stage is the mode's strategy."""
 
-    def __init__(self, llm: LLM, spec: Spec, mode: Stages, models: Mapping[str, Model], instructions: Mapping[str, str]):
+    def __init__(self, llm: LLM, spec: Spec, mode: Stages, models: Mapping[str, Model], instructions: Mapping[str, str],
+                 cases: Sequence[Case] = ()):
         self.llm = llm
+        # what the optimizer role is shown of the cases: nothing, unless the spec says optimize.cases_in_prompt
+        self.cases = list(cases) if spec.optimize.cases_in_prompt else []
         self.spec = spec
         self.mode = mode
         self.models = models
@@ -84,6 +88,22 @@ class Step:
         else:
             return text
         return None
+
+    def with_cases(self, messages: list[dict[str, str]], criterion: str | None) -> list[dict[str, str]]:
+        """The optimizer's prompt with the cases it must keep right (the criterion's own, in an S stage), when the
+        spec opts in with ``optimize.cases_in_prompt``; otherwise unchanged: cases never enter a role prompt."""
+        from ..scoring import as_record
+
+        shown = [c for c in self.cases if criterion is None or criterion in c.expect]
+        if not shown:
+            return messages
+        blocks = []
+        for case in shown:
+            wanted = ", ".join(f"{name} {exp}" for name, exp in case.expect.items() if criterion in (None, name))
+            blocks.append(f"[{case.item_name}: {wanted}]\n{clip(render_inputs(as_record(case.name, case.inputs, self.spec)), 1500)}")
+        note = ("Cases the judge must keep getting right with the new instruction (its score must stay in the range "
+                "given):\n\n" + "\n\n".join(blocks))
+        return [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']}\n\n{note}"}]
 
     async def feedback(self, seen: Seen) -> Texts:
         """Loss then gradient for one sample: samples proceed independently, so the phases overlap."""
