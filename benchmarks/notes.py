@@ -149,21 +149,11 @@ def scale_note(rows: list[Row], profile: dict[str, Any] | None) -> str:
     text = (f"{per}. Memory: {summary.value:.1f} kB per sample above a base of {d['base_mb']:.0f} MB (the texts themselves "
             f"are about 2.4 kB a sample, held as records and prompts); the middle size measured {d['measured_mid_mb']:.0f} MB "
             f"against {d['predicted_mid_mb']:.0f} MB on the line through the ends. Time per sample at the largest size is "
-            f"{d['time_per_sample_ratio']:.2f} x that at the smallest (a quadratic step would make it ~10 x). Fixed on the way: "
-            "the bootstrap interval held all 1,000 resamples of every pair at once (about 70 kB per sample, gigabytes at "
-            "100k); it now draws them in batches, with identical intervals.")
+            f"{d['time_per_sample_ratio']:.2f} x that at the smallest (a quadratic step would make it ~10 x).")
     largest = sizes[-1].details["phases_s"]
-    share = largest["agreement (rho + bootstrap)"] / sum(v for k, v in largest.items() if k != "import the package")
-    text += (f" At the largest size the agreement phase is {share:.0%} of the time: the bootstrap ranks and correlates "
-             "1,000 resamples of every pair (scipy's rankdata and pearsonr), linear per resample.")
-    per_sample = [r.value / int(r.measure.split()[0].replace(",", "")) for r in sizes]
-    if len(per_sample) == 3 and per_sample[1] > 1.5 * max(per_sample[0], per_sample[2]):
-        mid, big = sizes[1], sizes[2]
-        samples = int(big.measure.split()[0].replace(",", "")) / int(mid.measure.split()[0].replace(",", ""))
-        text += (" The middle size is out of line with both ends (its agreement phase especially): scipy.stats.pearsonr "
-                 f"over the (resamples x {mid.measure.split()[0]}) arrays ran several times slower per cell than at the "
-                 "other sizes when measured alone, a third-party cost rather than a quadratic step (the largest size "
-                 f"takes {big.value / mid.value:.1f} x the middle one for {samples:.1f} x the samples).")
+    share = largest["agreement (rho + interval)"] / sum(v for k, v in largest.items() if k != "import the package")
+    text += (f" At the largest size the agreement phase is {share:.0%} of the time: the jackknife interval correlates "
+             "the samples 200 times, each time without one block of them (scipy's spearmanr), linear per block.")
     if summary.met:
         return text
     return text + profile_text(profile)

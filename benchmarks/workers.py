@@ -71,7 +71,7 @@ def judge_from_cache(spec: Path, cache_dir: Path) -> dict[str, Any]:
     return {
         "evaluate_s": loading + evaluate,
         "phases": {"import the package": imported, "load and split the data": loading, "judge (cache lookups)": judging.seconds,
-                   "agreement (rho + bootstrap)": assessing.seconds,
+                   "agreement (rho + interval)": assessing.seconds,
                    "the rest of evaluate": evaluate - judging.seconds - assessing.seconds},
         "process_s": time.perf_counter() - START, "judgments": judgments, "records": len(loaded.dataset.records),
         "cache_hits": usage.cache_hits, "calls": usage.calls, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss_before,

@@ -282,7 +282,7 @@ def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Ju
 def interval_settings(spec: Spec) -> dict[str, Any]:
     """The spec's interval settings, as paired_difference takes them."""
     corr = spec.correlation
-    return {name: getattr(corr, name) for name in ("resamples", "min_groups") if hasattr(corr, name)}
+    return {"min_groups": corr.min_groups}
 
 
 def paired(judged_a: Sequence[Judgment], judged_b: Sequence[Judgment]) -> list[tuple[float, float, float, str]]:

@@ -22,7 +22,7 @@ def pytest_judgeopt_load_records(path: Path, format: str, dataset: Any) -> Itera
 
 @hookimpl
 def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | None]:
-    # None marks a metric that stats.py computes natively (vectorised over bootstrap resamples)
+    # None marks a metric that stats.py computes natively (faster than a hook's Python function)
     from .spec import BUILTIN_METRICS
 
     return dict.fromkeys(BUILTIN_METRICS)

@@ -41,7 +41,8 @@ def pytest_judgeopt_metrics() -> dict[str, Callable[[Any, Any], float | None] | 
     """Contribute agreement metrics that ``correlation.method`` can name.
 
     Each function takes two equal-length numpy arrays (judge scores, human scores) and
-    returns a float, or None (or NaN) when undefined; it is bootstrapped like the built-ins.
+    returns a float, or None (or NaN) when undefined; its interval is a document jackknife like the
+    built-ins' (on its own scale: Fisher's z is for correlations).
     (A None in place of a function marks a metric stats.py computes itself, as the built-ins'
     implementation does; an implementation returning None contributes nothing.)
     Example::

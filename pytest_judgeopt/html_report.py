@@ -163,7 +163,8 @@ def steps_svg(o: Mapping[str, Any], name: str) -> str:
     c = o["criteria"][name]
     history = o["history"]
     steps = len(history)
-    in_force = [c["val_before"]] + [h["val_after"][name] if name in h["accepted"] else h["val_before"][name]
+    # after a step that kept something, the values measured of the combination kept (every criterion's)
+    in_force = [c["val_before"]] + [(h["val_kept"] or h["val_after"])[name] if h["accepted"] else h["val_before"][name]
                                     for h in history]
     candidates = [(h["step"], h["val_after"].get(name), name in h["accepted"]) for h in history
                   if h["proposals"].get(name)]
@@ -324,8 +325,9 @@ def optimization_section(o: Mapping[str, Any], seconds: float | None = None) -> 
 
 def study_section(study: Mapping[str, Any]) -> str:
     return (f'<section class="study"><h2>{escape(study["spec"])}: mode study</h2>'
-            f'<p class="muted">{study["runs"]} runs per mode, {study["steps"]} steps each, test split of '
-            f'{study["test_size"]} samples ({escape(study["level"])} {escape(study["method"])})</p>'
+            f'<p class="muted">{study["runs"]} runs per mode, {study["steps"]} steps each, val split of '
+            f'{study["val_size"]} samples, test split of {study["test_size"]} samples ({escape(study["level"])} '
+            f'{escape(study["method"])}). Choose a mode on val; test is held out.</p>'
             + table(study_table(study)) + "</section>")
 
 

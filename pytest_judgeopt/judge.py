@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .data import Record
 from .llm import LLM, CallError, Choice, Usage, is_embedded
 from .parse import ParsedScore, json_objects, parse_merged, parse_score
-from .spec import Criterion, Model, Spec
+from .spec import Correlation, Criterion, Model, Spec
 from .structured import judgment_schema, longest_reply, response_format, violation
 from .weighting import score_span, weighted_score
 
@@ -324,6 +324,8 @@ class CriterionResult:
     reasons: list[str]
     instruction: str
     instruction_source: str = "spec"
+    gate: str = "point"
+    documents: int | None = None  # documents judged; None without dataset.group
 
     @property
     def rho(self) -> float | None:
@@ -355,8 +357,10 @@ class CriterionResult:
                 "instruction": self.instruction, "instruction_source": self.instruction_source,
                 "method": a.method, "level": a.level, "value": a.value, "low": a.low, "high": a.high,
                 "confidence": a.confidence, "pairs": a.n, "groups": a.groups, "groups_skipped": a.groups_skipped,
+                "units": a.units, "interval_reason": a.interval_reason, "documents": self.documents,
                 "undefined_reason": a.reason, "n": self.n, "min_rho": self.criterion.min_rho,
                 "parse_failures": dict(sorted(self.failures.items())), "passed": self.passed, "reasons": self.reasons,
+                "gate": self.gate, "report_only": self.criterion.min_rho is None,
                 "scoring": self.scoring, "mass_outside_scale": self.mass_outside_scale}
 
     @property
@@ -383,15 +387,17 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
     ok = scored(judgments)
     groups = [j.group for _, j in ok] if spec.dataset.group else None
     measured = agreement(corr.method, [score for score, _ in ok], [j.human for _, j in ok], groups=groups, level=corr.level,
-                         confidence=corr.confidence, resamples=corr.resamples, seed=spec.split.seed)
+                         confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed)
     failures = Counter(j.failure for j in judgments if j.failure)
-    reasons = verdict_reasons(corr.gate, criterion, measured, failures, len(judgments))
+    documents = len({j.group for j in judgments})
+    reasons = verdict_reasons(corr, criterion, measured, failures, len(judgments), documents)
     missing = [j.record_id for j in judgments if j.failure == "call_replay_miss"]
     if missing:  # the cause, ahead of what it caused (failed judgments, an undefined rho)
         reasons.insert(0, f"{spec.name}::{criterion.name}: {replay_missing(spec, missing)}")
     return CriterionResult(criterion=criterion, spec_name=spec.name, split=split, shape=shape, judgments=judgments,
-                           agreement=measured, failures=failures, passed=not reasons, reasons=reasons,
-                           instruction=instruction, instruction_source=instruction_source)
+                           agreement=measured, failures=failures, passed=passes(criterion, reasons, failures),
+                           reasons=reasons, instruction=instruction, instruction_source=instruction_source,
+                           gate=corr.gate, documents=documents if spec.dataset.group else None)
 
 
 def replay_missing(spec: Spec, record_ids: Sequence[str], what: str = "answers") -> str:
@@ -405,7 +411,19 @@ def replay_missing(spec: Spec, record_ids: Sequence[str], what: str = "answers")
             f"{answers_path(spec.path).name}")
 
 
-def verdict_reasons(gate: str, criterion: Criterion, measured: Agreement, failures: Counter[str], n: int) -> list[str]:
+def passes(criterion: Criterion, reasons: Sequence[str], failures: Counter[str]) -> bool:
+    """No reason to fail; or a report-only criterion (``min_rho: null``), whose reasons are only reported,
+    unless its answers are missing altogether (replay mode), which is no measurement at all."""
+    if criterion.min_rho is None:
+        return not failures.get("call_replay_miss", 0)
+    return not reasons
+
+
+def verdict_reasons(corr: Correlation, criterion: Criterion, measured: Agreement, failures: Counter[str], n: int,
+                    documents: int = 0) -> list[str]:
+    """Every reason the item fails; for a report-only criterion, every reason it would fail."""
+    from .stats import MIN_GROUP_PAIRS
+
     reasons = []
     if n == 0:
         return ["no samples to judge in this split"]
@@ -413,12 +431,18 @@ def verdict_reasons(gate: str, criterion: Criterion, measured: Agreement, failur
     if failed / n > criterion.max_parse_failure_rate:
         reasons.append(f"{failed}/{n} judgments failed ({failed / n:.0%}), above the allowed "
                        f"{criterion.max_parse_failure_rate:.0%}")
+    if measured.level == "group" and documents:
+        skipped = documents - measured.groups
+        if skipped / documents > corr.max_skipped_groups:
+            reasons.append(f"{skipped} of {documents} documents were skipped (constant scores, or fewer than "
+                           f"{MIN_GROUP_PAIRS} scored pairs), above the allowed {corr.max_skipped_groups:.0%} "
+                           "(correlation.max_skipped_groups)")
     if measured.value is None:
         reasons.append(f"{measured.method} is undefined: {measured.reason}")
     elif criterion.min_rho is not None:
-        if gate == "lower_bound":
+        if corr.gate == "lower_bound":
             if measured.low is None:
-                reasons.append("no confidence interval could be computed for the lower-bound gate")
+                reasons.append(f"the lower-bound gate needs an interval and there is none: {measured.interval_reason}")
             elif measured.low < criterion.min_rho:
                 reasons.append(f"the interval's lower end {measured.low:.3f} is below min_rho {criterion.min_rho:.2f} "
                                f"by {criterion.min_rho - measured.low:.3f}")

@@ -127,6 +127,9 @@ def lock_content(spec: Spec, result: Mapping[str, Any], data_digest: str) -> dic
         "steps_run": result["steps_run"],
         "stopped": result["stopped"],
         "gate": vars(spec.optimize.gate),
+        # the prompt shape of the val numbers (the loop's) and of the test numbers (the items'): they differ
+        # when a joint mode optimized a merged prompt that the items test as separate prompts
+        "shapes": result["shapes"],
         "split_sizes": result["split_sizes"],
         "criteria": criteria,
     }

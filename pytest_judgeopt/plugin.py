@@ -649,7 +649,8 @@ def optimize_properties(result: Any) -> dict[str, Any]:
 def junit_properties(result: CriterionResult) -> dict[str, Any]:
     a = result.agreement
     return {"judge_metric": a.method, "judge_level": a.level, "judge_rho": a.value, "judge_ci_low": a.low,
-            "judge_ci_high": a.high, "judge_n": result.n, "judge_min_rho": result.criterion.min_rho,
+            "judge_ci_high": a.high, "judge_n": result.n, "judge_pairs": a.n, "judge_documents": result.documents,
+            "judge_min_rho": result.criterion.min_rho,
             "judge_parse_failures": result.failed_count, "judge_shape": result.shape}
 
 
@@ -680,6 +681,8 @@ class OptimizeItem(pytest.Item):
         for key, value in optimize_properties(result).items():
             self.user_properties.append((key, value))
         problems = diagnostics_problems(result)
+        if result.lock_refused:
+            problems.insert(0, f"{result.spec.name}: {result.lock_refused}")
         if problems:
             raise OptimizationFailed("\n".join(problems))
 

@@ -7,7 +7,7 @@ its coherence. A probe changes one thing about the prompts of the test split (or
 
 - ``retest``: the same prompts judged ``k`` more times, each with its own seed, at the spec's
   temperature; the judge's agreement with itself (the spec's metric, first judgment against each
-  repetition, pooled, with a document bootstrap) must reach ``min``;
+  repetition, pooled, with a document jackknife interval) must reach ``min``;
 - ``pad``: filler appended to one input (a built-in neutral text, or the spec's); the mean score
   must not rise by more than ``max_rise`` (verbosity bias);
 - ``transform``: a user-named change of the inputs from a ``pytest_judgeopt_transforms`` hook, with
@@ -289,7 +289,7 @@ def change_of(spec: Spec, pairs: Sequence[tuple[Judgment, Judgment]]) -> MeanCha
     corr = spec.correlation
     return mean_change([b.score or 0.0 for b, _ in pairs], [a.score or 0.0 for _, a in pairs],
                        groups=[b.group for b, _ in pairs] if spec.dataset.group else None,
-                       confidence=corr.confidence, resamples=corr.resamples, seed=spec.split.seed)
+                       confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed)
 
 
 def assess_retest(probe: Probe, spec: Spec, criterion: str, base: Sequence[Judgment],
@@ -303,7 +303,7 @@ def assess_retest(probe: Probe, spec: Spec, criterion: str, base: Sequence[Judgm
     failed = sum(j.score is None for j in base) + sum(j.score is None for again in repeats for j in again)
     measured = agreement(probe.metric, [a.score or 0.0 for _, a in pairs], [b.score or 0.0 for b, _ in pairs],
                          groups=[b.group for b, _ in pairs] if spec.dataset.group else None, level="pooled",
-                         confidence=corr.confidence, resamples=corr.resamples, seed=spec.split.seed)
+                         confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed)
     reasons = failure_reason(spec, criterion, failed, judged)
     floor = probe.min if probe.min is not None else 1.0
     if measured.value is None:

@@ -201,18 +201,21 @@ class Session:
                 self._usages[each_key] = judged[each].usage
                 self._logprobs_missing[each_key] = judged[each].logprobs_missing
                 self._note_missing_logprobs(model, judged[each])
+        cached = self._evaluations[key]
+        if any(r.instruction_source != sources[n] for n, r in cached.items()):
+            # the memo is keyed by what was judged; where the instructions came from is the caller's
+            cached = {n: replace(r, instruction_source=sources[n]) for n, r in cached.items()}
         if record and key not in self._recorded:
             self._recorded.add(key)
-            results = self._evaluations[key]
             self.evaluations.append({
                 "spec": spec.name, "path": str(spec.path), "split": split, "shape": shape,
                 "model": model.describe(), "records": len(self.records(loaded, split)),
                 "scoring": scoring_of(spec, model), "data_hash": loaded.dataset.digest, "split_ids": loaded.splits.ids(),
-                "results": [r.to_json() for r in results.values()],
+                "results": [r.to_json() for r in cached.values()],
                 "usage": self._usages[key].answers_json(), "logprobs_missing": self._logprobs_missing.get(key, 0),
-                "predictions": prediction_rows(results.values()),  # per sample; the report writes them apart
+                "predictions": prediction_rows(cached.values()),  # per sample; the report writes them apart
             })
-        return self._evaluations[key]
+        return cached
 
     def _merged_check_follows(self, loaded: Loaded, instructions: dict[str, str], names: Sequence[str], split: str,
                               model: Model) -> bool:
@@ -291,11 +294,18 @@ class Session:
 
         loaded = self.load(path)
         result = optimize_spec(self, loaded, mode, seed=seed, steps=steps, budget=budget)
+        if result.shape_note:
+            self.notes.append(result.shape_note)
         if write:
-            result.lock_path, result.lock_note = write_lock(result.spec, result.to_json(), loaded.dataset.digest)
-            if result.lock_note:
-                self.notes.append(result.lock_note)
-            self._in_force.pop(result.spec.path, None)
+            harmed = result.harmed
+            if harmed:  # val said better, the untouched test split says significantly worse: nothing to lock
+                result.lock_refused = ("; ".join(harmed.values())
+                                       + "; no lock was written (the instructions in force are unchanged)")
+            else:
+                result.lock_path, result.lock_note = write_lock(result.spec, result.to_json(), loaded.dataset.digest)
+                if result.lock_note:
+                    self.notes.append(result.lock_note)
+                self._in_force.pop(result.spec.path, None)
         self.optimizations.append(result)
         return result
 

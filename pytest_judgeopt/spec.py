@@ -145,6 +145,7 @@ class Split:
     val: float = 0.2
     test: float = 0.6
     seed: int = 0
+    by: str | None = None  # "group" or "record"; unset: by group when dataset.group is set, else by record
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,13 @@ class Correlation:
     level: str = "pooled"
     gate: str = "point"
     confidence: float = 0.95
-    resamples: int = 1000
+    # below this many documents (samples without dataset.group) there is no interval, and no verdict
+    # that rests on one; benchmarks/validity.py measures the interval's coverage from here on
+    min_groups: int = 8
+    # level group: the share of documents that may be skipped (constant scores, too few scored pairs).
+    # A skipped document's judgments count for nothing, as failed judgments do: the same 10% allowance
+    # as judge.max_parse_failure_rate's default.
+    max_skipped_groups: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -496,6 +503,8 @@ def explain(path: Path, error: Any, lines: dict[Path_, int],
                 "criteria": "add `criteria:` with at least one criterion (instruction, scale)",
                 "instruction": "add `instruction:` with the text the judge follows for this criterion",
                 "scale": "add `scale: [1, 5]` (the lowest and highest score)",
+                "min_rho": "this criterion has no gate, so its item could never fail: add `min_rho:` with the agreement it "
+                           "must reach (e.g. 0.3), or `min_rho: null` to report its agreement without ever failing",
                 "name": "add `name:` with a litellm model string"}.get(missing, f"add `{missing}:`")
         return [problem(path, line, where or "spec", f"missing key '{missing}'", hint)]
     if rule == "enum":
@@ -593,6 +602,10 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
         guess = difflib.get_close_matches(method, metrics, n=1)
         out.append(problem(path, lines.get(("correlation", "method")), "correlation.method", f"unknown metric '{method}'",
                            f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(metrics)}"))
+    if split.get("by") == "group" and "group" not in data["dataset"]:
+        out.append(problem(path, lines.get(("split", "by")), "split.by",
+                           "split by group needs to know the groups", "set `dataset.group` to the field naming the "
+                           "source document, or write `by: record`"))
     level = data.get("correlation", {}).get("level", "pooled")
     if level == "group" and "group" not in data["dataset"]:
         out.append(problem(path, lines.get(("correlation", "level")), "correlation.level",

@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,15 +23,20 @@ from .spec import BUILTIN_METRICS
 LEVELS = ("pooled", "group")
 
 MIN_PAIRS = 3
-MIN_GROUP_PAIRS = 2
-BOOTSTRAP_CELLS = 2_000_000  # resampled pairs held at once by the bootstrap (times 8 bytes, per array)
-
-Statistic = Callable[["np.ndarray"], "np.ndarray"]
+# A document's own correlation at level group needs this many scored pairs: with 2, every document
+# counts as +1 or -1 with full weight.
+MIN_GROUP_PAIRS = 3
+# The default of correlation.min_groups: below it no interval (and no verdict resting on one) is given.
+# Measured in benchmarks/validity.py: from 8 documents on, the interval covers the truth at its nominal rate.
+MIN_GROUPS = 8
+JACKKNIFE_BLOCKS = 200  # above this many documents (or samples), the jackknife leaves out blocks of them
+FISHER_CLIP = 1 - 1e-12  # a correlation of exactly +-1 has an infinite z: kept finite, the interval stays a point
 
 
 @dataclass(frozen=True)
 class Agreement:
-    """A correlation with its bootstrap interval; ``reason`` explains a ``None`` value."""
+    """A correlation with its interval; ``reason`` explains a ``None`` value, ``interval_reason`` a missing
+    interval; ``units`` is the number of documents (samples without groups) the interval rests on."""
 
     method: str
     level: str
@@ -44,12 +48,13 @@ class Agreement:
     groups: int
     groups_skipped: int
     reason: str | None
-    resamples_dropped: int = 0
+    units: int = 0
+    interval_reason: str | None = None
 
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Judge b minus judge a on the same resamples; ``reason`` explains a ``None`` diff."""
+    """Judge b minus judge a, the interval on the same documents; ``reason`` explains a ``None`` diff."""
 
     a: float | None
     b: float | None
@@ -59,7 +64,8 @@ class PairedDifference:
     confidence: float
     n: int
     reason: str | None
-    resamples_dropped: int = 0
+    units: int = 0
+    interval_reason: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -238,107 +244,134 @@ def correlation(
 
 
 # --------------------------------------------------------------------------
-# bootstrap
+# intervals: a delete-one-document jackknife with a t quantile
 
 
-def _pooled_batch(method: str, judge: np.ndarray, human: np.ndarray) -> np.ndarray:
-    """Row-wise correlations of (resamples, n) arrays; NaN where a row is constant."""
+def _units(level: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray] | None) -> list[np.ndarray]:
+    """The independent units an interval rests on: documents (only those with their own correlation at
+    level group), or single samples when there are no groups."""
     import numpy as np
-    from scipy import stats
-    if method in CUSTOM:
-        return np.array([_scalar(method, j, h) for j, h in zip(judge, human, strict=True)], dtype=float)
-    if method == "spearman":
-        judge, human = stats.rankdata(judge, axis=-1), stats.rankdata(human, axis=-1)
-    row_wise = stats.kendalltau if method == "kendall" else stats.pearsonr
-    with _quiet():
-        return np.asarray(row_wise(judge, human, axis=-1).statistic, dtype=float)
 
-
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def _mean_defined(values: np.ndarray) -> np.ndarray:
-    """Row means over non-NaN entries, NaN for all-NaN rows, without nanmean's warning."""
-    import numpy as np
-    defined = np.isfinite(values)
-    counts = defined.sum(axis=-1)
-    sums = np.where(defined, values, 0.0).sum(axis=-1)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def _statistic(
-    method: str,
-    level: str,
-    judge: np.ndarray,
-    human: np.ndarray,
-    members: list[np.ndarray] | None,
-) -> tuple[int, Statistic]:
-    """Number of resampling units and the statistic over a (resamples, units) index array.
-
-    With groups, units are whole groups (cluster bootstrap). At level 'group' a group's
-    correlation depends only on its own rows, so it is computed once and reused: a
-    group drawn twice counts twice, as separate clusters do.
-    """
-    import numpy as np
     if members is None:
-        return len(judge), lambda idx: _pooled_batch(method, judge[idx], human[idx])
+        return [np.array([i], dtype=np.intp) for i in range(len(judge))]
     if level == "group":
-        per_group = _group_values(method, judge, human, members)
-        return len(members), lambda idx: _mean_defined(per_group[idx])
-    if len({len(rows) for rows in members}) == 1:
-        table = np.stack(members)  # equal-sized groups: every resample is a rectangular row set
-
-        def pooled_over_equal_groups(idx: np.ndarray) -> np.ndarray:
-            rows = table[idx].reshape(len(idx), -1)
-            return _pooled_batch(method, judge[rows], human[rows])
-
-        return len(members), pooled_over_equal_groups
-
-    def pooled_over_groups(idx: np.ndarray) -> np.ndarray:
-        rows = (np.concatenate([members[g] for g in draw]) for draw in idx)
-        return np.array([_nan_if_none(_pooled(method, judge[r], human[r])[0]) for r in rows])
-
-    return len(members), pooled_over_groups
+        return [rows for rows in members if _qualifies(judge[rows], human[rows])]
+    return members
 
 
-def _interval(
-    units: int, statistic: Statistic, confidence: float, resamples: int, seed: int, rows: int | None = None
-) -> tuple[float | None, float | None, int]:
-    """Percentile interval over the defined resamples: (low, high, resamples_dropped).
+def _blocks(units: int, seed: int) -> np.ndarray:
+    """Which jackknife block each unit falls in: one block per unit, or, above JACKKNIFE_BLOCKS units,
+    that many blocks of whole units (seeded), so the cost stays bounded on large datasets."""
+    import numpy as np
 
-    Undefined resamples (e.g. a draw with constant scores) are dropped rather than
-    counted as any value; if more than half are undefined the interval is not trusted.
-    Resamples are drawn in batches of at most BOOTSTRAP_CELLS resampled ``rows``, so memory stays
-    bounded on large datasets (all at once, 100,000 pairs took gigabytes); the draws, and so
-    the interval, are the same as in one batch.
+    if units <= JACKKNIFE_BLOCKS:
+        return np.arange(units)
+    order = np.random.default_rng(seed).permutation(units)
+    block = np.empty(units, dtype=np.intp)
+    block[order] = np.arange(units) % JACKKNIFE_BLOCKS
+    return block
+
+
+Replicate = Callable[["np.ndarray"], float]  # the statistic on the units marked True
+
+
+def _statistic(method: str, level: str, judge: np.ndarray, human: np.ndarray,
+               units: list[np.ndarray]) -> Replicate:
+    """The estimate recomputed on a subset of the units (whole documents, or samples)."""
+    import numpy as np
+
+    if level == "group":
+        per_unit = _group_values(method, judge, human, units)
+
+        def mean_of_kept(keep: np.ndarray) -> float:
+            values = per_unit[keep]
+            values = values[np.isfinite(values)]
+            return float(values.mean()) if len(values) else math.nan
+
+        return mean_of_kept
+    unit_of_row = np.empty(len(judge), dtype=np.intp)
+    for k, rows in enumerate(units):
+        unit_of_row[rows] = k
+
+    def pooled_over_kept(keep: np.ndarray) -> float:
+        rows = keep[unit_of_row]
+        value, _ = _pooled(method, judge[rows], human[rows])
+        return math.nan if value is None else value
+
+    return pooled_over_kept
+
+
+def _fisher(method: str, level: str) -> bool:
+    """Built-in correlations pooled over samples are bounded by +-1 and skewed near the bounds: their
+    interval is made on Fisher's z scale. A per-document mean is made on its own scale (the t-interval over
+    the per-document values), and so is a metric added by a hook, whose range is unknown."""
+    return level == "pooled" and method in BUILTIN_METRICS
+
+
+def _jackknife(estimate: float, replicate: Replicate, units: int, confidence: float, seed: int, *,
+               fisher: bool, bound: float | None) -> tuple[float | None, float | None, str | None]:
+    """Delete-one-unit jackknife: the standard error from the estimates without each unit (or block of
+    units), the interval estimate +- t(k-1) * se, so that a few documents give a wide interval, as they
+    should. For a mean of per-document values this is exactly the t-interval over those values.
+
+    An estimate that becomes undefined when one document is left out rests on that document alone: no
+    interval, with that reason.
     """
     import numpy as np
     from scipy import stats
-    if resamples == 0 or units < 2:
-        return None, None, 0
-    data = (np.arange(units),)
 
-    def batched(idx: np.ndarray, axis: int = -1) -> np.ndarray:  # scipy always passes axis=-1
-        return statistic(np.asarray(idx, dtype=np.intp))
+    block = _blocks(units, seed)
+    k = int(block.max()) + 1
+    values = np.array([replicate(block != b) for b in range(k)])
+    undefined = int((~np.isfinite(values)).sum())
+    if undefined:
+        return None, None, (f"the estimate is undefined without {_plural(undefined, 'document')} of {k}: it rests on "
+                            "too few documents with varying scores for an interval")
 
-    options = {"vectorized": True, "confidence_level": confidence, "method": "percentile"}
-    batch = max(1, BOOTSTRAP_CELLS // max(1, rows or units))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap(
-            data, batched, n_resamples=resamples, rng=np.random.default_rng(seed), batch=batch, **options
-        )
-    distribution = np.asarray(result.bootstrap_distribution)
-    defined = distribution[np.isfinite(distribution)]
-    dropped = distribution.size - defined.size
-    if 2 * dropped > distribution.size:
-        return None, None, dropped
-    if dropped:
-        kept = SimpleNamespace(bootstrap_distribution=defined)
-        result = stats.bootstrap(data, batched, n_resamples=0, bootstrap_result=kept, **options)
-    ci = result.confidence_interval
-    return float(ci.low), float(ci.high), dropped
+    def forward(x: np.ndarray | float) -> np.ndarray:
+        return np.arctanh(np.clip(x, -FISHER_CLIP, FISHER_CLIP)) if fisher else np.asarray(x, dtype=float)
+
+    z = forward(values)
+    se = math.sqrt((k - 1) / k * float(((z - z.mean()) ** 2).sum()))
+    t = float(stats.t.ppf(0.5 + confidence / 2, k - 1))
+    center = float(forward(estimate))
+    low, high = center - t * se, center + t * se
+    if fisher:  # an estimate of exactly +-1 was clipped to stay finite on the z scale: it stays inside
+        low, high = min(math.tanh(low), estimate), max(math.tanh(high), estimate)
+    if bound is not None:
+        low, high = max(low, -bound), min(high, bound)
+    return float(low), float(high), None
+
+
+def _interval(method: str, level: str, estimate: float, j: np.ndarray, h: np.ndarray,
+              members: list[np.ndarray] | None, *, confidence: float, min_groups: int, seed: int,
+              difference_of: np.ndarray | None = None) -> tuple[float | None, float | None, int, str | None]:
+    """(low, high, units, reason): the interval, the documents (or samples) it rests on, and why it is
+    missing when it is. ``difference_of`` is judge a's scores when the estimate is corr(b) - corr(a)."""
+    if difference_of is None:
+        units = _units(level, j, h, members)
+        counted = len(units)
+    else:  # each judge's estimate over its own documents, as the point estimate; counted where both have one
+        units = _units("pooled", j, h, members)
+        counted = len(units) if level == "pooled" else sum(
+            _qualifies(j[rows], h[rows]) and _qualifies(difference_of[rows], h[rows]) for rows in units)
+    if counted < min_groups:
+        word = "samples" if members is None else "documents"
+        return None, None, counted, (f"too few {word}: {counted} (an interval needs at least {min_groups}; "
+                                     "correlation.min_groups)")
+    replicate = _statistic(method, level, j, h, units)
+    bound = 1.0 if method in BUILTIN_METRICS else None
+    if difference_of is not None:
+        of_a = _statistic(method, level, difference_of, h, units)
+        of_b = replicate
+
+        def replicate(keep: np.ndarray) -> float:
+            return of_b(keep) - of_a(keep)
+
+        bound = None if bound is None else 2.0
+    fisher = difference_of is None and _fisher(method, level)
+    low, high, reason = _jackknife(estimate, replicate, len(units), confidence, seed, fisher=fisher, bound=bound)
+    return low, high, counted, reason
 
 
 def _pairs_in_used_groups(judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]) -> int:
@@ -353,24 +386,25 @@ def agreement(
     groups: Sequence[str] | None = None,
     level: str = "pooled",
     confidence: float = 0.95,
-    resamples: int = 1000,
+    min_groups: int = MIN_GROUPS,
     seed: int = 0,
 ) -> Agreement:
-    """Point estimate plus a bootstrap interval, resampling whole groups when given.
+    """Point estimate plus an interval that leaves out whole documents (a delete-one-document jackknife).
 
-    Groups are resampled because samples from one source document are not
-    independent; resampling pairs would make the interval too narrow.
-    ``resamples=0`` skips the interval.
+    Documents are the units because samples from one source document are not independent; treating
+    samples as units would make the interval too narrow. Below ``min_groups`` documents (samples
+    without groups) there is no interval, with that reason in ``interval_reason``.
     """
     j, h, members = _prepare(method, level, judge, human, groups)
     value, used, skipped, reason = _correlation(method, level, j, h, members)
     low = high = None
-    dropped = 0
+    units = 0
+    interval_reason = None
     if value is not None:
-        units, statistic = _statistic(method, level, j, h, members)
-        low, high, dropped = _interval(units, statistic, confidence, resamples, seed, rows=len(j))
+        low, high, units, interval_reason = _interval(method, level, value, j, h, members, confidence=confidence,
+                                                      min_groups=min_groups, seed=seed)
     n = len(j) if level == "pooled" or members is None else _pairs_in_used_groups(j, h, members)
-    return Agreement(method, level, value, low, high, confidence, n, used, skipped, reason, dropped)
+    return Agreement(method, level, value, low, high, confidence, n, used, skipped, reason, units, interval_reason)
 
 
 def paired_difference(
@@ -382,10 +416,11 @@ def paired_difference(
     groups: Sequence[str] | None = None,
     level: str = "pooled",
     confidence: float = 0.95,
-    resamples: int = 1000,
+    min_groups: int = MIN_GROUPS,
     seed: int = 0,
 ) -> PairedDifference:
-    """Interval of corr(b) - corr(a) on the same resamples, so shared noise cancels."""
+    """Interval of corr(b) - corr(a), each jackknife replicate leaving the same document out of both,
+    so the noise the two judges share cancels."""
     ja, h, members = _prepare(method, level, judge_a, human, groups)
     jb, _, _ = _prepare(method, level, judge_b, human, groups)
     a, _, _, reason_a = _correlation(method, level, ja, h, members)
@@ -394,18 +429,16 @@ def paired_difference(
         named = (("judge_a", reason_a), ("judge_b", reason_b))
         reasons = [f"{name}: {reason}" for name, reason in named if reason]
         return PairedDifference(a, b, None, None, None, confidence, len(h), "; ".join(reasons))
-    units, stat_a = _statistic(method, level, ja, h, members)
-    _, stat_b = _statistic(method, level, jb, h, members)
-    low, high, dropped = _interval(
-        units, lambda idx: stat_b(idx) - stat_a(idx), confidence, resamples, seed, rows=len(h)
-    )
-    return PairedDifference(a, b, b - a, low, high, confidence, len(h), None, dropped)
+    low, high, units, interval_reason = _interval(method, level, b - a, jb, h, members, confidence=confidence,
+                                                  min_groups=min_groups, seed=seed, difference_of=ja)
+    return PairedDifference(a, b, b - a, low, high, confidence, len(h), None, units, interval_reason)
 
 
 @dataclass(frozen=True)
 class MeanChange:
-    """The mean of ``after - before`` over paired samples, with its bootstrap interval; ``reason`` explains a
-    ``None``. ``groups`` is the number of documents resampled (0 when the pairs themselves are)."""
+    """The mean of ``after - before`` over paired samples, with its interval; ``reason`` explains a ``None``
+    value or a missing interval. ``groups`` is the number of documents left out in turn (0 when the pairs
+    themselves are)."""
 
     value: float | None
     low: float | None
@@ -414,7 +447,6 @@ class MeanChange:
     n: int
     groups: int
     reason: str | None
-    resamples_dropped: int = 0
 
 
 def mean_change(
@@ -423,13 +455,14 @@ def mean_change(
     *,
     groups: Sequence[str] | None = None,
     confidence: float = 0.95,
-    resamples: int = 1000,
+    min_groups: int = MIN_GROUPS,
     seed: int = 0,
 ) -> MeanChange:
-    """Paired mean change (after minus before) with a percentile bootstrap that resamples whole groups.
+    """Paired mean change (after minus before) with the document jackknife of the other intervals.
 
-    A resample of documents is scored as the pooled mean of its pairs (the sum of their changes over
-    their number), so a long document weighs by its pairs, as in the point estimate.
+    Without one document the estimate is the pooled mean of the remaining pairs (the sum of their changes
+    over their number), so a long document weighs by its pairs, as in the point estimate. Below
+    ``min_groups`` documents (pairs without groups) there is no interval, with that reason.
     """
     import numpy as np
 
@@ -441,25 +474,25 @@ def mean_change(
     change = a - b
     value = float(change.mean())
     if groups is None:
-        units, statistic = len(change), lambda idx: change[idx].mean(axis=-1)
-        used = 0
+        sums, counts, used = change, np.ones(len(change)), 0
     else:
         if len(groups) != len(change):
             raise ValueError(f"groups has {len(groups)} labels but there are {len(change)} pairs")
         members = _members(groups)
         sums = np.array([change[rows].sum() for rows in members])
         counts = np.array([len(rows) for rows in members], dtype=float)
-        units, used = len(members), len(members)
+        used = len(members)
+    units = len(sums)
+    if units < min_groups:
+        word = "pairs" if groups is None else "documents"
+        return MeanChange(value, None, None, confidence, len(change), used,
+                          f"too few {word}: {units} (an interval needs at least {min_groups}; correlation.min_groups)")
 
-        def statistic(idx: np.ndarray) -> np.ndarray:
-            return sums[idx].sum(axis=-1) / counts[idx].sum(axis=-1)
+    def pooled_mean(keep: np.ndarray) -> float:
+        return float(sums[keep].sum() / counts[keep].sum())
 
-    low, high, dropped = _interval(units, statistic, confidence, resamples, seed, rows=len(change))
-    reason = None
-    if low is None:
-        unit = "documents" if groups is not None else "pairs"
-        reason = f"an interval needs at least 2 {unit}, there {'is' if units == 1 else 'are'} {units}"
-    return MeanChange(value, low, high, confidence, len(change), used, reason, dropped)
+    low, high, reason = _jackknife(value, pooled_mean, units, confidence, seed, fisher=False, bound=None)
+    return MeanChange(value, low, high, confidence, len(change), used, reason)
 
 
 # --------------------------------------------------------------------------

@@ -92,25 +92,60 @@ class Table:
 
 
 def evaluation_verdict(r: Mapping[str, Any]) -> tuple[str, str]:
-    """A criterion's verdict word and kind; an undefined estimate fails and says why."""
+    """A criterion's verdict word and kind; an undefined estimate fails and says why; a criterion with
+    ``min_rho: null`` reports only."""
+    if r.get("report_only") and r["passed"]:
+        return "report only", "warn"
     if r["passed"]:
         return "pass", "pass"
     return "FAIL" + ("" if r["undefined_reason"] is None else ": " + r["undefined_reason"]), "fail"
 
 
+def documents_cell(r: Mapping[str, Any]) -> str:
+    """The documents a criterion's number rests on, with those skipped at level group; ``-`` without groups."""
+    if r.get("documents") is None:
+        return "-"
+    if r["level"] == "group":
+        skipped = r["documents"] - r["groups"]
+        return f"{r['groups']}" + (f" ({skipped} skipped)" if skipped else "")
+    return str(r["units"])
+
+
+def evaluation_notes(r: Mapping[str, Any]) -> list[str]:
+    """What a verdict's reader must know besides the row: a point gate that passed while the interval does not
+    exclude min_rho, or with no interval at all; a report-only criterion and what would have failed it."""
+    name = r["criterion"]
+    if r.get("report_only"):
+        would = "; ".join(r["reasons"])
+        return [f"{name}: reports only (min_rho: null), so this item never fails"
+                + (f"; a gate would fail it: {would}" if would and r["passed"] else "")]
+    if not r["passed"] or r.get("gate", "point") != "point" or r["value"] is None or r["min_rho"] is None:
+        return []
+    if r["low"] is None:
+        return [f"{name}: passes on the estimate; there is no interval ({r.get('interval_reason')})"]
+    if r["low"] < r["min_rho"]:
+        return [f"{name}: passes on the estimate; the interval {interval(r['low'], r['high'])} does not exclude "
+                f"min_rho {number(r['min_rho'], 2)}"]
+    return []
+
+
 def evaluation_table(ev: Mapping[str, Any]) -> Table:
-    """Per criterion: metric, rho with its interval, threshold, n, failed judgments, verdict."""
+    """Per criterion: metric, rho with its interval, threshold, the pairs rho used (of the judgments asked for,
+    and those failed), the documents it rests on, verdict; under it what the verdicts' reader must know."""
     results = ev["results"]
-    passed = sum(r["passed"] for r in results)
+    passed = sum(r["passed"] and not r.get("report_only") for r in results)
+    gated = sum(not r.get("report_only") for r in results)
     table = Table(f"{ev['spec']} ({ev['split']} split, {ev['records']} samples, {ev['shape']} prompts, {ev['model']}): "
-                  f"{passed}/{len(results)} criteria pass",
+                  f"{passed}/{gated} criteria pass" + (f", {len(results) - gated} report only" if gated < len(results) else ""),
                   [("criterion", "left"), ("metric", "right"), ("rho", "right"), ("interval", "right"), ("min", "right"),
-                   ("n", "right"), ("failed", "right"), ("verdict", "left")])
+                   ("n", "right"), ("judged", "right"), ("failed", "right"), ("docs", "right"), ("verdict", "left")])
     for r in results:
         verdict, kind = evaluation_verdict(r)
         table.rows.append([r["criterion"], r["method"], number(r["value"]), interval(r["low"], r["high"]),
-                           number(r["min_rho"], 2), str(r["n"]), str(sum(r["parse_failures"].values())), verdict])
+                           number(r["min_rho"], 2), str(r["pairs"]), str(r["n"]), str(sum(r["parse_failures"].values())),
+                           documents_cell(r), verdict])
         table.verdicts.append(kind)
+    table.after += [Line(note, "item") for r in results for note in evaluation_notes(r)]
     return table
 
 
@@ -138,7 +173,7 @@ def comparison_verdict(c: Mapping[str, Any]) -> tuple[str, str]:
 def interference_heading(check: Mapping[str, Any]) -> str:
     held = sum(c["passed"] for c in check["criteria"])
     return (f"{check['spec']} merged vs separate prompts ({check['split']} split, {check['records']} samples, "
-            f"{check['method']} {check['level']}, {check['confidence']:.0%} paired bootstrap, "
+            f"{check['method']} {check['level']}, {check['confidence']:.0%} paired jackknife, "
             f"max_drop {check['max_drop']:g}, {check['model']}): {held}/{len(check['criteria'])} criteria hold")
 
 
@@ -261,9 +296,16 @@ def optimization_heading(o: Mapping[str, Any], root: Path | None = None) -> str:
     resumed = f"; resumed after step {o['resumed_from']}" if o["resumed_from"] and not o["reused"] else ""
     reused = "; this run had finished before: its result is reused, not repeated" if o["reused"] else ""
     where = f"; wrote {relative(o['lock_path'], root)}" if o.get("lock_path") else ""
+    if o.get("lock_refused"):
+        fell = [name for name, c in o["criteria"].items()
+                if c["test_diff"]["high"] is not None and c["test_diff"]["value"] is not None and c["test_diff"]["high"] < 0]
+        where = f"; no lock written: the test agreement of {', '.join(fell)} fell significantly"
     sizes = o["split_sizes"]
+    shapes = o["shapes"]
+    shape = (f"; val with {shapes['optimized']} prompts, test with {shapes['test']} prompts (the items' shape)"
+             if shapes["optimized"] != shapes["test"] else f"; {shapes['test']} prompts")
     return (f"{o['spec']}: mode {o['mode']}, {o['steps_run']} steps, seed {o['seed']} "
-            f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){stopped}{resumed}{reused}{where}")
+            f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){shape}{stopped}{resumed}{reused}{where}")
 
 
 def optimization_table(o: Mapping[str, Any], root: Path | None = None) -> Table:
@@ -334,26 +376,35 @@ def usage_text(usage: Mapping[str, Mapping[str, Any]], seconds: float | None) ->
 
 
 def study_table(study: Mapping[str, Any]) -> Table:
-    """The paper's table: per mode and criterion, test rho before and after over runs, and what it cost."""
-    table = Table(f"{study['spec']}: {study['runs']} runs per mode, {study['steps']} steps each, test split of "
-                  f"{study['test_size']} samples ({study['level']} {study['method']})",
-                  [("mode", "left"), ("criterion", "left"), ("before", "right"), ("after (mean ± sd)", "right"),
-                   ("improved steps", "right"), ("specificity", "right"), ("calls/run made", "right"),
-                   ("cached", "right"), ("cost/run", "right")])
+    """The paper's table: per mode and criterion, val agreement before and after (the selection numbers, to choose
+    a mode by), test before and after over runs (held out), and what it cost."""
+    table = Table(f"{study['spec']}: {study['runs']} runs per mode, {study['steps']} steps each, val split of "
+                  f"{study['val_size']} samples, test split of {study['test_size']} samples ({study['level']} "
+                  f"{study['method']}; val in each mode's prompt shape, test with {study['test_shape']} prompts)",
+                  [("mode", "left"), ("criterion", "left"), ("val before", "right"), ("val after (mean ± sd)", "right"),
+                   ("test before (held out)", "right"), ("test after (held out)", "right"), ("improved steps", "right"),
+                   ("specificity", "right"), ("calls/run made", "right"), ("cached", "right"), ("cost/run", "right")])
     reused = {}
     for row in study["rows"]:
-        sd = f" ± {row['after_sd']:.3f}" if row["after_sd"] is not None else ""
-        table.rows.append([row["mode"], row["criterion"], number(row["before"]), number(row["after_mean"]) + sd,
+        table.rows.append([row["mode"], row["criterion"], number(row["val_before"]),
+                           number(row["val_after_mean"]) + spread_text(row["val_after_sd"]), number(row["test_before"]),
+                           number(row["test_after_mean"]) + spread_text(row["test_after_sd"]),
                            f"{row['improved_steps']:.1f}", number(row["specificity"], 1),
                            f"{row.get('calls_made', row['calls']):.0f}", f"{row.get('calls_cached', 0):.0f}",
                            dollars(row["cost"])])
         if row.get("reused_runs"):
             reused[row["mode"]] = row["reused_runs"]
+    table.after.append(Line("choose a mode on val (the numbers the gate selected by); test is held out: read it once, "
+                            "for the mode chosen, since picking the best test number makes it a selection number too"))
     if reused:
         counts = ", ".join(f"{m}: {n}" for m, n in reused.items())
         table.after.append(Line(f"runs finished before were reused from their checkpoints ({counts}): their optimization "
                                 "steps were neither asked again nor counted, only the test split's judgments"))
     return table
+
+
+def spread_text(sd: float | None) -> str:
+    return f" ± {sd:.3f}" if sd is not None else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,20 +471,25 @@ def criterion_failure(result: CriterionResult) -> str:
         lines.append("  failed judgments, for example:")
         for j in failed:
             lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]}; the reply: {json.dumps((j.reply or '')[:80])}")
-    if result.agreement.value is not None and result.criterion.min_rho is None:
-        lines.append("  (no min_rho set for this criterion)")
     return "\n".join(lines)
 
 
 def measured_line(result: CriterionResult) -> str:
-    """What a criterion's verdict rests on: the estimate, protocol, confidence, n, threshold, failed judgments."""
+    """What a criterion's verdict rests on: the estimate, protocol, confidence, the pairs and documents it used,
+    threshold, failed judgments."""
     a = result.agreement
     value = "undefined" if a.value is None else number(a.value)
     has_interval = a.low is not None and a.high is not None
     shown = f" {interval(a.low, a.high)}" if has_interval else ""
     confidence = f"{a.confidence:.0%} CI" if has_interval else "no interval"  # a CI level without a CI says nothing
     threshold = f", min_rho {number(result.criterion.min_rho, 2)}" if result.criterion.min_rho is not None else ""
-    return (f"{a.method} {value}{shown} ({a.level}, {confidence}, n={a.n}{threshold}, "
+    documents = ""
+    if result.documents is not None:
+        skipped = result.documents - a.groups
+        documents = (f" in {a.groups} documents ({skipped} skipped)" if a.level == "group"
+                     else f" of {a.units if has_interval else result.documents} documents")
+    no_interval = f": {a.interval_reason}" if a.interval_reason else ""
+    return (f"{a.method} {value}{shown} ({a.level}, {confidence}{no_interval}, {a.n} pairs{documents}{threshold}, "
             f"failed {result.failed_count}/{result.n})")
 
 

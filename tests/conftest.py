@@ -116,6 +116,11 @@ def make_records(n_groups: int = 6, per_group: int = 4, criteria: tuple[str, ...
     return records
 
 
+# make_records()'s test split holds 2 documents, too few for an interval (correlation.min_groups), so ::merged
+# cannot show that merging costs nothing: tests about where answers come from let that inconclusive verdict pass
+FEW_DOCUMENTS = "interference: {inconclusive: pass}\n"
+
+
 def spec_text(model: str | dict[str, Any] | None, *, criteria: tuple[str, ...] = CRITERIA, min_rho: float = 0.5,
               extra: str = "", data: str = "data.jsonl") -> str:
     model_line = "" if model is None else f"model: {json.dumps(model)}\n"

@@ -20,7 +20,7 @@ import pytest
 
 from pytest_judgeopt.answers import FORMAT, VERSION, Answer, answers_path, read_answers, render
 from pytest_judgeopt.spec import SpecError
-from tests.conftest import human_from_prompt, make_records, server_model, spec_text
+from tests.conftest import FEW_DOCUMENTS, human_from_prompt, make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer
 
 RECORDS = make_records()
@@ -34,7 +34,7 @@ def project(folder: Path, model: dict[str, Any] | str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     spec = folder / "toy.judge.yaml"
-    spec.write_text(spec_text(model, min_rho=0.9))
+    spec.write_text(spec_text(model, min_rho=0.9, extra=FEW_DOCUMENTS))
     return spec
 
 

@@ -71,6 +71,18 @@ def test_broken_spec_is_a_collection_error_without_traceback(pytester: pytest.Py
     assert "Traceback" not in out and "SpecError" not in out and "spec.py" not in out
 
 
+def test_a_criterion_without_min_rho_is_a_collection_error(pytester: pytest.Pytester) -> None:
+    text = spec_text(None, extra=ONLY_CRITERIA).replace("    min_rho: 0.5\n", "", 1)
+    line = text.splitlines().index("  coherence:") + 1
+    write(pytester, spec=text)
+    result = pytester.runpytest("--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*toy.judge.yaml:{line}: criteria.coherence: missing key 'min_rho'. Fix: this criterion "
+                                 "has no gate, so its item could never fail: add `min_rho:` *, or `min_rho: null` to "
+                                 "report its agreement without ever failing"])
+
+
 def test_collection_errors_list_every_problem_and_keep_other_specs(pytester: pytest.Pytester) -> None:
     write(pytester, name="good.judge.yaml")
     text = spec_text(None, extra=ONLY_CRITERIA).replace("min_rho: 0.5", "min_rho: 2", 1).replace("test: 0.5", "test: 1.5")

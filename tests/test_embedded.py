@@ -220,7 +220,7 @@ def test_a_run_on_the_embedded_model_ends_without_resource_warnings(tmp_path: Pa
         split: {train: 0.0, val: 0.0, test: 1.0}
         judge: {max_tokens: 4}
         criteria:
-          coherence: {instruction: Rate the coherence., scale: [1, 5]}
+          coherence: {instruction: Rate the coherence., scale: [1, 5], min_rho: null}
     """))
     (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],

@@ -29,7 +29,7 @@ from pytest_judgeopt.llm import LLM
 from pytest_judgeopt.session import Session
 from tests.conftest import CRITERIA, human_from_prompt, make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer, Fault, Reply
-from tests.world import INITIAL, World, role_of, strict_improves, write_project
+from tests.world import INITIAL, World, gradual_improves, role_of, strict_improves, write_project
 from tests.world import RECORDS as OPT_RECORDS
 
 RECORDS = make_records()
@@ -362,7 +362,8 @@ def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uni
 
     from pytest_judgeopt.cache import Cache
 
-    fake_llm.responder = World(OPT_RECORDS, score=strict_improves)
+    # every step gains (a tie would be rejected, and the next step's same candidate answered from the cache)
+    fake_llm.responder = World(OPT_RECORDS, score=gradual_improves)
     fake_llm.latency = 0.01  # so a run lasts long enough to be killed anywhere in it
     project = tmp_path / "killed"
     spec = write_project(project, fake_llm, optimize="batch_size: 2")

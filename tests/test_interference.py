@@ -50,6 +50,9 @@ def world(perturb: dict[tuple[str, str], Perturb] | None = None,
 def write(pytester: pytest.Pytester, server: FakeLLMServer, **spec_args: Any) -> None:
     (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     spec_args.setdefault("min_rho", 0.2)
+    # The check's logic on a small world of 6 test documents (3 with --judge-sample=3): intervals from 3
+    # documents on. The default correlation.min_groups (8) is tested in test_stats.py and test_plugin.py.
+    spec_args["extra"] = "correlation: {min_groups: 3}\n" + spec_args.get("extra", "")
     (pytester.path / "toy.judge.yaml").write_text(spec_text(server_model(server), **spec_args))
 
 
@@ -91,7 +94,7 @@ def test_harmless_merge_passes(pytester: pytest.Pytester, fake_llm: FakeLLMServe
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*toy.judge.yaml::merged PASSED*",
                                  f"toy merged vs separate prompts (test split, {N} samples, spearman pooled, 95% paired "
-                                 "bootstrap, max_drop 0.02, openai/fake-judge): 2/2 criteria hold",
+                                 "jackknife, max_drop 0.02, openai/fake-judge): 2/2 criteria hold",
                                  "*coherence*1.000*1.000*+0.000*pass", "*fluency*1.000*1.000*+0.000*pass",
                                  f"*merging would use {N} calls instead of {2 * N} (-50%), * prompt tokens instead of *"])
 
@@ -179,7 +182,7 @@ def test_merged_item_points_at_the_interference_key(pytester: pytest.Pytester, f
     assert items[-1].location[1:] == (line - 1, "judge toy.judge.yaml::merged")
     result = pytester.runpytest("-rf", "--junitxml=out.xml", "--judge-report=out")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*90% paired bootstrap, max_drop 0.1*", "FAILED toy.judge.yaml::merged*"])
+    result.stdout.fnmatch_lines(["*90% paired jackknife, max_drop 0.1*", "FAILED toy.judge.yaml::merged*"])
     case = next(c for c in ET.parse(pytester.path / "out.xml").iter("testcase") if c.get("name") == "merged")
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert props["interference_fluency_verdict"] == "fail" and props["interference_coherence_verdict"] == "pass"

@@ -43,10 +43,11 @@ def test_no_ci_is_named_where_there_is_no_interval(tmp_path: Path) -> None:
     few = assess(spec, spec.criteria["coherence"], judged(spec, [1, 2]), split="test", shape="separate",
                  instruction="Rate it.")
     assert few.agreement.low is None
-    assert "CI" not in measured_line(few) and "(pooled, no interval, n=" in measured_line(few)
+    assert "CI" not in measured_line(few) and "(pooled, no interval" in measured_line(few)
+    assert "2 pairs of 2 documents" in measured_line(few)
     many = assess(spec, spec.criteria["coherence"], judged(spec, [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 2, 3]), split="test",
                   shape="separate", instruction="Rate it.")
-    assert many.agreement.low is not None and "(pooled, 95% CI, n=12" in measured_line(many)
+    assert many.agreement.low is not None and "(pooled, 95% CI, 12 pairs of 12 documents" in measured_line(many)
 
 
 def test_a_long_instruction_changed_in_one_word_diffs_as_one_line() -> None:
@@ -76,13 +77,16 @@ def test_a_one_criterion_spec_is_never_called_merged(tmp_path: Path) -> None:
 
 
 def test_the_study_table_shows_calls_made_and_from_the_cache_apart() -> None:
-    row = {"mode": "SSS", "criterion": "coherence", "before": 0.1, "after_mean": 0.2, "after_sd": None,
+    row = {"mode": "SSS", "criterion": "coherence", "val_shape": "merged", "val_before": 0.3, "val_after_mean": 0.5,
+           "val_after_sd": None, "test_before": 0.1, "test_after_mean": 0.2, "test_after_sd": None,
            "improved_steps": 1.0, "specificity": None, "calls": 40.0, "calls_made": 0.0, "calls_cached": 40.0,
            "reused_runs": 2, "cost": None}
-    lines = render([study_table({"spec": "toy", "runs": 2, "steps": 1, "test_size": 18, "method": "spearman",
-                                 "level": "pooled", "rows": [row]})])
-    assert lines[1].split() == ["mode", "criterion", "before", "after", "(mean", "±", "sd)", "improved", "steps",
+    lines = render([study_table({"spec": "toy", "runs": 2, "steps": 1, "val_size": 9, "test_size": 18,
+                                 "test_shape": "separate", "method": "spearman", "level": "pooled", "rows": [row]})])
+    assert lines[1].split() == ["mode", "criterion", "val", "before", "val", "after", "(mean", "±", "sd)", "test",
+                                "before", "(held", "out)", "test", "after", "(held", "out)", "improved", "steps",
                                 "specificity", "calls/run", "made", "cached", "cost/run"]
-    assert lines[3].split() == ["SSS", "coherence", "0.100", "0.200", "1.0", "-", "0", "40", "-"]
-    assert lines[4] == ("  runs finished before were reused from their checkpoints (SSS: 2): their optimization steps "
+    assert lines[3].split() == ["SSS", "coherence", "0.300", "0.500", "0.100", "0.200", "1.0", "-", "0", "40", "-"]
+    assert lines[4].startswith("  choose a mode on val (the numbers the gate selected by); test is held out")
+    assert lines[5] == ("  runs finished before were reused from their checkpoints (SSS: 2): their optimization steps "
                         "were neither asked again nor counted, only the test split's judgments")

@@ -22,7 +22,7 @@ import pytest
 from pytest_judgeopt.llm import LLM
 from pytest_judgeopt.optimize.modes import get_mode, modes_table, planned_calls
 from pytest_judgeopt.session import Session
-from tests.conftest import CRITERIA
+from tests.conftest import CRITERIA, make_records
 from tests.fake_llm import FakeLLMServer, Fault
 from tests.world import (
     GOOD,
@@ -34,11 +34,13 @@ from tests.world import (
     SEPARATE_FORMAT,
     SUMMARY,
     World,
+    degraded,
     human,
     judged_instructions,
     knows,
     names_in,
     new_session,
+    noise,
     role_of,
     strict_improves,
     write_project,
@@ -153,7 +155,7 @@ def test_calls_per_step_match_the_printed_formula(mode_run: Callable[[str, bool]
         measured = Log.count(requests)
         assert measured == planned, f"step {number} of {mode}: the server saw {measured}, the formula says {planned}"
         assert record.calls == planned  # the code's own counters agree with the server
-    shape = 2 * (k if mode == "ST" else 1) * 18  # the test split before and after, nothing else
+    shape = 2 * k * 18  # the test split before and after, nothing else, in the items' shape (separate prompts)
     assert Log.count(test) == {"test": shape}
 
 
@@ -222,8 +224,8 @@ def test_each_role_sees_only_what_its_stage_may_contain(mode_run: Callable[[str,
     judge_requests = [r for r in run.log.requests if r.role in ("judge", "gate", "test")]
     updated = [r for r in judge_requests if "Be strict." in r.text]
     assert updated and len(updated) < len(judge_requests)
-    for r in judge_requests:
-        assert (SEPARATE_FORMAT if m.judge.shape == "separate" else MERGED_FORMAT) in r.text, r.text
+    for r in judge_requests:  # the test split in the items' shape (separate, the default), the loop in the mode's
+        assert (SEPARATE_FORMAT if m.judge.shape == "separate" or r.role == "test" else MERGED_FORMAT) in r.text, r.text
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -310,7 +312,9 @@ def test_the_gate_rolls_back_a_worse_rewrite_and_the_lock_keeps_the_old_instruct
         session.close()
     for step in result.history:
         assert step.proposals == dict.fromkeys(CRITERIA, "Rate loosely.")
-        assert step.accepted == [] and step.rejected_reasons == dict.fromkeys(CRITERIA, "rejected by the val gate")
+        assert step.accepted == []
+        for c in CRITERIA:  # each rewrite is rejected for its own criterion's drop (per_criterion, SSS's default)
+            assert step.rejected_reasons[c].startswith(f"rejected by the val gate: {c} val spearman would fall from 1.000")
     lock = read_yaml(tmp_path / LOCK)
     assert {c: lock["criteria"][c]["instruction"] for c in CRITERIA} == INITIAL
     assert all(lock["criteria"][c]["accepted_steps"] == [] for c in CRITERIA)
@@ -322,7 +326,10 @@ def test_per_criterion_gate_keeps_one_gain_and_rejects_another_loss_in_sss(tmp_p
     assert step.val_after["coherence"] > step.val_before["coherence"]
     assert step.val_after["fluency"] < step.val_before["fluency"]
     assert step.accepted == ["coherence"]
-    assert step.rejected_reasons == {"fluency": "rejected by the val gate"}
+    assert step.rejected_reasons == {"fluency": "rejected by the val gate: fluency val spearman would fall from 1.000 "
+                                                "to 0.725 (tolerance 0)"}
+    assert step.val_kept == pytest.approx({"coherence": 1.0, "fluency": 1.0})  # the kept combination, judged again
+    assert step.judged_again
     assert result.instructions == {"coherence": GOOD["coherence"], "fluency": INITIAL["fluency"]}
     assert read_yaml(tmp_path / "SSS" / LOCK)["criteria"]["fluency"]["instruction"] == INITIAL["fluency"]
 
@@ -337,7 +344,8 @@ def test_no_regression_gate_rejects_a_joint_rewrite_that_hurts_one_criterion(tmp
     assert step.val_after["coherence"] > step.val_before["coherence"]
     assert step.val_after["fluency"] < step.val_before["fluency"]
     assert step.accepted == []
-    assert step.rejected_reasons == dict.fromkeys(CRITERIA, "rejected by the val gate")
+    assert step.rejected_reasons == dict.fromkeys(CRITERIA, "rejected by the val gate: fluency val spearman would fall "
+                                                            "from 1.000 to 0.725 (tolerance 0)")
     assert result.instructions == INITIAL
     assert read_yaml(tmp_path / mode / LOCK)["gate"]["rule"] == "no_regression"
 
@@ -399,7 +407,8 @@ def test_a_role_call_failing_on_every_retry_is_counted_and_the_run_completes(tmp
     assert result.usage[role]["errors"] == {"server": 4}
     assert result.history[0].accepted == ["fluency"]
     assert not any(r.role == "optimizer" and "coherence" in names_in(r.text) for r in log.requests)
-    assert read_yaml(tmp_path / LOCK)["criteria"]["fluency"]["accepted_steps"] == [1, 2]
+    # step 2's second "Be strict." ties on val (already the human score): a tie keeps the instruction in force
+    assert read_yaml(tmp_path / LOCK)["criteria"]["fluency"]["accepted_steps"] == [1]
 
 
 def feedback_labels(text: str) -> tuple[dict[int, str], dict[int, str]]:
@@ -723,7 +732,7 @@ def test_the_mode_study_prints_every_mode_and_criterion_with_specificity(pyteste
     result.assert_outcomes(passed=1)
     out = result.stdout.str()
     assert "judge mode study" in out
-    assert re.search(r"toy: 2 runs per mode, 1 steps each, test split of 18 samples", out)
+    assert re.search(r"toy: 2 runs per mode, 1 steps each, val split of 9 samples, test split of 18 samples", out)
     for mode in MODES:
         for c in CRITERIA:
             row = re.search(rf"^\s+{mode}\s+{c}\s.*$", out, re.M)
@@ -819,3 +828,247 @@ def test_a_lock_broken_by_hand_is_kept_and_an_outdated_one_is_replaced(tmp_path:
         assert read_yaml(lock)["version"] == 1
     finally:
         session.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the gate judges exactly what it keeps (issue 11): cross-criterion harm in one merged prompt, partial
+# acceptance, failed judgments, undefined values, ties; the shape the numbers are for
+
+
+BIG = make_records(n_groups=20, per_group=3)  # split seed 1: 5 train, 5 val, 10 test documents
+HARM = "Count the facts"  # coherence's rewrite: right for coherence, it reverses fluency in a merged prompt
+MENDS = "Mind the grammar"  # fluency's rewrite in the world where it half mends that harm
+
+
+def reversed_score(record: dict[str, Any], criterion: str) -> float:
+    return 6.0 - human(record, criterion)
+
+
+def harmful(record: dict[str, Any], criterion: str, asked: dict[str, str]) -> float:
+    """Coherence is right under HARM (noise otherwise); fluency is right under its own instruction unless
+    HARM shares its prompt, which reverses it."""
+    if criterion == "coherence":
+        return human(record, criterion) if asked.get("coherence") == HARM else noise(record, criterion)
+    return reversed_score(record, criterion) if asked.get("coherence") == HARM else human(record, criterion)
+
+
+def half_mended(record: dict[str, Any], criterion: str, asked: dict[str, str]) -> float:
+    """As ``harmful``, but with fluency's own rewrite beside HARM fluency is only degraded, not reversed."""
+    if criterion == "fluency" and asked.get("coherence") == HARM and asked.get("fluency") == MENDS:
+        return degraded(record, criterion)
+    return harmful(record, criterion, asked)
+
+
+def optimize_once(folder: Path, server: FakeLLMServer, world: Callable[[dict[str, Any]], Any], mode: str, *,
+                  records: list[dict[str, Any]] = BIG, extra: str = "", optimize: str = "") -> tuple[Any, Session, Path]:
+    server.responder = world
+    spec = write_project(folder, server, records=records, extra=extra, optimize=f"steps: 1\nbatch_size: 2\n{optimize}")
+    session = new_session(folder / ".judgeopt")
+    try:
+        return session.optimize(spec, mode, write=True), session, spec
+    finally:
+        session.close()
+
+
+def test_sss_keeps_no_rewrite_that_reverses_another_criterion_and_the_harmed_item_passes(
+        pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    """Done-when of issue 11: the per-criterion rule looked at coherence alone and kept HARM, which the merged
+    prompt's fluency paid for (its recorded val stayed as it was); the lock then failed fluency's item."""
+    fake_llm.responder = World(BIG, joint=harmful, proposals={"coherence": HARM, "fluency": None})
+    write_project(pytester.path, fake_llm, records=BIG, extra="inference: merged\ninterference: false\n",
+                  optimize="steps: 2\nbatch_size: 2")
+    result = pytester.runpytest("--judge-optimize", "--judge-mode=SSS", "-v")
+    result.stdout.fnmatch_lines(["*toy.judge.yaml::optimize PASSED*", "*toy.judge.yaml::coherence FAILED*",
+                                 "*toy.judge.yaml::fluency PASSED*"])
+    lock = read_yaml(pytester.path / LOCK)
+    assert {c: lock["criteria"][c]["instruction"] for c in CRITERIA} == INITIAL
+    assert lock["criteria"]["fluency"]["val"] == pytest.approx({"before": 1.0, "after": 1.0})
+    out = result.stdout.str()
+    assert "fluency val spearman would fall from 1.000 to -1.000" in out  # why coherence's rewrite was rejected
+
+
+def test_a_partial_acceptance_is_judged_as_the_combination_it_keeps(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """Coherence's rewrite gains, fluency's loses: keeping coherence's alone forms a prompt the candidate's
+    judgment never saw, in which fluency is reversed. The gate judges that combination and rejects it."""
+    world = World(BIG, joint=half_mended, proposals={"coherence": HARM, "fluency": MENDS})
+    result, session, spec = optimize_once(tmp_path, fake_llm, world, "SSS", extra="inference: merged\n")
+    (step,) = result.history
+    assert step.val_after["coherence"] == pytest.approx(1.0) and step.val_before["coherence"] < 0.9
+    assert step.val_before["fluency"] == pytest.approx(1.0)
+    assert -0.9 < step.val_after["fluency"] < 0.99  # the candidate: degraded
+    assert step.val_kept == pytest.approx({"coherence": 1.0, "fluency": -1.0})  # the combination, judged again
+    assert step.judged_again
+    assert step.accepted == []
+    assert step.rejected_reasons["coherence"].startswith("rejected by the val gate: kept without fluency's rewrite, ")
+    assert "fluency val spearman would fall from 1.000 to -1.000" in step.rejected_reasons["coherence"]
+    val = len(session.records(session.load(spec), "val"))
+    assert step.calls["gate"] == 2 * val  # the candidate, then the combination
+    assert result.instructions == INITIAL
+    assert result.outcomes["fluency"].val_after == pytest.approx(1.0)  # what is in force, measured
+    verify = new_session(tmp_path / ".judgeopt")
+    try:
+        assert verify.evaluate(spec, "fluency").passed
+    finally:
+        verify.close()
+
+
+def test_a_kept_combination_records_its_real_val_values(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """Coherence gains; fluency's own rewrite loses and is dropped; coherence's rewrite alone leaves fluency as it
+    was. The combination is judged, kept, and its measured values (not the candidate's) are the new val."""
+    world = World(BIG, joint=lambda r, c, asked: (human(r, c) if asked[c] in (HARM, INITIAL["fluency"]) else
+                                                 degraded(r, c) if asked[c] == MENDS else noise(r, c)),
+                  proposals={"coherence": HARM, "fluency": MENDS})
+    result, _, _ = optimize_once(tmp_path, fake_llm, world, "SSS")
+    (step,) = result.history
+    assert step.accepted == ["coherence"]
+    assert step.val_after["fluency"] < 0.99 and step.val_kept["fluency"] == pytest.approx(1.0)
+    assert step.judged_again
+    assert result.outcomes["fluency"].val_after == pytest.approx(1.0)
+    assert result.outcomes["coherence"].val_after == pytest.approx(1.0)
+
+
+def extremes_only(record: dict[str, Any], criterion: str, asked: dict[str, str]) -> float | None:
+    """Under EXTREMES the coherence judge answers only where the human score is 1 or 5 (and then rightly);
+    otherwise it agrees, imperfectly, everywhere."""
+    if criterion == "coherence" and asked.get("coherence") == EXTREMES:
+        return human(record, criterion) if human(record, criterion) in (1.0, 5.0) else None
+    return degraded(record, criterion)
+
+
+EXTREMES = "Rate only the clear cases"
+
+
+@pytest.mark.parametrize("mode", ["ST", "SSS", "CCC"])
+def test_a_rewrite_that_answers_only_easy_samples_is_rejected(tmp_path: Path, fake_llm: FakeLLMServer, mode: str) -> None:
+    """Failures raise rho: agreement on the parsed judgments alone went to 1.0 while 60% of the judgments failed."""
+    world = World(BIG, joint=extremes_only, proposals={"coherence": EXTREMES, "fluency": None})
+    result, _, _ = optimize_once(tmp_path, fake_llm, world, mode)
+    (step,) = result.history
+    assert step.val_after["coherence"] == pytest.approx(1.0) and step.val_before["coherence"] < 0.9
+    assert step.accepted == []
+    reason = step.rejected_reasons["coherence"]
+    assert re.search(r"coherence failed judgments would rise from 0/15 to 10/15 \(67%\), above the allowed 10%", reason), reason
+    assert step.val_failed["after"]["coherence"] == [10, 15]
+
+
+@pytest.mark.parametrize("mode", ["ST", "SSS"])
+def test_undefined_agreement_before_and_after_is_no_evidence(tmp_path: Path, fake_llm: FakeLLMServer, mode: str) -> None:
+    """A constant judge has no rank correlation: -inf >= -inf used to count as 'not worse' and keep the rewrite."""
+    world = World(BIG, joint=lambda r, c, asked: 3.0 if c == "coherence" else human(r, c),
+                  proposals={"coherence": "Rate it once more.", "fluency": None})
+    result, _, _ = optimize_once(tmp_path, fake_llm, world, mode)
+    (step,) = result.history
+    assert step.val_before["coherence"] is None and step.val_after["coherence"] is None
+    assert step.accepted == []
+    assert "undefined before and after" in step.rejected_reasons["coherence"]
+
+
+@pytest.mark.parametrize("mode", ["ST", "SSS", "SSC", "CCC"])
+def test_a_tie_keeps_the_old_instruction_under_every_rule(tmp_path: Path, fake_llm: FakeLLMServer, mode: str) -> None:
+    """per_criterion kept a rewrite that tied (>=) while no_regression required a gain: one rule now, a gain."""
+    world = World(BIG, score=lambda r, c, i: noise(r, c))  # every instruction scores the same
+    result, _, _ = optimize_once(tmp_path, fake_llm, world, mode)
+    (step,) = result.history
+    assert step.val_after == step.val_before and all(step.proposals.values())
+    assert step.accepted == []
+    assert all("no criterion's val agreement improved" in step.rejected_reasons[c] or
+               "does not improve" in step.rejected_reasons[c] for c in CRITERIA), step.rejected_reasons
+
+
+def test_the_test_split_is_judged_in_the_shape_the_items_test_and_the_lock_says_so(
+        tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """SSS optimizes a merged prompt; the items test separate prompts (the default): the lock's test numbers are
+    theirs, the lock and a note say which shape each number is for."""
+    _, session, spec = optimize_once(tmp_path, fake_llm, World(BIG, score=strict_improves), "SSS")
+    log = Log(fake_llm, session, spec)
+    tests = [r for r in log.requests if r.role == "test"]
+    assert tests and all(SEPARATE_FORMAT in r.text for r in tests)
+    assert all(MERGED_FORMAT in r.text for r in log.requests if r.role == "gate")
+    lock = read_yaml(tmp_path / LOCK)
+    assert lock["shapes"] == {"optimized": "merged", "test": "separate"}
+    assert any("mode SSS optimized and gated the instructions with one merged prompt, but the items test them "
+               "with separate prompts" in note for note in session.notes), session.notes
+
+    _, session, spec = optimize_once(tmp_path / "merged", fake_llm, World(BIG, score=strict_improves), "SSS",
+                                     extra="inference: merged\n")
+    assert read_yaml(tmp_path / "merged" / LOCK)["shapes"]["test"] == "merged"
+    assert not any("optimized and gated" in note for note in session.notes)
+
+
+def test_a_significant_test_drop_fails_the_optimize_item_and_writes_no_lock(pytester: pytest.Pytester,
+                                                                            fake_llm: FakeLLMServer) -> None:
+    """The rewrite fits train and val and reverses the judge on test: the paired difference excludes zero below."""
+    write_project(pytester.path, fake_llm, records=BIG, optimize="steps: 1\nbatch_size: 2")
+    test_ids = {r.id for r in Session(LLM()).load(pytester.path / "toy.judge.yaml").splits.test}
+
+    def overfit(record: dict[str, Any], criterion: str, instruction: str) -> float:
+        on_test = record["id"] in test_ids
+        if criterion == "coherence" and instruction == HARM:
+            return reversed_score(record, criterion) if on_test else human(record, criterion)
+        return human(record, criterion) if on_test or criterion == "fluency" else noise(record, criterion)
+
+    fake_llm.responder = World(BIG, score=overfit, proposals={"coherence": HARM, "fluency": None})
+    result = pytester.runpytest("--judge-optimize", "--judge-mode=ST", "-v")
+    result.stdout.fnmatch_lines(["*toy.judge.yaml::optimize FAILED*"])
+    out = result.stdout.str()
+    assert re.search(r"coherence: the test agreement fell significantly with the new instructions \(1\.000 -> "
+                     r"-1\.000, difference -2\.000 \[-2\.000, -2\.000\]\); no lock was written", out), out
+    assert not (pytester.path / LOCK).exists()
+    assert "no lock written" in out  # the summary's heading says so too
+
+
+def test_the_mode_study_shows_val_numbers_and_marks_test_as_held_out(pytester: pytest.Pytester,
+                                                                     fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = World(RECORDS, score=strict_improves)
+    write_project(pytester.path, fake_llm, optimize="study_runs: 1\nbatch_size: 2")
+    result = pytester.runpytest("--judge-optimize=study", "--judge-steps=1", "-k", "study")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    header = next(line for line in out.splitlines() if "criterion" in line and "mode" in line)
+    assert "val before" in header and "val after" in header and "test before (held out)" in header, header
+    from scipy.stats import spearmanr
+
+    val = Session(LLM()).load(pytester.path / "toy.judge.yaml").splits.val
+    by_id = {r["id"]: r for r in RECORDS}
+    noisy = spearmanr([noise(by_id[r.id], "coherence") for r in val], [r.human["coherence"] for r in val])[0]
+    row = re.search(r"^\s+SSS\s+coherence\s.*$", out, re.M).group(0).split()
+    assert row[2:4] == [f"{noisy:.3f}", "1.000"], row  # val before (the initial noise) and after (the human score)
+    assert "choose a mode on val" in out
+
+
+CASE_TEXT = "Sentences out of order, the end before the start."
+
+
+def mends_or_reverses(record: dict[str, Any], criterion: str, asked: dict[str, str]) -> float:
+    """Coherence is right under HARM; fluency is degraded under its initial instruction, right under MENDS, and
+    reversed when HARM shares its prompt without MENDS."""
+    if criterion == "coherence":
+        return human(record, criterion) if asked.get("coherence") == HARM else noise(record, criterion)
+    if asked.get("fluency") == MENDS:
+        return human(record, criterion)
+    return reversed_score(record, criterion) if asked.get("coherence") == HARM else degraded(record, criterion)
+
+
+def test_what_the_case_gate_leaves_is_judged_on_val_as_the_combination_it_is(tmp_path: Path,
+                                                                             fake_llm: FakeLLMServer) -> None:
+    """The val gate keeps both rewrites (both gain, judged together); the case gate drops fluency's (it breaks a
+    case). Coherence's left alone reverses fluency in the merged prompt: judged again, the step keeps nothing."""
+    world = World(BIG, joint=mends_or_reverses, proposals={"coherence": HARM, "fluency": MENDS})
+
+    def respond(body: dict[str, Any]) -> str | Fault:
+        text = body["messages"][-1]["content"]
+        if role_of(body) == "judge" and f"<summary>\n{CASE_TEXT}\n</summary>" in text:
+            scores = {c: 5 if i == MENDS else 1 for c, i in judged_instructions(text).items()}
+            return f"{next(iter(scores))}: {next(iter(scores.values()))}" if SEPARATE_FORMAT in text else json.dumps(scores)
+        return world(body)
+
+    cases = f"cases:\n  - {{name: jumbled, inputs: {{source: s, summary: {CASE_TEXT!r}}}, expect: {{fluency: [1, 2]}}}}\n"
+    result, _, _ = optimize_once(tmp_path, fake_llm, respond, "SSS", extra=cases, optimize="gate: {cases: true}")
+    (step,) = result.history
+    assert step.val_after == pytest.approx({"coherence": 1.0, "fluency": 1.0})  # the candidate: both gain
+    assert step.rejected_reasons["fluency"].startswith("rejected by the case gate: case[jumbled] breaks")
+    assert step.judged_again and step.val_kept["fluency"] == pytest.approx(-1.0)
+    assert step.accepted == []
+    assert step.rejected_reasons["coherence"].startswith("rejected by the val gate: kept without fluency's rewrite, "
+                                                         "fluency val spearman would fall")
+    assert result.instructions == INITIAL

@@ -13,13 +13,15 @@ import pytest
 from tests.conftest import human_from_prompt, make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer, Fault
 
-RECORDS = make_records()
+RECORDS = make_records()  # the test split (seed 1) holds 2 of the 6 documents: no interval (min_groups 8)
+MANY = make_records(n_groups=20)  # the test split holds 10 documents, 40 samples
 NO_MERGED_ITEM = "interference: false\n"
 
 
-def write(pytester: pytest.Pytester, server: FakeLLMServer | None, **spec_args: Any) -> None:
+def write(pytester: pytest.Pytester, server: FakeLLMServer | None, *, records: list[dict[str, Any]] = RECORDS,
+          **spec_args: Any) -> None:
     """The criterion items alone: the merged item (tests/test_interference.py) is off, so counts stay per criterion."""
-    (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     model = server_model(server) if server is not None else None
     spec_args["extra"] = spec_args.get("extra", "") + NO_MERGED_ITEM
     (pytester.path / "toy.judge.yaml").write_text(spec_text(model, **spec_args))
@@ -115,35 +117,91 @@ def test_unparseable_replies_count_as_failures(pytester: pytest.Pytester, fake_l
 
 
 def test_lower_bound_gate_is_stricter_than_point(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
-    truthful = human_from_prompt(RECORDS)
+    truthful = human_from_prompt(MANY)
 
     def respond(body: dict[str, Any]) -> str:
-        """Right on most samples, upside down on two: rho about 0.5 on 8 samples, with a wide interval."""
+        """Right on most samples, upside down on two per even article: rho about 0.5, with a wide interval."""
         criterion, score = truthful(body).split(": ")
         sample, article = map(int, re.search(r"Summary (\d+) of article (\d+)", body["messages"][-1]["content"]).groups())
         flip = sample in (0, 1) and article % 2 == 0
         return f"{criterion}: {6 - float(score) if flip else float(score):g}"
 
     fake_llm.responder = respond
-    write(pytester, fake_llm, min_rho=0.3)
-    pytester.runpytest().assert_outcomes(passed=2)
-    (pytester.path / "toy.judge.yaml").write_text(
-        spec_text(server_model(fake_llm), min_rho=0.3, extra="correlation: {gate: lower_bound}\n" + NO_MERGED_ITEM))
+    write(pytester, fake_llm, records=MANY, min_rho=0.25)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*- coherence: passes on the estimate; the interval [[]*] does not exclude min_rho 0.25"])
+    write(pytester, fake_llm, records=MANY, min_rho=0.25, extra="correlation: {gate: lower_bound}\n")
     result = pytester.runpytest()
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(["*the interval's lower end * is below min_rho 0.30*"])
+    result.stdout.fnmatch_lines(["*the interval's lower end * is below min_rho 0.25*"])
+
+
+def test_lower_bound_gate_on_four_documents_fails_for_too_few_documents(pytester: pytest.Pytester,
+                                                                        fake_llm: FakeLLMServer) -> None:
+    records = make_records(n_groups=8)  # the test split holds 4 documents
+    fake_llm.responder = human_from_prompt(records)  # a perfect judge: rho 1 on 16 samples
+    write(pytester, fake_llm, records=records, extra="correlation: {gate: lower_bound}\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*the lower-bound gate needs an interval and there is none: too few documents: 4 "
+                                 "(an interval needs at least 8; correlation.min_groups)*"])
+    write(pytester, fake_llm, records=records)  # the point gate passes on the estimate, and says it has no interval
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*coherence*1.000*-*0.50*16*16*0*4*pass",
+                                 "*- coherence: passes on the estimate; there is no interval (too few documents: 4 *"])
+
+
+def test_min_rho_null_reports_and_never_fails(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    fake_llm.responder = reversed_scores  # rho -1 on both criteria
+    write(pytester, fake_llm)
+    spec = pytester.path / "toy.judge.yaml"
+    spec.write_text(spec.read_text().replace("min_rho: 0.5", "min_rho: null", 1))  # coherence reports only
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*toy.judge.yaml::coherence PASSED*", "*toy.judge.yaml::fluency FAILED*",
+                                 "toy (test split, 8 samples, *): 0/1 criteria pass, 1 report only",
+                                 "*coherence*spearman*-1.000*report only",
+                                 "*- coherence: reports only (min_rho: null), so this item never fails"])
+    fake_llm.responder = lambda body: "I'm sorry, but I can't help with that."
+    result = pytester.runpytest("--judge-cache=off")
+    result.assert_outcomes(passed=1, failed=1)  # what would fail a gate is said, not enforced
+    result.stdout.fnmatch_lines(["*- coherence: reports only (min_rho: null), so this item never fails; a gate would "
+                                 "fail it: 8/8 judgments failed (100%), above the allowed 10%; spearman is undefined*"])
+
+
+def test_too_many_skipped_documents_fail_at_group_level(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    truthful = human_from_prompt(MANY)
+
+    def respond(body: dict[str, Any]) -> str:
+        """Right everywhere, except a constant 3 on the samples of two articles."""
+        criterion, score = truthful(body).split(": ")
+        article = re.search(r"Summary \d+ of article (\d+)", body["messages"][-1]["content"]).group(1)
+        return f"{criterion}: 3" if article in ("2", "3") else f"{criterion}: {score}"
+
+    fake_llm.responder = respond
+    write(pytester, fake_llm, records=MANY, extra="correlation: {level: group}\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)  # 2 of the 10 test documents skipped: 20%, above the allowed 10%
+    result.stdout.fnmatch_lines(["*- 2 of 10 documents were skipped (constant scores, or fewer than 3 scored pairs), "
+                                 "above the allowed 10% (correlation.max_skipped_groups)",
+                                 "*coherence*spearman*1.000*0.50*32*40*0*8 (2 skipped)*FAIL"])
+    write(pytester, fake_llm, records=MANY, extra="correlation: {level: group, max_skipped_groups: 0.2}\n")
+    pytester.runpytest().assert_outcomes(passed=2)
 
 
 def test_junit_properties_carry_the_numbers(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
-    fake_llm.responder = human_from_prompt(RECORDS)
-    write(pytester, fake_llm)
+    fake_llm.responder = human_from_prompt(MANY)
+    write(pytester, fake_llm, records=MANY)
     pytester.runpytest("--junitxml=out.xml").assert_outcomes(passed=2)
     tree = ET.parse(pytester.path / "out.xml")
     case = next(c for c in tree.iter("testcase") if c.get("name") == "coherence")
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert float(props["judge_rho"]) == pytest.approx(1.0)
     assert props["judge_min_rho"] == "0.5"
-    assert int(props["judge_n"]) == 8  # 2 of the 6 documents are in the test split
+    assert int(props["judge_n"]) == 40 and int(props["judge_pairs"]) == 40  # 10 of the 20 documents are in the test split
+    assert props["judge_documents"] == "10"
     assert props["judge_parse_failures"] == "0"
     assert float(props["judge_ci_low"]) <= float(props["judge_rho"]) <= float(props["judge_ci_high"])
 
@@ -168,13 +226,13 @@ def test_sample_option_judges_fewer_documents(pytester: pytest.Pytester, fake_ll
 
 
 def test_judge_fixture_evaluates_another_instruction(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
-    fake_llm.responder = human_from_prompt(RECORDS)
-    write(pytester, fake_llm)
+    fake_llm.responder = human_from_prompt(MANY)
+    write(pytester, fake_llm, records=MANY)
     pytester.makepyfile(test_mine="""
         def test_instruction(judge):
             result = judge.evaluate("toy.judge.yaml", "coherence", instruction="Rate the coherence, strictly.")
             assert result.rho == 1.0
-            assert result.n == 8
+            assert result.n == 40
             assert result.instruction == "Rate the coherence, strictly."
             assert set(result.predictions) and result.failures == {}
             low, high = result.interval
@@ -321,15 +379,14 @@ def test_a_run_judges_only_the_criteria_it_selected(pytester: pytest.Pytester, f
 def test_two_selected_criteria_are_judged_in_one_pass_record_by_record(pytester: pytest.Pytester,
                                                                        fake_llm: FakeLLMServer) -> None:
     write_three(pytester, fake_llm)
-    pytester.runpytest("-k", "coherence or relevance").assert_outcomes(passed=2)
+    # one call in flight, so the order the server sees is the order the calls were made in (not arrival luck)
+    pytester.runpytest("-k", "coherence or relevance", "--judge-concurrency", "1").assert_outcomes(passed=2)
     asked = [(re.search(r"<summary>\n(.*?)\n</summary>", t, re.S).group(1), re.search(r"Criterion: (\w+)", t).group(1))
              for t in (b["messages"][-1]["content"] for b in fake_llm.chat_requests())]
     assert {c for _, c in asked} == {"coherence", "relevance"}
     assert Counter(s for s, _ in asked) == Counter({s: 2 for s, _ in asked})  # each sample once per criterion
-    # announced together, one sample's two prompts next to each other: the order the server saw them in follows
-    # the samples (the client has 8 calls in flight, so only the first arrivals are compared)
-    first = [s for s, _ in asked[:4]]
-    assert first[0] == first[1] or first[0] in first[1:4]
+    # one pass: each sample's two prompts are made next to each other
+    assert all(asked[i][0] == asked[i + 1][0] and asked[i][1] != asked[i + 1][1] for i in range(0, len(asked), 2))
 
 
 def test_the_merged_item_makes_its_spec_judge_every_criterion(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:

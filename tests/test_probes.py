@@ -127,7 +127,7 @@ def test_pad_with_the_bound_gate_needs_the_interval_within_max_rise(pytester: py
     result = pytester.runpytest("-v", "-k", "probe")
     result.assert_outcomes(passed=1, failed=1, deselected=2)
     result.stdout.fnmatch_lines(["*probe?point? PASSED*", "*probe?bound? FAILED*"])
-    assert re.search(r"the mean rise \+0\.050 is within max_rise 0\.1, but its interval \[\+0\.000, \+0\.\d+\] "
+    assert re.search(r"the mean rise \+0\.050 is within max_rise 0\.1, but its interval \[-0\.\d+, \+0\.\d+\] "
                      r"reaches beyond it \(gate: bound\)", result.stdout.str()), result.stdout.str()
 
 
@@ -231,26 +231,33 @@ def test_probe_ids_are_stable(pytester: pytest.Pytester) -> None:
 # the statistic
 
 
-def test_mean_change_resamples_whole_documents() -> None:
+def test_mean_change_leaves_out_whole_documents() -> None:
+    import numpy as np
+    from scipy import stats
+
     from pytest_judgeopt.stats import mean_change
 
-    before = [1, 1, 1, 1, 2, 2, 2, 2]
-    after = [2, 2, 2, 2, 2, 2, 2, 2]  # document a rises by 1, document b not at all
+    before = [1.0] * 32
+    after = [1.0 + (k // 4) % 2 for k in range(32)]  # 8 documents of 4 pairs: every other one rises by 1
+    groups = [f"d{k // 4}" for k in range(32)]
     pooled = mean_change(before, after)
-    by_doc = mean_change(before, after, groups=list("aaaabbbb"))
-    assert pooled.value == by_doc.value == 0.5 and by_doc.groups == 2 and pooled.groups == 0
-    # two documents: every resample is aa, ab or bb, so the interval spans both documents' own changes
-    assert (by_doc.low, by_doc.high) == (0.0, 1.0)
+    by_doc = mean_change(before, after, groups=groups)
+    assert pooled.value == by_doc.value == 0.5 and by_doc.groups == 8 and pooled.groups == 0
+    # equal documents: the jackknife of the pooled mean is the t-interval over the documents' own changes
+    per_doc = [0.0, 1.0] * 4
+    low, high = stats.t.interval(0.95, 7, loc=np.mean(per_doc), scale=stats.sem(per_doc))
+    assert (by_doc.low, by_doc.high) == pytest.approx((low, high))
     assert pooled.high - pooled.low < by_doc.high - by_doc.low  # pairs of one document are not independent
 
 
-def test_mean_change_is_undefined_without_pairs_and_has_no_interval_from_one() -> None:
+def test_mean_change_is_undefined_without_pairs_and_has_no_interval_below_min_groups() -> None:
     from pytest_judgeopt.stats import mean_change
 
     empty = mean_change([], [])
     assert empty.value is None and "no pairs" in (empty.reason or "")
     one = mean_change([1, 2, 3], [2, 3, 4], groups=["a", "a", "a"])
-    assert one.value == 1.0 and one.low is None and one.reason == "an interval needs at least 2 documents, there is 1"
+    assert one.value == 1.0 and one.low is None
+    assert one.reason == "too few documents: 1 (an interval needs at least 8; correlation.min_groups)"
     with pytest.raises(ValueError, match="before has 2 scores but after has 1"):
         mean_change([1, 2], [1])
 

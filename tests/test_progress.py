@@ -94,7 +94,8 @@ def test_the_status_goes_after_the_cursor_and_the_cursor_back() -> None:
 
 def write_project(folder: Path, server: FakeLLMServer) -> None:
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    (folder / "toy.judge.yaml").write_text(spec_text(server_model(server)))
+    # 2 test documents: too few for the merged check's interval, which these display tests do not judge
+    (folder / "toy.judge.yaml").write_text(spec_text(server_model(server), extra="interference: {inconclusive: pass}\n"))
 
 
 def test_no_progress_when_the_output_is_not_a_terminal(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
@@ -139,12 +140,12 @@ def test_on_a_terminal_the_status_is_drawn_while_judging_and_leaves_no_trace(rep
     assert re.fullmatch(r"toy\.judge\.yaml \.\.\. +\[100%\]", lines[start + 4]) and len(lines[start + 4]) < 120
     clean = "\n".join(lines)
     assert "\x1b[32mpass" in screen  # the summary is coloured on a terminal
-    assert re.search(r"coherence\s+spearman\s+1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+8\s+0\s+pass", clean)
+    assert re.search(r"coherence\s+spearman\s+1\.000\s+-\s+0\.50\s+8\s+8\s+0\s+2\s+pass", clean)
 
 
 def test_with_no_color_the_status_and_the_summary_are_plain(replayable: Path) -> None:
     screen = in_terminal(replayable, env={"NO_COLOR": "1"})
     assert DRAW.search(screen)  # still a terminal: the status is drawn, without the dim style
     assert "\x1b[2m" not in screen and "\x1b[32m" not in screen and "\x1b[1m" not in screen
-    assert re.search(r"coherence\s+spearman\s+1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+8\s+0\s+pass", screen)
+    assert re.search(r"coherence\s+spearman\s+1\.000\s+-\s+0\.50\s+8\s+8\s+0\s+2\s+pass", screen)
     # (pytest-xdist in a terminal: tests/test_report.py's parallel run, where no worker draws a status)

@@ -18,7 +18,7 @@ import pytest
 
 from pytest_judgeopt.cache import Cache
 from pytest_judgeopt.redis_cache import shown_url
-from tests.conftest import RedisServer, human_from_prompt, make_records, server_model, spec_text
+from tests.conftest import FEW_DOCUMENTS, RedisServer, human_from_prompt, make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer
 
 RECORDS = make_records()
@@ -30,7 +30,7 @@ def checkout(folder: Path, server: FakeLLMServer) -> Path:
     folder.mkdir(parents=True)
     (folder / "pytest.ini").write_text("[pytest]\n")
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    (folder / "toy.judge.yaml").write_text(spec_text(server_model(server), min_rho=0.9))
+    (folder / "toy.judge.yaml").write_text(spec_text(server_model(server), min_rho=0.9, extra=FEW_DOCUMENTS))
     return folder
 
 

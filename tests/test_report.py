@@ -119,15 +119,17 @@ def test_terminal_summary_answers_can_i_trust_this_judge(pytester: pytest.Pytest
     assert re.search(r"criterion\s+val before\s+val after\s+test before\s+test after\s+difference\s+accepted steps", text)
     assert re.search(r"coherence\s+-?\d\.\d{3}\s+1\.000\s+\S+ \[\S+, \S+\]\s+1\.000 \[\S+, \S+\]\s+\S+ \[\S+, \S+\]\s+1$", text, re.M)
     assert re.search(r"fluency\s+1\.000\s+1\.000 .* none$", text, re.M)
-    assert "+Count the facts" in text and "fluency: unchanged (rejected by the val gate)" in text
+    assert "+Count the facts" in text
+    assert "fluency: unchanged (rejected by the val gate: fluency val spearman would fall from 1.000 to 0.725" in text
     assert re.search(r"calls: \d+ \(\d+ made, \d+ from cache or shared; .*\); tokens [\d,]+ in, [\d,]+ out; "
                      r"cost unknown; wall time \d+\.\d s", text)
 
     agreement = section(result, "judge agreement")
     assert agreement[0] == "toy (test split, 18 samples, separate prompts, openai/fake-judge): 2/2 criteria pass"
-    assert re.match(r"\s+criterion\s+metric\s+rho\s+interval\s+min\s+n\s+failed\s+verdict$", agreement[1])
+    assert re.match(r"\s+criterion\s+metric\s+rho\s+interval\s+min\s+n\s+judged\s+failed\s+docs\s+verdict$", agreement[1])
     rows = [line for line in agreement if re.match(r"\s+(coherence|fluency)\s+spearman", line)]
-    assert len(rows) == 2 and all(re.search(r"1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+18\s+0\s+pass$", r) for r in rows)
+    assert len(rows) == 2 and all(re.search(r"1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+18\s+18\s+0\s+6\s+pass$", r)
+                                  for r in rows)
     assert "instructions from lock: coherence, fluency" in "\n".join(agreement)
     assert any(line.startswith("toy merged vs separate prompts") and line.endswith("2/2 criteria hold") for line in agreement)
     assert agreement[-1].startswith("model calls: ")
@@ -144,13 +146,13 @@ def test_terminal_summary_answers_can_i_trust_this_judge(pytester: pytest.Pytest
 def test_summary_colours_only_on_a_terminal_without_no_color() -> None:
     ev = {"spec": "toy", "path": "/x/toy.judge.yaml", "split": "test", "shape": "separate", "model": "m", "records": 3,
           "results": [{"criterion": "coherence", "method": "spearman", "value": 0.1, "low": -0.2, "high": 0.4,
-                       "min_rho": 0.3, "n": 3, "parse_failures": {"refusal": 1}, "passed": False,
-                       "undefined_reason": None, "instruction": "i", "instruction_source": "spec"}]}
+                       "min_rho": 0.3, "n": 3, "pairs": 2, "parse_failures": {"refusal": 1}, "passed": False,
+                       "undefined_reason": None, "instruction": "i", "instruction_source": "spec", "documents": None}]}
     found = merge([{"evaluations": [ev], "usage": {"judge": Usage(calls=3).state()}}])
     sections = dict(summary_sections(found))
     plain = render(sections["judge agreement"])
     assert plain[0] == "toy (test split, 3 samples, separate prompts, m): 0/1 criteria pass"
-    assert re.fullmatch(r"\s+coherence\s+spearman\s+0\.100\s+\[-0\.200, 0\.400\]\s+0\.30\s+3\s+1\s+FAIL", plain[3])
+    assert re.fullmatch(r"\s+coherence\s+spearman\s+0\.100\s+\[-0\.200, 0\.400\]\s+0\.30\s+2\s+3\s+1\s+-\s+FAIL", plain[3])
     assert not any("\x1b" in line for line in plain)
     coloured = render(sections["judge agreement"], color=True, width=100)
     assert any("\x1b[" in line and "FAIL" in line for line in coloured)
@@ -179,7 +181,7 @@ def test_every_item_carries_its_numbers_as_junit_properties(pytester: pytest.Pyt
     tree = ET.parse(pytester.path / "junit.xml")
     coherence = properties(tree, "coherence")
     assert set(coherence) == {"judge_metric", "judge_level", "judge_rho", "judge_ci_low", "judge_ci_high", "judge_n",
-                              "judge_min_rho", "judge_parse_failures", "judge_shape"}
+                              "judge_pairs", "judge_documents", "judge_min_rho", "judge_parse_failures", "judge_shape"}
     assert float(coherence["judge_rho"]) == pytest.approx(1.0) and coherence["judge_n"] == "18"
     assert coherence["judge_min_rho"] == "0.5" and coherence["judge_parse_failures"] == "0"
 

@@ -47,6 +47,7 @@ criteria:
     min_rho: 0.5
   fluency:
     instruction: Rate the fluency.
+    min_rho: null
     scale: [1, 5]
 """
 assert BASE.splitlines()[15] == "criteria:" and BASE.splitlines()[19] == "    min_rho: 0.5"
@@ -98,13 +99,13 @@ BROKEN = [
     Broken("unknown top-level key", edit("criteria:", "critera:"), 16, "critera",
            "unknown key 'critera'", "did you mean 'criteria'?", problems=2),  # and criteria is missing
     Broken("unknown nested key", edit("min_rho: 0.5", "min_roh: 0.5"), 20, "criteria.coherence.min_roh",
-           "unknown key 'min_roh'", "did you mean 'min_rho'?"),
+           "unknown key 'min_roh'", "did you mean 'min_rho'?", problems=2),  # and min_rho is missing, as with critera
     Broken("unknown model role", edit("model: openai/gpt-4o-mini", "models:\n  jduge: openai/gpt-4o"), 3, "models.jduge",
            "unknown key 'jduge'", "did you mean 'judge'?"),
     Broken("min_rho as text", edit("min_rho: 0.5", "min_rho: high"), 20, "criteria.coherence.min_rho",
-           'expected a number, got text ("high")', "write a number here"),
+           'expected a number or null, got text ("high")', "write a number or null here"),
     Broken("min_rho true/false", edit("min_rho: 0.5", "min_rho: true"), 20, "criteria.coherence.min_rho",
-           "expected a number, got true/false", "write a number here"),
+           "expected a number or null, got true/false", "write a number or null here"),
     Broken("scale as text", edit("scale: [1, 5]\n    min_rho", "scale: 1-5\n    min_rho"), 19, "criteria.coherence.scale",
            'expected a list, got text ("1-5")', "write a list here"),
     Broken("criteria as a list", BASE.split("criteria:")[0] + "criteria:\n  - coherence\n  - fluency\n", 16, "criteria",
@@ -178,8 +179,9 @@ BROKEN = [
            "over the 1,000,000 limit for a spec", "keep data in the dataset file"),
     # issue 12.2: an unquoted comma in a flow mapping ends the value; the rest became "unknown key '1 to 5.'"
     Broken("unquoted comma in a flow mapping",
-           edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
-                "    {instruction: Rate the fluency, from 1 to 5., scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {"),
+           edit("    instruction: Rate the fluency.\n    min_rho: null\n    scale: [1, 5]\n",
+                "    {instruction: Rate the fluency, from 1 to 5., min_rho: null,\n     scale: [1, 5]}\n")
+           .replace("  fluency:\n    {", "  fluency: {"),
            21, "criteria.fluency.instruction",
            "the value was split at a comma: inside {...} YAML ends 'Rate the fluency' at the comma and reads "
            "'from 1 to 5.' as a key of its own", 'quote the value: instruction: "Rate the fluency, from 1 to 5."'),
@@ -240,8 +242,9 @@ def test_a_comma_in_a_field_name_mapping_without_prose_is_a_missing_value(tmp_pa
 
 
 def test_a_quoted_value_with_a_comma_is_fine(tmp_path: Path) -> None:
-    text = edit("    instruction: Rate the fluency.\n    scale: [1, 5]\n",
-                "    {instruction: \"Rate the fluency, from 1 to 5.\", scale: [1, 5]}\n").replace("  fluency:\n    {", "  fluency: {")
+    text = edit("    instruction: Rate the fluency.\n    min_rho: null\n    scale: [1, 5]\n",
+                "    {instruction: \"Rate the fluency, from 1 to 5.\", min_rho: null,\n     scale: [1, 5]}\n")
+    text = text.replace("  fluency:\n    {", "  fluency: {")
     assert load_spec(write(tmp_path, text)).criteria["fluency"].instruction == "Rate the fluency, from 1 to 5."
 
 
@@ -270,8 +273,29 @@ def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path) -> None
     text = edit("min_rho: 0.5", "min_roh: 0.5", edit("level: pooled", "level: document"))
     text = edit("seed: 1", "seed: one", text)
     problems = problems_of(write(tmp_path, text))
-    assert [p.split(": ", 2)[1] for p in problems] == ["split.seed", "correlation.level", "criteria.coherence.min_roh"]
-    assert [spec_module.line_number(p) for p in problems] == [12, 15, 20]
+    # the misspelled min_rho also leaves the criterion without one
+    assert [p.split(": ", 2)[1] for p in problems] == ["split.seed", "correlation.level", "criteria.coherence",
+                                                       "criteria.coherence.min_roh"]
+    assert [spec_module.line_number(p) for p in problems] == [12, 15, 17, 20]
+
+
+def test_a_criterion_without_min_rho_is_an_error_naming_it_and_the_fix(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, edit("    min_rho: 0.5\n", "")))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{tmp_path / 'toy.judge.yaml'}:17: criteria.coherence: missing key 'min_rho'. Fix: ")
+    assert "could never fail" in problems[0] and "`min_rho: null`" in problems[0]
+
+
+def test_min_rho_null_opts_out_of_the_gate(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, BASE))
+    assert spec.criteria["fluency"].min_rho is None and spec.criteria["coherence"].min_rho == 0.5
+
+
+def test_split_by_group_needs_groups(tmp_path: Path) -> None:
+    text = edit("  group: group\n", "", edit("seed: 1", "seed: 1\n  by: group"))
+    problems = problems_of(write(tmp_path, text))
+    assert len(problems) == 1 and ": split.by: split by group needs to know the groups. Fix: set `dataset.group`" in problems[0]
+    assert load_spec(write(tmp_path, edit("by: group", "by: record", text))).split.by == "record"
 
 
 def test_misspelled_key_also_reports_the_missing_one(tmp_path: Path) -> None:
@@ -310,6 +334,7 @@ criteria:
   clarity:
     instruction: "  How clear is the text?  "
     scale: [0, 10]
+    min_rho: null
 """
 
 
@@ -317,8 +342,9 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, MINIMAL, name="my-judge.judge.yaml"))
     assert spec.name == "my-judge"
     assert spec.model is None and spec.models == {} and spec.model_for("judge") is None
-    assert spec.split == Split(train=0.2, val=0.2, test=0.6, seed=0)
-    assert spec.correlation == Correlation(method="spearman", level="pooled", gate="point", confidence=0.95, resamples=1000)
+    assert spec.split == Split(train=0.2, val=0.2, test=0.6, seed=0, by=None)
+    assert spec.correlation == Correlation(method="spearman", level="pooled", gate="point", confidence=0.95, min_groups=8,
+                                          max_skipped_groups=0.1)
     assert spec.judge == JudgeSettings(system=None, template=None, temperature=0.0, max_tokens=64, n=1, logprobs="auto",
                                        structured="auto", max_parse_failure_rate=0.1)
     assert spec.inference == "separate"
@@ -335,7 +361,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
 def test_partial_sections_keep_the_other_defaults(tmp_path: Path) -> None:
     text = MINIMAL.replace("criteria:", "split: {train: 0.5, val: 0.1, test: 0.4}\njudge: {max_parse_failure_rate: 0.3, n: 3}\n"
                                         "correlation: {gate: lower_bound}\ncriteria:")
-    text += "  brevity:\n    instruction: Short?\n    scale: [1, 3]\n    max_parse_failure_rate: 0.05\n"
+    text += "  brevity:\n    instruction: Short?\n    scale: [1, 3]\n    min_rho: 0.2\n    max_parse_failure_rate: 0.05\n"
     spec = load_spec(write(tmp_path, text))
     assert spec.split == Split(0.5, 0.1, 0.4, 0)
     assert spec.correlation == Correlation(gate="lower_bound")
@@ -440,8 +466,9 @@ dataset:
   group: doc
   inputs: {source: src, summary: summ}
   scores: {coherence: coh, fluency: flu}
-split: {train: 0.3, val: 0.2, test: 0.5, seed: 7}
-correlation: {method: kendall, level: group, gate: lower_bound, confidence: 0.9, resamples: 500}
+split: {train: 0.3, val: 0.2, test: 0.5, seed: 7, by: group}
+correlation: {method: kendall, level: group, gate: lower_bound, confidence: 0.9, min_groups: 10,
+              max_skipped_groups: 0.2}
 judge:
   system: You are strict.
   template: "{inputs}\\n{criteria}\\n{format}\\n{summary}"
@@ -486,6 +513,7 @@ criteria:
   fluency:
     instruction: Is it fluent?
     scale: [0, 3]
+    min_rho: null
 """
 
 
@@ -537,7 +565,7 @@ def test_full_spec_uses_every_schema_key_and_validates_directly(tmp_path: Path) 
     for file in data["optimize"]["prompts"].values():
         (tmp_path / file).write_text("Improve the instruction.\n")
     spec = load_spec(write(tmp_path, FULL))
-    assert spec.correlation == Correlation("kendall", "group", "lower_bound", 0.9, 500)
+    assert spec.correlation == Correlation("kendall", "group", "lower_bound", 0.9, 10, 0.2)
     assert spec.judge.logprobs is True and spec.judge.structured is False
     assert spec.inference == "merged" and spec.interference == Interference(0.05, 0.9, "pass")
     assert (spec.baseline.max_drop, spec.baseline.inconclusive) == (0.03, "fail")
@@ -563,8 +591,8 @@ def test_schema_rejects_what_load_spec_rejects(tmp_path: Path, old: str, new: st
 
 
 def test_scale_ends_written_as_integers_make_an_integer_scale(tmp_path: Path) -> None:
-    text = MINIMAL + "  consistency:\n    instruction: Consistent?\n    scale: [0.0, 1.0]\n" \
-                     "  mixed:\n    instruction: Mixed?\n    scale: [1, 4.5]\n"
+    text = MINIMAL + "  consistency:\n    instruction: Consistent?\n    scale: [0.0, 1.0]\n    min_rho: null\n" \
+                     "  mixed:\n    instruction: Mixed?\n    scale: [1, 4.5]\n    min_rho: null\n"
     spec = load_spec(write(tmp_path, text))
     assert spec.criteria["clarity"].integer is True  # [0, 10]
     assert spec.criteria["consistency"].integer is False
@@ -578,4 +606,4 @@ def test_structured_and_logprobs_take_auto_true_or_false(tmp_path: Path, key: st
         assert getattr(spec.judge, key) == expected
     with pytest.raises(SpecError) as caught:
         load_spec(write(tmp_path, MINIMAL + f"judge: {{{key}: always}}\n"))
-    assert str(caught.value).endswith(f".judge.yaml:9: judge.{key}: 'always' is not allowed. Fix: use one of: auto, true, false")
+    assert str(caught.value).endswith(f".judge.yaml:10: judge.{key}: 'always' is not allowed. Fix: use one of: auto, true, false")

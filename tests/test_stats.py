@@ -97,7 +97,7 @@ def test_pooled_ignores_groups_for_the_point_estimate() -> None:
 @pytest.mark.parametrize("level", LEVELS)
 def test_interval_contains_point_estimate(method: str, level: str) -> None:
     judge, human = noisy(240, 1.0, seed=1)
-    result = agreement(method, judge, human, groups=documents(30, 8), level=level, resamples=300)
+    result = agreement(method, judge, human, groups=documents(30, 8), level=level)
     assert isinstance(result, Agreement)
     assert result.reason is None
     assert result.low is not None and result.high is not None
@@ -114,9 +114,9 @@ def test_interval_contains_point_estimate_without_groups() -> None:
 
 def test_interval_narrows_as_n_grows() -> None:
     widths = []
-    for n in (40, 400):
+    for n in (40, 1600):
         judge, human = noisy(n, 1.0, seed=5)
-        result = agreement("spearman", judge, human, resamples=500)
+        result = agreement("spearman", judge, human)
         widths.append(result.high - result.low)
     assert widths[1] < widths[0] / 2
 
@@ -129,23 +129,97 @@ def test_higher_confidence_gives_wider_interval() -> None:
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_cluster_bootstrap_is_deterministic_by_seed(level: str) -> None:
+def test_jackknife_is_deterministic_and_seeded_only_in_blocks(level: str) -> None:
     judge, human = noisy(160, 1.0, seed=7)
     groups = documents(20, 8)
-    first = agreement("kendall", judge, human, groups=groups, level=level, resamples=200, seed=11)
-    again = agreement("kendall", judge, human, groups=groups, level=level, resamples=200, seed=11)
-    other = agreement("kendall", judge, human, groups=groups, level=level, resamples=200, seed=12)
-    assert first == again
-    assert (first.low, first.high) != (other.low, other.high)
+    first = agreement("kendall", judge, human, groups=groups, level=level, seed=11)
+    assert first == agreement("kendall", judge, human, groups=groups, level=level, seed=12)  # one unit per document
+    judge, human = noisy(900, 1.0, seed=7)  # 900 samples as units: left out in 200 seeded blocks
+    first = agreement("pearson", judge, human, seed=11)
+    assert first == agreement("pearson", judge, human, seed=11)
+    assert (first.low, first.high) != (agreement("pearson", judge, human, seed=12).low,
+                                       agreement("pearson", judge, human, seed=12).high)
+    assert first.units == 900
 
 
-def test_unequal_group_sizes_bootstrap() -> None:
+def test_unequal_group_sizes() -> None:
     judge, human = noisy(55, 1.0, seed=8)
     groups = [f"doc{size}" for size in range(1, 11) for _ in range(size)]
-    first = agreement("spearman", judge, human, groups=groups, resamples=200)
-    again = agreement("spearman", judge, human, groups=groups, resamples=200)
-    assert first == again
-    assert first.low <= first.value <= first.high
+    result = agreement("spearman", judge, human, groups=groups)
+    assert result.low <= result.value <= result.high
+    assert result.units == 10
+
+
+def hand_jackknife(judge: np.ndarray, human: np.ndarray, groups: list[str], confidence: float = 0.95) -> tuple[float, float]:
+    """The delete-one-document jackknife on Fisher's z with a t(k-1) quantile, written out."""
+    labels = sorted(set(groups))
+    keep = [np.array([g != label for g in groups]) for label in labels]
+    z = np.arctanh([stats.spearmanr(judge[m], human[m]).statistic for m in keep])
+    k = len(labels)
+    se = math.sqrt((k - 1) / k * ((z - z.mean()) ** 2).sum())
+    t = stats.t.ppf(0.5 + confidence / 2, k - 1)
+    center = math.atanh(stats.spearmanr(judge, human).statistic)
+    return math.tanh(center - t * se), math.tanh(center + t * se)
+
+
+def test_pooled_interval_is_the_document_jackknife_on_fisher_z() -> None:
+    judge, human = noisy(96, 1.0, seed=21)
+    groups = documents(12, 8)
+    result = agreement("spearman", judge, human, groups=groups, confidence=0.9)
+    assert (result.low, result.high) == pytest.approx(hand_jackknife(judge, human, groups, 0.9))
+
+
+def test_group_level_interval_is_the_t_interval_over_documents() -> None:
+    judge, human = noisy(96, 1.0, seed=22)
+    groups = documents(12, 8)
+    per_document = [stats.spearmanr(judge[i:i + 8], human[i:i + 8]).statistic for i in range(0, 96, 8)]
+    low, high = stats.t.interval(0.95, 11, loc=np.mean(per_document), scale=stats.sem(per_document))
+    result = agreement("spearman", judge, human, groups=groups, level="group")
+    assert (result.low, result.high) == pytest.approx((low, high))
+    assert result.units == 12
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_below_min_groups_there_is_no_interval(level: str) -> None:
+    judge, human = noisy(56, 0.5, seed=23)
+    result = agreement("spearman", judge, human, groups=documents(7, 8), level=level)
+    assert result.value is not None and result.reason is None
+    assert (result.low, result.high, result.units) == (None, None, 7)
+    assert result.interval_reason == "too few documents: 7 (an interval needs at least 8; correlation.min_groups)"
+    assert agreement("spearman", judge, human, groups=documents(7, 8), level=level, min_groups=7).low is not None
+
+
+def test_without_groups_samples_stand_in_for_documents() -> None:
+    result = agreement("spearman", JUDGE, HUMAN)
+    assert result.value == pytest.approx(BY_HAND["spearman"])
+    assert (result.low, result.high, result.units) == (None, None, 5)
+    assert result.interval_reason == "too few samples: 5 (an interval needs at least 8; correlation.min_groups)"
+
+
+def test_min_groups_counts_only_documents_with_their_own_correlation_at_group_level() -> None:
+    judge, human = noisy(80, 0.5, seed=24)
+    judge[:16] = 3.0  # two of the ten documents have a constant judge
+    result = agreement("spearman", judge, human, groups=documents(10, 8), level="group")
+    assert (result.groups, result.groups_skipped, result.units) == (8, 2, 8)
+    assert result.low is not None
+
+
+def test_documents_with_two_pairs_are_skipped_at_group_level() -> None:
+    # Two scored pairs always correlate +-1: such a document is skipped, not counted with full weight.
+    judge = [1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 3.0]
+    human = [1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 3.0]
+    value, used, skipped, _ = correlation("spearman", judge, human, groups=["a", "a", "b", "b", "c", "c", "c"],
+                                          level="group")
+    assert (value, used, skipped) == (1.0, 1, 2)
+
+
+def test_estimate_resting_on_one_document_has_no_interval() -> None:
+    # Only document 0 has varying scores: left out, the rest is constant.
+    judge = [1.0, 2.0, 3.0] + [2.0] * 24
+    human = [1.0, 3.0, 2.0] + [2.0] * 24
+    result = agreement("spearman", judge, human, groups=documents(9, 3))
+    assert result.value is not None and result.low is None
+    assert result.interval_reason.startswith("the estimate is undefined without 1 document of 9")
 
 
 def test_cluster_interval_is_wider_than_pair_interval_when_documents_differ() -> None:
@@ -158,35 +232,6 @@ def test_cluster_interval_is_wider_than_pair_interval_when_documents_differ() ->
     pairs = agreement("pearson", judge, human)
     clusters = agreement("pearson", judge, human, groups=documents(20, 10))
     assert clusters.high - clusters.low > pairs.high - pairs.low
-
-
-def test_resamples_zero_skips_interval() -> None:
-    result = agreement("spearman", JUDGE, HUMAN, resamples=0)
-    assert result.value == pytest.approx(BY_HAND["spearman"])
-    assert (result.low, result.high, result.reason) == (None, None, None)
-
-
-@pytest.mark.parametrize("sizes", [(2, 2, 2), (1, 2, 3)])
-def test_mostly_undefined_resamples_give_no_interval(sizes: tuple[int, ...]) -> None:
-    # Group a is all (1, 1), b all (judge 2, human 1), c all (judge 1, human 2): the pooled
-    # scores vary only if a resample draws both b and c, which 15 of 27 draws miss.
-    labels = ["a"] * sizes[0] + ["b"] * sizes[1] + ["c"] * sizes[2]
-    judge = [2.0 if g == "b" else 1.0 for g in labels]
-    human = [2.0 if g == "c" else 1.0 for g in labels]
-    result = agreement("spearman", judge, human, groups=labels)
-    assert result.value is not None
-    assert result.resamples_dropped > 500
-    assert (result.low, result.high, result.reason) == (None, None, None)
-
-
-def test_few_undefined_resamples_keep_interval() -> None:
-    judge = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 2.0, 2.0, 2.0, 3.0, 1.0, 2.0]
-    human = [1.0, 2.0, 3.0, 2.0, 1.0, 3.0, 1.0, 2.0, 3.0, 2.0, 1.0, 3.0]
-    groups = documents(4, 3)
-    result = agreement("pearson", judge, human, groups=groups, level="group", resamples=400)
-    assert 0 < result.resamples_dropped <= 200
-    assert result.value is not None
-    assert result.low is not None and result.low <= result.value <= result.high
 
 
 @pytest.mark.parametrize("method", BUILTIN_METRICS)
@@ -212,14 +257,21 @@ def test_paired_difference_excludes_zero_when_b_is_much_better(level: str) -> No
     assert 0 < result.low <= result.diff <= result.high
 
 
-def test_paired_difference_uses_shared_resamples() -> None:
-    # b is a + tiny noise: separate resamples would give a wide interval, shared ones a narrow one.
+def test_paired_difference_below_min_groups_has_no_interval() -> None:
+    judge, human = noisy(40, 1.0, seed=25)
+    result = paired_difference("spearman", judge, human, human, groups=documents(5, 8))
+    assert result.diff is not None and (result.low, result.high, result.units) == (None, None, 5)
+    assert result.interval_reason.startswith("too few documents: 5")
+
+
+def test_paired_difference_leaves_the_same_documents_out() -> None:
+    # b is a + tiny noise: separate replicates would give a wide interval, shared ones a narrow one.
     judge_a, human = noisy(200, 1.5, seed=12)
     judge_b = judge_a.copy()
     judge_b[:5] = human[:5]
     paired = paired_difference("pearson", judge_a, judge_b, human)
     single = agreement("pearson", judge_a, human)
-    assert paired.high - paired.low < (single.high - single.low) / 4
+    assert paired.high - paired.low < (single.high - single.low) / 3
 
 
 def test_paired_difference_undefined_names_the_judge() -> None:

@@ -43,6 +43,8 @@ GOOD = {"coherence": "Count the facts", "fluency": "Check the grammar"}  # the i
 OPTIMIZER_ROLES = ("loss", "loss_c", "gradient", "gradient_c", "optimizer", "optimizer_c")
 
 Score = Callable[[dict[str, Any], str, str], float]  # (record, criterion, instruction) -> the judge's score
+# (record, criterion, every instruction in the prompt) -> the judge's score, None for a reply without one
+Joint = Callable[[dict[str, Any], str, dict[str, str]], "float | None"]
 
 
 def role_of(body: dict[str, Any]) -> str:
@@ -102,7 +104,8 @@ def degraded(record: dict[str, Any], criterion: str) -> float:
 class World:
     """A deterministic scripted model for every role (so a resumed run sees what an uninterrupted one saw).
 
-    judge: ``score(record, criterion, instruction)``. loss and gradient: short texts naming only
+    judge: ``score(record, criterion, instruction)``, or ``joint(record, criterion, instructions)`` seeing every
+    instruction in the prompt (a None score is a reply without one: prose, or the key missing). loss and gradient: short texts naming only
     their own criterion (S) or none (C), so the tests can see where a text travelled. optimizer:
     ``proposals[c]``, a string or a function of the current instruction; None answers without an
     instruction. diagnostics: ``diagnostics`` for both ratings. ``fail(role, text)`` returning True
@@ -111,6 +114,7 @@ class World:
 
     records: list[dict[str, Any]]
     score: Score = field(default_factory=lambda: knows({}))
+    joint: Joint | None = None
     proposals: dict[str, str | Callable[[str], str] | None] = field(default_factory=dict)
     diagnostics: str = "8 because the feedback is about this criterion only."
     fail: Callable[[str, str], bool] = lambda role, text: False
@@ -126,11 +130,14 @@ class World:
         if role == "judge":
             record = self.by_summary[SUMMARY.search(text).group(1)]
             asked = judged_instructions(text)
-            scores = {c: self.score(record, c, i) for c, i in asked.items()}
+            if self.joint is not None:
+                scores = {c: self.joint(record, c, asked) for c in asked}
+            else:
+                scores = {c: self.score(record, c, i) for c, i in asked.items()}
             if SEPARATE_FORMAT in text:
                 (c, s), = scores.items()
-                return f"{c}: {s:g}"
-            return json.dumps(scores)
+                return "I cannot rate this text." if s is None else f"{c}: {s:g}"
+            return json.dumps({c: s for c, s in scores.items() if s is not None})  # no score: the key is missing
         if role == "loss":
             c = re.search(r'criterion "(\w+)"', text).group(1)
             return f"The judge misread the {c} of this text."
@@ -164,12 +171,23 @@ def strict_improves(record: dict[str, Any], criterion: str, instruction: str) ->
     return human(record, criterion) if "Be strict." in instruction else noise(record, criterion)
 
 
+def gradual_improves(record: dict[str, Any], criterion: str, instruction: str) -> float:
+    """Each "Be strict." (up to four) moves the judge a quarter of the way from noise to the human score: on the
+    splits of RECORDS every step of a 4-step run gains on val, so no step repeats an earlier candidate."""
+    w = min(1.0, instruction.count("Be strict.") / 4)
+    return w * human(record, criterion) + (1 - w) * noise(record, criterion)
+
+
 def write_project(folder: Path, server: FakeLLMServer, *, records: list[dict[str, Any]] = RECORDS, optimize: str = "",
-                  **spec_args: Any) -> Path:
-    """A spec and its data; ``optimize`` is the body of the spec's optimize: block (one setting per line)."""
+                  extra: str = "", **spec_args: Any) -> Path:
+    """A spec and its data; ``optimize`` is the body of the spec's optimize: block (one setting per line),
+    ``extra`` more top-level spec lines."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    extra = "optimize:\n" + "".join(f"  {line}\n" for line in optimize.strip().splitlines()) if optimize.strip() else ""
+    if optimize.strip():
+        extra += "optimize:\n" + "".join(f"  {line}\n" for line in optimize.strip().splitlines())
+    if "correlation:" not in extra:  # RECORDS' test split holds 6 documents: intervals from 6 on (the default is 8)
+        extra += "correlation: {min_groups: 6}\n"
     spec = folder / "toy.judge.yaml"
     spec.write_text(spec_text(server_model(server), extra=extra, **spec_args))
     return spec

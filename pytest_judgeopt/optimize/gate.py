@@ -1,4 +1,25 @@
-"""The val gate: what it measures, and which rewrites it keeps by the spec's rule.
+"""The val gate: what it measures of a set of instructions, which rewrites it keeps, and why.
+
+A step's decision has two parts. ``choose`` applies the spec's rule to the candidate as the gate
+judged it (every proposal in force at once). What would be kept may differ from what was judged: a
+per-criterion rule can keep coherence's rewrite and drop fluency's, and in a merged prompt the one
+left forms a prompt nobody judged. So ``confirm`` looks at exactly the combination kept: the
+candidate itself when everything passed, the candidate's per-criterion values where each criterion
+has its own prompt (ST: the others' prompts are unchanged), and otherwise a judgment of the
+combination on val, made by the loop. The combination is kept only if the rule still keeps all of
+it and no criterion is harmed; its measured values become the val values in force.
+
+Harm is a list of checks (``CHECKS``), each asked about every criterion: agreement dropping beyond
+``tolerance``, failed judgments rising beyond the criterion's ``max_parse_failure_rate`` (a rewrite
+that makes the judge answer only on easy samples raises the agreement of what is left). Another
+check is one more function in that list.
+
+One tie rule for per_criterion and no_regression: a rewrite is kept only on a gain, a val value
+strictly better than before; equal values, or undefined ones before and after (no evidence), keep
+the instruction in force. An undefined value is the worst: defined after undefined is a gain,
+undefined after defined a drop. ``mean`` is the paper's rule, kept for reproduction: the mean over
+criteria may not fall (a tie passes), so one criterion may pay for another; only failed judgments
+veto it.
 
 The rule a spec does not name is the mode's (``default_rule``), decided here and nowhere else:
 ``optimize.mode`` may differ from the mode run (``--judge-mode``, the study), so a spec leaves an
@@ -8,12 +29,14 @@ unset rule unset.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from ..judge import Judged
+from ..judge import Judged, Judgment
 from ..spec import Gate, Spec
 from .protocol import Stages
+
+REJECTED = "rejected by the val gate"
 
 
 def default_rule(mode: Stages) -> str:
@@ -30,21 +53,84 @@ def with_gate_rule(spec: Spec, mode: Stages) -> Spec:
     return replace(spec, optimize=replace(spec.optimize, gate=gate))
 
 
-def gate_values(judged: Judged, metric: str) -> dict[str, float | None]:
+# ---------------------------------------------------------------------------------------------
+# what the gate measures
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One set of instructions on val, per criterion: the gate metric's value, and failed / judged judgments."""
+
+    value: dict[str, float | None]
+    failed: dict[str, int] = field(default_factory=dict)
+    judged: dict[str, int] = field(default_factory=dict)
+
+    def rate(self, criterion: str) -> float:
+        judged = self.judged.get(criterion, 0)
+        return self.failed.get(criterion, 0) / judged if judged else 0.0
+
+    def counts(self, criterion: str) -> str:
+        return f"{self.failed.get(criterion, 0)}/{self.judged.get(criterion, 0)}"
+
+    def updated(self, other: Measured, only: Sequence[str] | None = None) -> Measured:
+        """These values with ``other``'s where it measured (``only`` those criteria, when given)."""
+        names = [c for c in other.value if only is None or c in only]
+        return Measured({**self.value, **{c: other.value[c] for c in names}},
+                        {**self.failed, **{c: other.failed.get(c, 0) for c in names}},
+                        {**self.judged, **{c: other.judged.get(c, 0) for c in names}})
+
+    def failure_counts(self) -> dict[str, list[int]]:
+        """The checkpoint's and the step record's form: criterion -> [failed, judged]."""
+        return {c: [self.failed.get(c, 0), self.judged.get(c, 0)] for c in self.value}
+
+    @classmethod
+    def from_counts(cls, value: Mapping[str, float | None], counts: Mapping[str, Sequence[int]]) -> Measured:
+        return cls(dict(value), {c: int(n[0]) for c, n in counts.items()}, {c: int(n[1]) for c, n in counts.items()})
+
+
+def measure_judgments(judgments: Mapping[str, Sequence[Judgment]], metric: str) -> Measured:
+    """The gate metric on the judgments that parsed, and how many failed: agreement alone would reward a
+    rewrite that fails on the hard samples."""
     from ..stats import correlation, mae
 
-    out: dict[str, float | None] = {}
-    for c, judgments in judged.judgments.items():
-        pairs = [(j.score, j.human) for j in judgments if j.score is not None]
+    value: dict[str, float | None] = {}
+    for c, js in judgments.items():
+        pairs = [(j.score, j.human) for j in js if j.score is not None]
         scores, humans = [s for s, _ in pairs], [h for _, h in pairs]
         if metric == "none":
-            out[c] = None
+            value[c] = None
         elif metric == "mae":
-            out[c] = mae(scores, humans) if pairs else None
+            value[c] = mae(scores, humans) if pairs else None
         else:
-            value, _, _, _ = correlation(metric, scores, humans) if len(pairs) >= 3 else (None, 0, 0, "")
-            out[c] = value
-    return out
+            value[c] = correlation(metric, scores, humans)[0] if len(pairs) >= 3 else None
+    return Measured(value, {c: sum(j.score is None for j in js) for c, js in judgments.items()},
+                    {c: len(js) for c, js in judgments.items()})
+
+
+def measure(judged: Judged, metric: str) -> Measured:
+    return measure_judgments(judged.judgments, metric)
+
+
+def gate_values(judged: Judged, metric: str) -> dict[str, float | None]:
+    return measure(judged, metric).value
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing two measurements
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """What the rule and the checks may use: the spec's gate, each criterion's allowed failure rate."""
+
+    gate: Gate
+    allowed: Mapping[str, float]
+    criteria: Sequence[str]
+
+    @classmethod
+    def of(cls, spec: Spec) -> GateContext:
+        return cls(spec.optimize.gate, {c: crit.max_parse_failure_rate for c, crit in spec.criteria.items()},
+                   list(spec.criteria))
 
 
 def score(value: float | None, metric: str) -> float:
@@ -54,21 +140,131 @@ def score(value: float | None, metric: str) -> float:
     return -value if metric == "mae" else value
 
 
+def shown(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def gain(ctx: GateContext, before: Measured, after: Measured, c: str) -> str | None:
+    """None when ``c`` gained; else why not (the tie rule: equal, or undefined both times, is no gain)."""
+    metric = ctx.gate.metric
+    b, a = before.value.get(c), after.value.get(c)
+    if a is None and b is None:
+        return f"{c} val {metric} is undefined before and after: no evidence the rewrite helps"
+    if score(a, metric) > score(b, metric):
+        return None
+    return f"{c} val {metric} does not improve ({shown(b)} -> {shown(a)})"
+
+
+def agreement_drop(ctx: GateContext, before: Measured, after: Measured, c: str) -> str | None:
+    """``c``'s agreement falls beyond the tolerance, or becomes undefined (the mean rule lets criteria trade)."""
+    if ctx.gate.rule == "mean":
+        return None
+    metric = ctx.gate.metric
+    b, a = before.value.get(c), after.value.get(c)
+    if b is None and a is None:
+        return None  # nothing measurable to lose; a rewrite of c itself still needs a gain
+    if score(a, metric) < score(b, metric) - ctx.gate.tolerance:
+        verb = "would worsen" if metric == "mae" else "would fall"
+        return f"{c} val {metric} {verb} from {shown(b)} to {shown(a)} (tolerance {ctx.gate.tolerance:g})"
+    return None
+
+
+def failures_rise(ctx: GateContext, before: Measured, after: Measured, c: str) -> str | None:
+    """More failed judgments than the criterion allows, and more than before."""
+    allowed = ctx.allowed.get(c, 1.0)
+    rate = after.rate(c)
+    if rate > allowed and rate > before.rate(c):
+        return (f"{c} failed judgments would rise from {before.counts(c)} to {after.counts(c)} ({rate:.0%}), "
+                f"above the allowed {allowed:.0%}")
+    return None
+
+
+Check = Callable[[GateContext, Measured, Measured, str], "str | None"]
+CHECKS: list[Check] = [agreement_drop, failures_rise]  # each asked about every criterion
+
+
+def harms(ctx: GateContext, before: Measured, after: Measured, criteria: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for c in criteria:
+        found = [reason for check in CHECKS if (reason := check(ctx, before, after, c))]
+        if found:
+            out[c] = "; ".join(found)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the decision
+
+
+@dataclass
+class Decision:
+    keep: list[str]
+    reasons: dict[str, str]  # per proposed criterion not kept
+
+
+def choose(ctx: GateContext, before: Measured, after: Measured, proposed: Sequence[str]) -> Decision:
+    """The spec's rule on the candidate as judged. per_criterion: each rewrite on its own criterion (a gain, and
+    no harm to it); no_regression and mean: the proposals as one change, all or nothing."""
+    proposed = list(proposed)
+    if not proposed or ctx.gate.metric == "none":
+        return Decision(proposed, {})
+    if ctx.gate.rule == "per_criterion":
+        reasons = {}
+        for c in proposed:
+            why = harms(ctx, before, after, [c]).get(c) or gain(ctx, before, after, c)
+            if why:
+                reasons[c] = f"{REJECTED}: {why}"
+        return Decision([c for c in proposed if c not in reasons], reasons)
+    harmed = harms(ctx, before, after, ctx.criteria)
+    if harmed:
+        return reject_all(proposed, "; ".join(harmed.values()))
+    if ctx.gate.rule == "no_regression":
+        if all(gain(ctx, before, after, c) for c in proposed):
+            return reject_all(proposed, "no criterion's val agreement improved: "
+                              + "; ".join(gain(ctx, before, after, c) or "" for c in proposed))
+        return Decision(proposed, {})
+    floor = -1.0 if ctx.gate.metric != "mae" else -10.0  # mean rule: an undefined criterion counts as the worst value
+    mean_before = statistics.fmean(max(score(before.value.get(c), ctx.gate.metric), floor) for c in ctx.criteria)
+    mean_after = statistics.fmean(max(score(after.value.get(c), ctx.gate.metric), floor) for c in ctx.criteria)
+    if mean_after >= mean_before:
+        return Decision(proposed, {})
+    return reject_all(proposed, f"the mean val {ctx.gate.metric} over criteria falls")
+
+
+def reject_all(proposed: Sequence[str], why: str) -> Decision:
+    return Decision([], dict.fromkeys(proposed, f"{REJECTED}: {why}"))
+
+
+def combination(before: Measured, after: Measured, keep: Sequence[str], proposed: Sequence[str],
+                joint: bool) -> Measured | None:
+    """The kept combination's values when they are known without judging again: the candidate when all of it
+    is kept; the kept criteria's own values when each criterion has its own prompt. None: judge it."""
+    if list(keep) == list(proposed):
+        return after
+    if not joint:
+        return before.updated(after, only=keep)
+    return None
+
+
+def confirm(ctx: GateContext, before: Measured, kept: Measured, decision: Decision, judged_again: bool) -> Decision:
+    """Keep the combination only if the rule still keeps all of it and no criterion is harmed."""
+    if not decision.keep or ctx.gate.metric == "none":
+        return decision
+    again = choose(ctx, before, kept, decision.keep)
+    harmed = harms(ctx, before, kept, ctx.criteria)
+    problems = list(dict.fromkeys([*(r.removeprefix(f"{REJECTED}: ") for r in again.reasons.values()),
+                                   *harmed.values()]))
+    if not problems:
+        return decision
+    dropped = [c for c in decision.reasons]
+    prefix = f"kept without {', '.join(dropped)}'s rewrite, " if judged_again and dropped else ""
+    reasons = dict(decision.reasons)
+    reasons.update(dict.fromkeys(decision.keep, f"{REJECTED}: {prefix}{'; '.join(problems)}"))
+    return Decision([], reasons)
+
+
 def accepted(gate: Gate, before: Mapping[str, float | None], after: Mapping[str, float | None],
-             proposed: Sequence[str]) -> list[str]:
-    """Which proposals to keep, by the spec's rule; a rule over several criteria is all or nothing."""
-    if not proposed:
-        return []
-    if gate.metric == "none":
-        return list(proposed)
-    b = {c: score(before[c], gate.metric) for c in before}
-    a = {c: score(after[c], gate.metric) for c in after}
-    if gate.rule == "per_criterion":
-        return [c for c in proposed if a[c] >= b[c]]
-    if gate.rule == "no_regression":
-        ok = all(a[c] >= b[c] - gate.tolerance for c in b) and any(a[c] > b[c] for c in proposed)
-        return list(proposed) if ok else []
-    floor = -1.0 if gate.metric != "mae" else -10.0  # mean rule: an undefined criterion counts as the worst value
-    mean_before = statistics.fmean(max(v, floor) for v in b.values())
-    mean_after = statistics.fmean(max(v, floor) for v in a.values())
-    return list(proposed) if mean_after >= mean_before else []
+             proposed: Sequence[str], allowed: Mapping[str, float] | None = None) -> list[str]:
+    """Which proposals the rule keeps from values alone (no failure counts): for callers that hold values."""
+    ctx = GateContext(gate, allowed or {}, list(before))
+    return choose(ctx, Measured(dict(before)), Measured(dict(after)), proposed).keep

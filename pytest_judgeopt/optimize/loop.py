@@ -2,8 +2,9 @@
 
 One step: the judge scores a train batch; the loss model critiques each judgment; the gradient
 model turns critiques into feedback on the instructions; the optimizer model rewrites them; the
-gate on the val split keeps a rewrite only if agreement does not get worse. Which calls each
-stage makes is the mode's; the loop is written once for all five. After every step the state is
+gate on the val split keeps a rewrite only on a gain that harms no criterion, judged as the
+combination kept (``gate``). Which calls each stage makes is the mode's; the loop is written once
+for all five. After every step the state is
 written atomically, so a killed run continues from its last step and a finished one is reused.
 """
 
@@ -25,11 +26,13 @@ from ..llm import LLM
 from ..spec import Model, Spec
 from .budget import Allowance, BudgetExceeded
 from .errors import ReplayIncomplete
-from .gate import accepted, gate_values
+from .gate import Decision, GateContext, Measured, choose, combination, confirm, measure
 from .modes import ROLES, Mode, planned_calls
 from .results import StepRecord
 from .roles import Seen
 from .step import Step, together
+
+CHECKPOINT_VERSION = 2  # 2: the gate counts failed judgments and judges the combination it keeps
 
 
 @dataclass
@@ -43,19 +46,30 @@ class State:
     history: list[StepRecord] = field(default_factory=list)
     finished: bool = False
     stopped: str | None = None
+    val_failed: dict[str, list[int]] = field(default_factory=dict)  # criterion -> [failed, judged] on val
+
+    @property
+    def measured(self) -> Measured:
+        """The instructions in force as the gate last measured them on val."""
+        return Measured.from_counts(self.val, self.val_failed)
+
+    def set_measured(self, measured: Measured) -> None:
+        self.val, self.val_failed = dict(measured.value), measured.failure_counts()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["rng"] = [self.rng[0], list(self.rng[1]), self.rng[2]]
-        data["version"] = 1
+        data["version"] = CHECKPOINT_VERSION
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
+        if data.get("version") != CHECKPOINT_VERSION:  # an older gate's decisions are not this gate's
+            raise ValueError(f"checkpoint version {data.get('version')!r}")
         rng = (data["rng"][0], tuple(data["rng"][1]), data["rng"][2])
         history = [StepRecord(**h) for h in data["history"]]
         return cls(data["run_key"], data["mode"], data["initial"], data["instructions"], data["val"], rng, history,
-                   data["finished"], data["stopped"])
+                   data["finished"], data["stopped"], data["val_failed"])
 
 
 def run_key(spec: Spec, data_digest: str, mode: Mode, models: Mapping[str, Model], sample: int | None, seed: int,
@@ -113,7 +127,7 @@ class Optimization:
             data = json.loads(self.checkpoint.read_text())
             state = State.from_json(data)
         except (ValueError, KeyError, TypeError, IndexError):
-            self.progress(f"checkpoint {self.checkpoint} is unreadable; starting over")
+            self.progress(f"checkpoint {self.checkpoint} is unreadable or of an older version; starting over")
             return None
         return state if state.run_key == self.key else None
 
@@ -143,14 +157,14 @@ class Optimization:
         if state is None:
             initial = {c: crit.instruction for c, crit in self.spec.criteria.items()}
             try:
-                val = gate_values(self.llm.run(self.judge(self.gate_set, initial, "gate")), self.spec.optimize.gate.metric)
+                first = measure(self.llm.run(self.judge(self.gate_set, initial, "gate")), self.spec.optimize.gate.metric)
             except BudgetExceeded:
-                val = dict.fromkeys(initial)
-                state = State(self.key, self.mode.name, initial, dict(initial), val, random.Random(self.seed).getstate(),
-                              stopped="budget", finished=True)
+                state = State(self.key, self.mode.name, initial, dict(initial), dict.fromkeys(initial),
+                              random.Random(self.seed).getstate(), stopped="budget", finished=True)
                 self.save_state(state)
                 return state, 0
-            state = State(self.key, self.mode.name, initial, dict(initial), val, random.Random(self.seed).getstate())
+            state = State(self.key, self.mode.name, initial, dict(initial), {}, random.Random(self.seed).getstate())
+            state.set_measured(first)
             self.save_state(state)
         while not state.finished and len(state.history) < self.steps:
             try:
@@ -187,36 +201,61 @@ class Optimization:
         proposals, reasons = await step.rewrite(seen, grads)
         proposed = [c for c in criteria if proposals.get(c)]
         candidate = {c: proposals.get(c) or state.instructions[c] for c in criteria}
-        val_after = dict(state.val)
+        metric = self.spec.optimize.gate.metric
+        in_force = state.measured
+        after = in_force
         diagnostics: dict[str, dict[str, float | None]] = {}
         if proposed:
             self._check_budget()
             gate_judged, diagnostics = await together(
                 self.judge(self.gate_set, candidate, "gate", criteria=self.mode.judge.gate_criteria(proposed)),
                 step.diagnose(grads, proposals) if self.spec.optimize.diagnostics else _nothing())
-            val_after.update(gate_values(gate_judged, self.spec.optimize.gate.metric))  # the criteria judged again
+            after = in_force.updated(measure(gate_judged, metric))  # the criteria judged again
         elif self.spec.optimize.diagnostics:
             diagnostics = await step.diagnose(grads, proposals)
-        keep = accepted(self.spec.optimize.gate, state.val, val_after, proposed)
-        for c in proposed:
-            if c not in keep:
-                reasons[c] = "rejected by the val gate"
-        if keep and self.spec.optimize.gate.cases and self.cases:
+        ctx = GateContext.of(self.spec)
+        decision, kept, judged_again = await self.settle(ctx, in_force, after, choose(ctx, in_force, after, proposed),
+                                                         proposed, candidate, state.instructions)
+        if decision.keep and self.spec.optimize.gate.cases and self.cases:
             self._check_budget()
-            keep = await self.case_gate(state.instructions, candidate, keep, reasons)
+            keep = await self.case_gate(state.instructions, candidate, decision.keep, reasons)
+            if keep != decision.keep:  # the case gate dropped some: what is left is a combination of its own
+                dropped = {c: reasons[c] for c in decision.keep if c not in keep}
+                decision = Decision(keep, {**decision.reasons, **dropped})
+                if keep:
+                    decision, kept, again = await self.settle(ctx, in_force, after, decision, proposed, candidate,
+                                                              state.instructions)
+                    judged_again = judged_again or again
+        reasons.update(decision.reasons)
         record = StepRecord(number, [r.id for r in batch], {c: proposals.get(c) for c in criteria}, reasons,
-                            dict(state.val), val_after, keep,
+                            dict(in_force.value), dict(after.value), decision.keep,
                             {role: self._requests(role) - before[role] for role in ROLES if self._requests(role) - before[role]},
-                            diagnostics, dict(step.failures))
-        for c in keep:
+                            diagnostics, dict(step.failures), None if kept is None else dict(kept.value), judged_again,
+                            {"before": in_force.failure_counts(), "after": after.failure_counts(),
+                             **({} if kept is None else {"kept": kept.failure_counts()})})
+        for c in decision.keep:
             state.instructions[c] = candidate[c]
-        if keep:
-            # A partial acceptance forms a combination the gate did not judge as a whole; the per-criterion
-            # values it measured are kept as the best estimate, re-measured by the next step's gate.
-            state.val = {c: (val_after[c] if c in keep else state.val[c]) for c in criteria}
+        if decision.keep and kept is not None:
+            state.set_measured(kept)  # what is in force now, as measured: every criterion's real val value
         state.rng = new_rng
-        self.progress(f"step {number}: proposed {len(proposed)}, kept {', '.join(keep) or 'none'}")
+        self.progress(f"step {number}: proposed {len(proposed)}, kept {', '.join(decision.keep) or 'none'}")
         return record
+
+    async def settle(self, ctx: GateContext, in_force: Measured, after: Measured, decision: Decision,
+                     proposed: Sequence[str], candidate: Mapping[str, str],
+                     current: Mapping[str, str]) -> tuple[Decision, Measured | None, bool]:
+        """The val gate on exactly the combination the rule kept: its values (judged again when it is a merged
+        prompt holding only some of the rewrites), then ``confirm``. Returns the decision, the combination's
+        values (None when nothing was kept) and whether it was judged again."""
+        if not decision.keep:
+            return decision, None, False
+        known = combination(in_force, after, decision.keep, proposed, self.mode.judge.gate_criteria(proposed) is None)
+        again = known is None
+        if known is None:
+            self._check_budget()
+            chosen = {c: candidate[c] if c in decision.keep else current[c] for c in current}
+            known = in_force.updated(measure(await self.judge(self.gate_set, chosen, "gate"), self.spec.optimize.gate.metric))
+        return confirm(ctx, in_force, known, decision, again), known, again
 
     async def case_gate(self, current: Mapping[str, str], candidate: Mapping[str, str], keep: list[str],
                         reasons: dict[str, str]) -> list[str]:

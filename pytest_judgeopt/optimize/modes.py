@@ -90,10 +90,15 @@ def plan_text(spec: Spec, mode: Mode, planned: Mapping[str, int], steps: int, tr
     # a term that is already a number ("optimizer 1") is not written out again ("optimizer 1=1")
     parts = ", ".join(f"{role} {n}" if terms[role] == str(n) else f"{role} {terms[role]}={n}" for role, n in planned.items())
     batch = min(spec.optimize.batch_size, train)
+    extra, again = 0, ""
+    combination = mode.judge.combination_calls
+    if combination is not None and spec.optimize.gate.rule == "per_criterion" and planned["gate"]:
+        extra = combination.count({"K": len(spec.criteria), "B": batch, "V": val})
+        again = f", +gate {combination.formula}={extra} when the gate keeps only some rewrites (it judges that combination)"
     text = (f"optimizing {spec.name} in mode {mode.name}: K={len(spec.criteria)} criteria, B={batch}, "
-            f"V={val} val samples; per step {parts}: {per_step} calls; {steps} steps: at most {per_step * steps} calls "
-            f"(+{planned['gate']} to judge val first, and the test split before and after)")
-    price = estimate_cost(judge, per_step * steps)
+            f"V={val} val samples; per step {parts}: {per_step} calls{again}; {steps} steps: at most "
+            f"{(per_step + extra) * steps} calls (+{planned['gate']} to judge val first, and the test split before and after)")
+    price = estimate_cost(judge, (per_step + extra) * steps)
     return text + (f"; estimated cost ${price:.2f}" if price is not None else "; cost unknown for this model")
 
 
@@ -118,6 +123,10 @@ def modes_table() -> str:
         lines.append(f"| {mode.name} | {mode.judge.label} | {letter(mode.loss)} | {letter(mode.gradient)} | "
                      f"{letter(mode.optimizer)} | {calls} |")
     lines.append("")
-    lines.append(f"With diagnostics on, a step adds diagnostics {DIAGNOSTICS.formula} (specificity and adherence, "
-                 "per criterion).")
+    import textwrap
+
+    lines += textwrap.wrap(f"With diagnostics on, a step adds diagnostics {DIAGNOSTICS.formula} (specificity and "
+                           "adherence, per criterion). In a joint mode under the `per_criterion` rule, a step whose "
+                           "gate keeps only some of the rewrites judges val once more, gate V: the merged prompt it "
+                           "keeps.", 95)
     return "\n".join(lines) + "\n"

@@ -70,6 +70,11 @@ class JudgeShape(Protocol):
         """Judging the val split with the candidate instructions."""
         ...
 
+    @property
+    def combination_calls(self) -> Calls | None:
+        """Judging val again when the gate keeps only some rewrites and they share one prompt (None: never)."""
+        ...
+
     def gate_criteria(self, proposed: Sequence[str]) -> list[str] | None:
         """The criteria the gate judges again (None: all of them, in one call per sample)."""
         ...

@@ -33,6 +33,8 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
                   steps: int | None = None, budget: Budget | None = None, diagnostics: bool = False) -> OptimizationResult:
     """Optimize on train, gate on val, then compare initial and final instructions on test.
 
+    The loop judges in the mode's shape (SSS..CCC: one merged prompt); the test split is judged in the shape
+    the items test (``spec.inference``), so the lock's test numbers are those of the prompts that will be gated.
     ``diagnostics`` turns the diagnostics on whatever the spec says (the mode study measures them).
     """
     mode = get_mode(mode_name or loaded.spec.optimize.mode)
@@ -68,7 +70,7 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
             session.llm.budget = None
     initial, final = state.initial, state.instructions
     names = list(spec.criteria)
-    shape = mode.judge.shape
+    shape = spec.inference  # the items' shape: the numbers the lock reports are for the prompt they test
     sources = dict.fromkeys(names, "optimization")
     before = session.evaluate_instructions(loaded, initial, names, split="test", shape=shape, sources=sources)
     after = session.evaluate_instructions(loaded, final, names, split="test", shape=shape, sources=sources)
@@ -89,7 +91,8 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     return OptimizationResult(spec, mode, seed, len(state.history), state.stopped, resumed_from, outcomes,
                               state.history, planned, usage, {r: m.describe() for r, m in models.items()},
                               {"train": len(train), "val": len(val), "test": len(session.records(loaded, "test"))},
-                              reused=resumed_from == len(state.history) and resumed_from > 0, comparison=comparison)
+                              reused=resumed_from == len(state.history) and resumed_from > 0, comparison=comparison,
+                              shapes={"optimized": mode.judge.shape, "test": shape})
 
 
 def test_comparison(session: JudgingSession[L], loaded: L, spec: Spec, before: Mapping[str, CriterionResult],

@@ -55,6 +55,7 @@ class SeparateJudge:
     label = "separate (a single-criterion judge each)"
     calls = Count(("K", "B"))
     gate_calls = Count(("K", "V"))
+    combination_calls = None  # each criterion's prompt is its own: a kept subset was judged as it is
 
     def gate_criteria(self, proposed: Sequence[str]) -> list[str] | None:
         return list(proposed)  # an unchanged criterion's prompt is unchanged, so is its val result
@@ -70,6 +71,7 @@ class JointJudge:
     label = "joint (one judge call for all)"
     calls = Count(("B",))
     gate_calls = Count(("V",))
+    combination_calls = Count(("V",))  # a merged prompt holding only the kept rewrites is judged once more
 
     def gate_criteria(self, proposed: Sequence[str]) -> list[str] | None:
         return None  # one call judges every criterion, rewritten or not

@@ -20,20 +20,33 @@ class Study:
     spec_name: str
     runs: int
     steps: int
+    val_size: int
     test_size: int
+    test_shape: str
     method: str
     level: str
     rows: list[dict[str, Any]]
     results: list[OptimizationResult]
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec_name, "runs": self.runs, "steps": self.steps, "test_size": self.test_size,
-                "method": self.method, "level": self.level, "rows": self.rows}
+        return {"spec": self.spec_name, "runs": self.runs, "steps": self.steps, "val_size": self.val_size,
+                "test_size": self.test_size, "test_shape": self.test_shape, "method": self.method, "level": self.level,
+                "rows": self.rows}
+
+
+def spread(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard deviation over runs (None where there are too few runs)."""
+    return (statistics.fmean(values) if values else None, statistics.stdev(values) if len(values) > 1 else None)
 
 
 def run_study(session: JudgingSession[L], path: str | Path, *, modes: Sequence[str] = OPTIMIZE_MODES,
               runs: int | None = None, steps: int | None = None, budget: Budget | None = None) -> Study:
-    """Every mode, ``study_runs`` seeds each, one row per mode and criterion. Writes no lock."""
+    """Every mode, ``study_runs`` seeds each, one row per mode and criterion. Writes no lock.
+
+    A row has the val numbers (the gate's split, in the mode's prompt shape: what to choose a mode by) and
+    the test numbers (held out, in the items' shape): choosing the mode whose test number is best would make
+    the test split a selection split, and its numbers would flatter the mode chosen.
+    """
     loaded = session.load(path)
     spec = loaded.spec
     runs = runs or spec.optimize.study_runs
@@ -51,16 +64,19 @@ def run_study(session: JudgingSession[L], path: str | Path, *, modes: Sequence[s
         costs = [sum(u["cost_usd"] for u in r.usage.values()) for r in mine
                  if all(u["cost_usd"] is not None for u in r.usage.values())]  # a run of unknown cost leaves none
         for c in spec.criteria:
-            after = [v for r in mine if (v := r.outcomes[c].test_after.value) is not None]
+            val_mean, val_sd = spread([v for r in mine if (v := r.outcomes[c].val_after) is not None])
+            test_mean, test_sd = spread([v for r in mine if (v := r.outcomes[c].test_after.value) is not None])
             spec_values = [v for r in mine if (v := r.outcomes[c].specificity) is not None]
             rows.append({
-                "mode": mode, "criterion": c, "before": mine[0].outcomes[c].test_before.value,
-                "after_mean": statistics.fmean(after) if after else None,
-                "after_sd": statistics.stdev(after) if len(after) > 1 else None,
+                "mode": mode, "criterion": c, "val_shape": mine[0].shapes["optimized"],
+                "val_before": mine[0].outcomes[c].val_before, "val_after_mean": val_mean, "val_after_sd": val_sd,
+                "test_before": mine[0].outcomes[c].test_before.value, "test_after_mean": test_mean,
+                "test_after_sd": test_sd,
                 "improved_steps": statistics.fmean(len(r.outcomes[c].accepted_steps) for r in mine),
                 "specificity": statistics.fmean(spec_values) if spec_values else None,
                 "calls": calls, "calls_made": made, "calls_cached": cached, "reused_runs": reused,
                 "cost": statistics.fmean(costs) if len(costs) == len(mine) else None,
             })
-    return Study(spec.name, runs, steps or spec.optimize.steps, len(session.records(loaded, "test")),
-                 spec.correlation.method, spec.correlation.level, rows, results)
+    return Study(spec.name, runs, steps or spec.optimize.steps, len(session.records(loaded, "val")),
+                 len(session.records(loaded, "test")), spec.inference, spec.correlation.method, spec.correlation.level,
+                 rows, results)
