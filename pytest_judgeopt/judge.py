@@ -8,14 +8,13 @@ are never parsed as a template, so braces or instructions inside them change not
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .data import Record
-from .llm import LLM, CallError, Choice, Usage, is_embedded
+from .llm import LLM, CallError, Choice, Usage, gather_or_cancel, is_embedded
 from .parse import ParsedScore, json_objects, parse_merged, parse_score
 from .spec import Correlation, Criterion, Model, Spec
 from .structured import judgment_schema, longest_reply, response_format, violation
@@ -142,8 +141,10 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
         try:
             reply = await llm.complete(model, messages, role=role, temperature=settings.temperature,
                                        max_tokens=max_tokens, n=settings.n, logprobs=logprobs,
-                                       response_format=request, seed=seed)
+                                       response_format=request, seed=seed, spec=spec.path)
         except CallError as exc:
+            if exc.refused:  # every judgment would fail alike: the evaluation fails with it, and no call is left running
+                raise
             return record, group, shape, exc
         return record, group, shape, reply
 
@@ -156,7 +157,8 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
             tasks += [ask(records[i], group, shape) for group in groups]
     llm.expect(len(tasks), role)
     answers: dict[tuple[str, str, str], Judgment] = {}
-    for record, group, shape, reply in await asyncio.gather(*tasks):
+    # an unexpected error (or a refusal) cancels the calls still in flight: they would only bill for nothing
+    for record, group, shape, reply in await gather_or_cancel(tasks):
         usage = out[shape].usage
         usage.requests += 1
         if isinstance(reply, CallError):
@@ -391,10 +393,24 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
     failures = Counter(j.failure for j in judgments if j.failure)
     documents = len({j.group for j in judgments})
     reasons = verdict_reasons(corr, criterion, measured, failures, len(judgments), documents)
+    missing = [j.record_id for j in judgments if j.failure == "call_replay_miss"]
+    if missing:  # the cause, ahead of what it caused (failed judgments, an undefined rho)
+        reasons.insert(0, f"{spec.name}::{criterion.name}: {replay_missing(spec, missing)}")
     return CriterionResult(criterion=criterion, spec_name=spec.name, split=split, shape=shape, judgments=judgments,
                            agreement=measured, failures=failures, passed=passes(criterion, reasons, failures),
                            reasons=reasons, instruction=instruction, instruction_source=instruction_source,
                            gate=corr.gate, documents=documents if spec.dataset.group else None)
+
+
+def replay_missing(spec: Spec, record_ids: Sequence[str], what: str = "answers") -> str:
+    """Why judgments are missing in replay mode, which samples, and the fix: record them, commit the file."""
+    from .answers import answers_path
+
+    more = len(record_ids) - WORST_SHOWN
+    shown = ", ".join(record_ids[:WORST_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    return (f"{len(record_ids)} {what} are not in {answers_path(spec.path).name} or the cache (cache mode is replay), "
+            f"for samples {shown}. Fix: record them with pytest --judge-record (needs the model) and commit "
+            f"{answers_path(spec.path).name}")
 
 
 def passes(criterion: Criterion, reasons: Sequence[str], failures: Counter[str]) -> bool:
@@ -413,10 +429,6 @@ def verdict_reasons(corr: Correlation, criterion: Criterion, measured: Agreement
     reasons = []
     if n == 0:
         return ["no samples to judge in this split"]
-    missing = failures.get("call_replay_miss", 0)
-    if missing:
-        reasons.append(f"{missing} answers are not in the cache and the cache mode is replay; "
-                       "record them with --judge-cache=use (needs the model) and commit the cache")
     failed = sum(failures.values())
     if failed / n > criterion.max_parse_failure_rate:
         reasons.append(f"{failed}/{n} judgments failed ({failed / n:.0%}), above the allowed "

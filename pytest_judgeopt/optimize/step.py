@@ -44,12 +44,15 @@ class Step:
         """One role call; a failed call is counted and yields None (its sample then carries no feedback)."""
         try:
             reply = await self.llm.complete(self.models[role], messages, role=role,
-                                            temperature=self.spec.optimize.temperature, max_tokens=max_tokens)
+                                            temperature=self.spec.optimize.temperature, max_tokens=max_tokens,
+                                            spec=self.spec.path)
         except CallError as exc:
             if exc.kind == "budget":
                 raise BudgetExceeded(str(exc)) from None
             if exc.kind == "replay_miss":
                 raise ReplayIncomplete(self.spec, f"a {role} call to {self.models[role].name}") from None
+            if exc.refused:  # the role's model refuses every call (a key, a provider): the run cannot go on
+                raise
             self.failures[f"{role}:{exc.kind}"] = self.failures.get(f"{role}:{exc.kind}", 0) + 1
             return None
         text = reply.choices[0].text
