@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_judgeopt.plugin import OPTIONS
+from pytest_judgeopt.options import OPTIONS
 from tests.conftest import make_records, spec_text
 
 HEAVY = ("litellm", "scipy", "rich")

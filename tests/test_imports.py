@@ -15,7 +15,7 @@ import pytest_judgeopt
 
 PACKAGE = Path(pytest_judgeopt.__file__).resolve().parent
 NAME = "pytest_judgeopt"
-PYTEST_LAYER = {"plugin", "items", "hooks", "defaults"}
+PYTEST_LAYER = {"plugin", "options", "run_state", "items", "hooks", "defaults"}
 PRESENTATION = {"report", "html_report", "progress", "text"}
 PYTEST_PACKAGES = {"pytest", "_pytest", "pluggy", "xdist"}
 
@@ -76,7 +76,7 @@ def shown(name: str) -> str:
 def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     """What the other tests rest on: imports inside functions and under TYPE_CHECKING are edges too."""
     inside, outside = graph()
-    assert "session" in inside["plugin"]  # imported inside JudgeRun.session, never at the top
+    assert "session" in inside["run_state"]  # imported inside JudgeRun.session, never at the top
     assert "judge" in inside["interference"]  # under TYPE_CHECKING
     assert "rich" in outside["text"]  # inside render()
     assert "hooks" in inside["plugin"]  # `from . import hooks`, inside pytest_addhooks
