@@ -391,3 +391,26 @@ def describe_failure(result: ProbeResult) -> str:
                              f"{json.dumps(w['reply_before'][:60])} -> {json.dumps(w['reply_after'][:60])}")
     return "\n".join(lines)
 
+
+def changed_batches(probe: Probe, records: Sequence[Record], transforms: Mapping[str, Transform],
+                    spec_path: Any) -> tuple[list[list[Any]], int]:
+    """The batches a probe judges beside the unchanged records: the same records k times (retest), padded
+    copies (pad) or a transform's output (transform); and how many records the transform skipped."""
+    if probe.kind == "retest":
+        return [list(records)] * probe.k, 0
+    if probe.kind == "pad":
+        return [padded(probe, records)], 0
+    name = probe.transform or ""
+    if name not in transforms:
+        raise SpecError([f"{spec_path}:{probe.line}: probes: no transform '{name}'. Fix: return it "
+                         "from a pytest_judgeopt_transforms hook in a conftest.py"])
+    kept, skipped = transformed(probe, records, transforms[name])
+    return [kept], skipped
+
+
+def assess_probe(probe: Probe, spec: Spec, base: Mapping[str, list[Judgment]],
+                 afters: Sequence[Mapping[str, list[Judgment]]]) -> dict[str, Any]:
+    """Each probed criterion's verdict: agreement with itself across reruns, or the mean change under a transform."""
+    if probe.kind == "retest":
+        return {c: assess_retest(probe, spec, c, base[c], [a[c] for a in afters]) for c in probe.criteria}
+    return {c: assess_shift(probe, spec, c, base[c], afters[0][c]) for c in probe.criteria}

@@ -19,9 +19,9 @@ from .compare import Comparison, Configuration, Rules, Side, compare, scoring_of
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, rules_of
 from .judge import CriterionResult, Judged, assess, judge_records, judge_shapes, prediction_rows
-from .llm import LLM, Usage
+from .llm import LLM, Usage, gather_or_cancel
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
-from .probes import Probe, ProbeResult, Transform, assess_retest, assess_shift, load_probes, padded, transformed
+from .probes import Probe, ProbeResult, Transform, assess_probe, changed_batches, load_probes
 from .scoring import Scored, as_record, check_inputs, score_records
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, SpecWarning, load_spec
 
@@ -556,18 +556,7 @@ class Session:
         shape = spec.inference
         names = list(spec.criteria) if shape == "merged" else list(probe.criteria)
         model = self.model_for(spec)
-        skipped = 0
-        if probe.kind == "retest":
-            changed: list[list[Any]] = [list(records)] * probe.k
-        elif probe.kind == "pad":
-            changed = [padded(probe, records)]
-        else:
-            transforms = self.known_transforms() or {}
-            if probe.transform not in transforms:
-                raise SpecError([f"{spec.path}:{probe.line}: probes: no transform '{probe.transform}'. Fix: return it "
-                                 "from a pytest_judgeopt_transforms hook in a conftest.py"])
-            kept, skipped = transformed(probe, records, transforms[probe.transform])
-            changed = [kept]
+        changed, skipped = changed_batches(probe, records, self.known_transforms() or {}, spec.path)
         if self.progress:
             self.progress(f"probing {spec.name}: {probe.kind} '{probe.name}', {len(records)} samples x {len(names)} "
                           f"criteria ({shape}) on {model.name}")
@@ -575,14 +564,9 @@ class Session:
         work += [judge_records(self.llm, model, spec, batch, instructions, criteria=names, shape=shape,
                                seed=(r + 1 if probe.kind == "retest" else None)) for r, batch in enumerate(changed)]
         spent_before = self.llm.total()
-        judged = self.llm.run(gather_all(work))
+        judged = self.llm.run(gather_or_cancel(work))
         spent = self.llm.total().minus(spent_before)
-        base, afters = judged[0], judged[1:]
-        if probe.kind == "retest":
-            criteria = {c: assess_retest(probe, spec, c, base.judgments[c], [a.judgments[c] for a in afters])
-                        for c in probe.criteria}
-        else:
-            criteria = {c: assess_shift(probe, spec, c, base.judgments[c], afters[0].judgments[c]) for c in probe.criteria}
+        criteria = assess_probe(probe, spec, judged[0].judgments, [a.judgments for a in judged[1:]])
         result = ProbeResult(probe=probe, spec_name=spec.name, path=str(spec.path), split="test", shape=shape,
                              model=model.describe(), records=len(records), criteria=criteria, skipped=skipped,
                              calls=spent.calls, cache_hits=spent.cache_hits)
@@ -598,9 +582,3 @@ def comparison_record(comparison: Comparison, results_b: Mapping[str, CriterionR
 
 def differences_in_data(comparison: Comparison) -> list[str]:
     return [d for d in comparison.differs if d.startswith("data hash")]
-
-
-async def gather_all(work: Sequence[Any]) -> list[Any]:
-    from .llm import gather_or_cancel
-
-    return await gather_or_cancel(work)
