@@ -102,3 +102,14 @@ def test_the_readme_layout_names_every_module_of_the_package() -> None:
     missing = [m for m in modules if f"`{m}`" not in layout]
     assert not missing, f"add these to the README's Layout table: {missing}"
     assert "docs/architecture.md" in layout and (ROOT / "docs" / "architecture.md").is_file()
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_of_the_package_is_over_600_lines() -> None:
+    """One module, one concept (issue 10): a module past this size has grown a second concept to move out."""
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+             for p in (ROOT / "pytest_judgeopt").rglob("*.py")}
+    over = {path: n for path, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not over, f"split these modules by concept: {over}"
