@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from pytest_judgeopt.llm import import_litellm
 from tests.fake_llm import FakeLLMServer
+
+# No per-example deadline for any property test: a time limit fails on a loaded machine, not on a slow
+# input (how fast things are is measured in benchmarks/).
+settings.register_profile("judgeopt", deadline=None)
+settings.load_profile("judgeopt")
 
 CRITERIA = ("coherence", "fluency")
 

@@ -5,8 +5,9 @@ these property tests look for the ones nobody thought of. Hypothesis writes arbi
 documents, arbitrary text, a valid spec with one field replaced by an arbitrary value, and
 data files of arbitrary JSON rows, and each case must end in one of two ways: a loaded spec
 (or dataset), or a ``SpecError`` whose every line starts with the file it is about. Any other
-exception is a traceback the user would see instead of a collection error, and the deadline
-turns a hang into a failure. Huge inputs are checked separately: they must stop at their
+exception is a traceback the user would see instead of a collection error. No deadline: a
+per-case time limit fails on a loaded machine, not on a slow input (how fast is a benchmark's
+question). Huge inputs are checked separately: they must stop at their
 limit, with the limit in the message (how fast is measured in benchmarks/, case 8).
 
 Each property prints how many cases it ran (``pytest -s`` shows them); the counts are the
@@ -38,12 +39,12 @@ TEXT_EXAMPLES = 250
 FIELD_EXAMPLES = 400
 ROW_EXAMPLES = 250
 CSV_EXAMPLES = 150
-COMMON = settings(deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+COMMON = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                   database=None)
 
 
 def cases(n: int) -> settings:
-    """The shared settings with ``n`` examples; the deadline (per case) turns a hang into a failure."""
+    """The shared settings with ``n`` examples."""
     return settings(COMMON, max_examples=n)
 
 VALID = yaml.safe_load(spec_text("openai/gpt-4o-mini"))
