@@ -491,8 +491,11 @@ class LLM:
                         secrets = call_secrets(model)
                         error = CallError(kind, redact(str(exc), secrets), attempt,
                                           redact(refusal_fix(model, kind), secrets) if kind in REFUSED else "")
-                        if error.refused:
-                            self._refused.setdefault(identity, error)
+                        if error.refused and identity not in self._refused:
+                            self._refused[identity] = error
+                            # said once in the summary too: every item that needed the model fails with it
+                            self.notes.append(f"{model.describe()} refused the run's calls after one, which every "
+                                              f"call to it would get: {error}")
                         raise error from None
                     await self.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue
@@ -593,12 +596,10 @@ def known_provider(litellm: Any, name: str) -> None:
 
 
 def refusal_fix(model: Model, kind: str) -> str:
-    """What to do about a refusal: install the extra, name a known provider, or set (or check) the key."""
-    from .local_model import INSTALL_HINT
-
+    """What to do about a refusal: name a known provider, or set (or check) the key."""
     other = "or choose another model with --judge-model (or JUDGEOPT_MODEL)"
     if kind == "missing_extra":
-        return INSTALL_HINT
+        return ""  # the message is the install hint (local_model.INSTALL_HINT), with the other models to choose
     if kind == "provider":
         return (f"write the model as provider/model (e.g. openai/gpt-4o-mini; see https://docs.litellm.ai/docs/providers) "
                 f"in the spec's `model:` or the ini's judge_model, {other}")
