@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spec import SpecError, problem
+from .problems import SpecError, problem
 
 SUFFIX = ".answers.jsonl"
 FORMAT = "pytest-judgeopt answers"

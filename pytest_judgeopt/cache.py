@@ -159,6 +159,12 @@ class Cache:
                     return 0
                 raise
 
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Fold the write-ahead log into the main file, so a committed cache is one file."""
         with self._read_lock:
