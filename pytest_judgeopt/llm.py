@@ -287,31 +287,43 @@ class LLM:
             out.add(usage)
         return out
 
-    def supports_response_schema(self, model: Model) -> bool:
+    async def supports_response_schema(self, model: Model) -> bool:
         """Whether litellm knows the model to take a JSON-schema ``response_format`` (the embedded model does).
 
         The answer is kept beside the answer cache (keyed by the litellm version that gave it), so a run
-        answered from the cache does not import litellm to ask again.
+        answered from the cache does not import litellm to ask again. It is looked up on the lookup
+        thread and written by the cache's writer thread: a cache file another process holds locked
+        never stalls the calls in flight on the loop.
         """
         if is_embedded(model):
             return True
         if model.name not in self._schema_support:
-            from importlib.metadata import version
-
-            key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
-            cache = self.cache if self.cache_mode != "off" else None
-            stored = cache.fact(key) if cache is not None else None
-            if stored is None:
-                litellm = import_litellm()
-                try:
-                    supported = bool(litellm.supports_response_schema(model=model.name))
-                except Exception:  # litellm raises for a model it does not know: no claim of support
-                    supported = False
-                stored = {"supported": supported}
-                if cache is not None:
-                    cache.remember(key, stored)
-            self._schema_support[model.name] = bool(stored["supported"])
+            found = await asyncio.get_running_loop().run_in_executor(self._lookups(), self._schema_fact, model)
+            self._schema_support[model.name] = found
         return self._schema_support[model.name]
+
+    def _schema_fact(self, model: Model) -> bool:
+        from importlib.metadata import version
+
+        key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
+        kept = self.cache is not None and self.cache_mode != "off"
+        stored = self.stores.fact(key) if kept else None
+        if stored is None:
+            litellm = import_litellm()
+            try:
+                supported = bool(litellm.supports_response_schema(model=model.name))
+            except Exception:  # litellm raises for a model it does not know: no claim of support
+                supported = False
+            stored = {"supported": supported}
+            if kept:
+                self.stores.remember(key, stored)  # queued for the writer thread
+        return bool(stored["supported"])
+
+    def _lookups(self) -> ThreadPoolExecutor:
+        """The one thread that reads the stores (so lookups finish in the order they began)."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judgeopt-cache-reader")
+        return self._reader
 
     def dropped(self, model: Model, *, n: int = 1, seed: int | None = None, logprobs: int = 0) -> set[str]:
         """The settings asked for that the model's provider does not take (litellm's list of its parameters), said
@@ -333,16 +345,16 @@ class LLM:
             from importlib.metadata import version
 
             key = cache_key({"capability": "openai_params", "model": model.name, "litellm": version("litellm")})
-            cache = self.cache if self.cache_mode != "off" else None
-            stored = cache.fact(key) if cache is not None else None
+            kept = self.cache is not None and self.cache_mode != "off"
+            stored = self.stores.fact(key) if kept else None  # (a read never waits for a writer: WAL)
             if stored is None:
                 try:
                     supported = import_litellm().get_supported_openai_params(model=model.name)
                 except Exception:  # litellm raises for a model it cannot place: no claim either way
                     supported = None
                 stored = {"unsupported": [] if supported is None else [p for p in DROPPABLE if p not in supported]}
-                if cache is not None:
-                    cache.remember(key, stored)
+                if kept:
+                    self.stores.remember(key, stored)  # queued for the writer thread: never a wait on the loop
             self._unsupported[model.name] = frozenset(stored["unsupported"])
         return self._unsupported[model.name]
 
@@ -399,9 +411,7 @@ class LLM:
             return book[key]
         found = self.stores.pending(key)
         if found is None and self.stores:
-            if self._reader is None:
-                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judgeopt-cache-reader")
-            hit = await asyncio.get_running_loop().run_in_executor(self._reader, self.stores.get, key)
+            hit = await asyncio.get_running_loop().run_in_executor(self._lookups(), self.stores.get, key)
             found = None if hit is None else hit[0]
         return found
 
