@@ -448,7 +448,7 @@ class LLM:
             usage.errors["replay_miss"] += 1
             self._notify("error", role)
             self._record_failure(spec)
-            raise CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} (cache mode is replay)")
+            raise replay_miss(role, model, spec)
         in_flight = self._state().in_flight
         if key in in_flight:  # the same question is already being asked: share its answer
             try:
@@ -599,6 +599,19 @@ class LLM:
         response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
                                              drop_params=True, **kwargs)
         return to_reply(litellm, response)
+
+
+def replay_miss(role: str, model: Model, spec: Path | None) -> CallError:
+    """A call replay cannot answer: where its answer was looked for, and how to record it."""
+    if spec is None:
+        return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in the cache (cache mode "
+                                        "is replay)", 0, "record it with --judge-cache=use (needs the model)")
+    from .answers import answers_path
+
+    name = answers_path(spec).name
+    return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in {name} or the cache "
+                                    "(cache mode is replay)", 0,
+                     f"record it with pytest --judge-record (needs the model) and commit {name}")
 
 
 async def _awaited(work: Awaitable[T]) -> T:
