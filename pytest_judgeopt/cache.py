@@ -159,6 +159,12 @@ class Cache:
                     return 0
                 raise
 
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Fold the write-ahead log into the main file, so a committed cache is one file."""
         with self._read_lock:
@@ -183,16 +189,18 @@ class Stores:
     next time. ``put`` only queues: the writer thread commits the queue to the stores in batches
     (FLUSH_BATCH answers, or FLUSH_SECONDS after the first one waited), and ``flush`` waits until
     everything queued is written. A write that failed is raised by the next ``flush``: answers
-    are never dropped silently.
+    are never dropped silently. The local cache's facts about models (``fact``/``remember``) go
+    the same way, so nothing here ever waits for a lock on the event loop.
     """
 
-    def __init__(self, local: Store | None, shared: Store | None = None):
+    def __init__(self, local: Cache | None, shared: Store | None = None):
         self.local = local
         self.shared = shared
         self.stores: list[Store] = [s for s in (local, shared) if s is not None]
-        # key -> (answer, whether it goes to the shared store too); waiting, and the batch being written
-        self._queue: dict[str, tuple[Answer, bool]] = {}
-        self._writing: dict[str, tuple[Answer, bool]] = {}
+        # key -> (value, where it goes: "all" stores, "local" only (a copy of a shared answer), or "fact", a fact
+        # about a model for the local cache); waiting, and the batch being written
+        self._queue: dict[str, tuple[Any, str]] = {}
+        self._writing: dict[str, tuple[Any, str]] = {}
         self._first_queued: float | None = None
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -204,9 +212,12 @@ class Stores:
 
     def pending(self, key: str) -> Answer | None:
         """An answer queued or being written: no I/O, so the event loop may ask."""
+        entry = self._queued(key)
+        return None if entry is None or entry[1] == "fact" else entry[0]
+
+    def _queued(self, key: str) -> tuple[Any, str] | None:
         with self._condition:
-            entry = self._queue.get(key) or self._writing.get(key)
-        return None if entry is None else entry[0]
+            return self._queue.get(key) or self._writing.get(key)
 
     def get(self, key: str) -> tuple[Answer, str] | None:
         """The answer and where it came from ("pending", "local", "shared"); blocking, for a worker thread."""
@@ -221,18 +232,30 @@ class Stores:
             found = self.shared.get(key)
             if found is not None:
                 if self.local is not None:
-                    self._enqueue(key, found, shared=False)
+                    self._enqueue(key, found, "local")
                 return found, "shared"
         return None
 
     def put(self, key: str, value: Answer) -> None:
         """Queue an answer for every store; returns at once."""
         if self.stores:
-            self._enqueue(key, value, shared=True)
+            self._enqueue(key, value, "all")
 
-    def _enqueue(self, key: str, value: Answer, *, shared: bool) -> None:
+    def fact(self, key: str) -> Any:
+        """A fact about a model (``Cache.fact``), queued or stored; None when not known. Blocking, for a worker thread."""
+        entry = self._queued(key)
+        if entry is not None and entry[1] == "fact":
+            return entry[0]
+        return self.local.fact(key) if self.local is not None else None
+
+    def remember(self, key: str, value: Any) -> None:
+        """Queue a fact for the local cache; returns at once (a write may wait for another process's lock)."""
+        if self.local is not None:
+            self._enqueue(key, value, "fact")
+
+    def _enqueue(self, key: str, value: Any, where: str) -> None:
         with self._condition:
-            self._queue[key] = (value, shared)
+            self._queue[key] = (value, where)
             if self._first_queued is None:
                 self._first_queued = time.monotonic()
             if self._thread is None:
@@ -280,11 +303,16 @@ class Stores:
         first = self._first_queued
         return self._closing or len(self._queue) >= FLUSH_BATCH or first is None or time.monotonic() >= first + FLUSH_SECONDS
 
-    def _write(self, batch: dict[str, tuple[Answer, bool]]) -> None:
+    def _write(self, batch: dict[str, tuple[Any, str]]) -> None:
         if self.local is not None:
-            self.local.put_many([(key, value) for key, (value, _) in batch.items()])
+            answers = [(key, value) for key, (value, where) in batch.items() if where != "fact"]
+            if answers:
+                self.local.put_many(answers)
+            for key, (value, where) in batch.items():
+                if where == "fact":
+                    self.local.remember(key, value)
         if self.shared is not None:
-            shared = [(key, value) for key, (value, everywhere) in batch.items() if everywhere]
+            shared = [(key, value) for key, (value, where) in batch.items() if where == "all"]
             if shared:
                 self.shared.put_many(shared)
 

@@ -129,7 +129,7 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
     chosen = [spec.criteria[name] for name in (criteria or spec.criteria)]
     out = {shape: Judged(shape, {c.name: [] for c in chosen}) for shape in shapes}
     settings = spec.judge
-    structured = uses_structured(settings.structured, model, llm)
+    structured = await uses_structured(settings.structured, model, llm)
     logprobs = logprob_alternatives(chosen) if uses_logprobs(settings.logprobs, model) else 0
 
     async def ask(record: Record, group: Sequence[Criterion], shape: str) -> tuple[Record, Sequence[Criterion], str, Any]:
@@ -193,9 +193,9 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
     return out
 
 
-def uses_structured(setting: bool | str, model: Model, llm: LLM) -> bool:
+async def uses_structured(setting: bool | str, model: Model, llm: LLM) -> bool:
     """``judge.structured``: auto is on where litellm says the model takes a response schema, and for the embedded model."""
-    return llm.supports_response_schema(model) if setting == "auto" else bool(setting)
+    return await llm.supports_response_schema(model) if setting == "auto" else bool(setting)
 
 
 def uses_logprobs(setting: bool | str, model: Model) -> bool:

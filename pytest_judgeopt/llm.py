@@ -38,6 +38,8 @@ RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
 # key, a provider litellm does not know, the embedded model's extra not installed). The first one stops every
 # call to that model for the rest of the session.
 REFUSED = {"auth", "provider", "missing_extra"}
+# Settings a provider may not take (litellm then drops them): a call is asked, and cached, as it is really sent.
+DROPPABLE = ("n", "seed", "logprobs")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -216,6 +218,11 @@ class LLM:
         # the models a call has reached without a refusal, after which calls to it overlap
         self._refused: dict[str, CallError] = {}
         self._admitted: set[str] = set()
+        # per model name, the settings among DROPPABLE its provider does not take (litellm drops them, drop_params)
+        self._unsupported: dict[str, frozenset[str]] = {}
+        self._dropped_noted: set[tuple[str, str]] = set()
+        # what the user should know that is no call's failure (a setting a provider drops); a Session shares it
+        self.notes: list[str] = []
         self._schema_support: dict[str, bool] = {}
 
     # -- running async work from synchronous code -------------------------------------------
@@ -280,31 +287,90 @@ class LLM:
             out.add(usage)
         return out
 
-    def supports_response_schema(self, model: Model) -> bool:
+    async def supports_response_schema(self, model: Model) -> bool:
         """Whether litellm knows the model to take a JSON-schema ``response_format`` (the embedded model does).
 
         The answer is kept beside the answer cache (keyed by the litellm version that gave it), so a run
-        answered from the cache does not import litellm to ask again.
+        answered from the cache does not import litellm to ask again. It is looked up on the lookup
+        thread and written by the cache's writer thread: a cache file another process holds locked
+        never stalls the calls in flight on the loop.
         """
         if is_embedded(model):
             return True
         if model.name not in self._schema_support:
+            found = await asyncio.get_running_loop().run_in_executor(self._lookups(), self._schema_fact, model)
+            self._schema_support[model.name] = found
+        return self._schema_support[model.name]
+
+    def _schema_fact(self, model: Model) -> bool:
+        from importlib.metadata import version
+
+        key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
+        kept = self.cache is not None and self.cache_mode != "off"
+        stored = self.stores.fact(key) if kept else None
+        if stored is None:
+            litellm = import_litellm()
+            try:
+                supported = bool(litellm.supports_response_schema(model=model.name))
+            except Exception:  # litellm raises for a model it does not know: no claim of support
+                supported = False
+            stored = {"supported": supported}
+            if kept:
+                self.stores.remember(key, stored)  # queued for the writer thread
+        return bool(stored["supported"])
+
+    def _lookups(self) -> ThreadPoolExecutor:
+        """The one thread that reads the stores (so lookups finish in the order they began)."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judgeopt-cache-reader")
+        return self._reader
+
+    def dropped(self, model: Model, *, n: int = 1, seed: int | None = None, logprobs: int = 0) -> set[str]:
+        """The settings asked for that the model's provider does not take (litellm's list of its parameters), said
+        once per model and setting: ``judge.n`` above 1 then gets one reply, no logprobs are asked for, a seed
+        goes unheeded."""
+        asked = {name for name, wanted in (("n", n > 1), ("seed", seed is not None), ("logprobs", bool(logprobs)))
+                 if wanted}
+        if not asked or is_embedded(model):
+            return set()
+        found = asked & self.unsupported(model)
+        for name in sorted(found):
+            self._say_dropped(model, name, "litellm's list of the provider's parameters has no such parameter")
+        return found
+
+    def unsupported(self, model: Model) -> frozenset[str]:
+        """Of DROPPABLE, what the provider does not take; kept beside the answer cache (by litellm version), so a
+        run answered from the cache does not import litellm to ask again."""
+        if model.name not in self._unsupported:
             from importlib.metadata import version
 
-            key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
-            cache = self.cache if self.cache_mode != "off" else None
-            stored = cache.fact(key) if cache is not None else None
+            key = cache_key({"capability": "openai_params", "model": model.name, "litellm": version("litellm")})
+            kept = self.cache is not None and self.cache_mode != "off"
+            stored = self.stores.fact(key) if kept else None  # (a read never waits for a writer: WAL)
             if stored is None:
-                litellm = import_litellm()
                 try:
-                    supported = bool(litellm.supports_response_schema(model=model.name))
-                except Exception:  # litellm raises for a model it does not know: no claim of support
-                    supported = False
-                stored = {"supported": supported}
-                if cache is not None:
-                    cache.remember(key, stored)
-            self._schema_support[model.name] = bool(stored["supported"])
-        return self._schema_support[model.name]
+                    supported = import_litellm().get_supported_openai_params(model=model.name)
+                except Exception:  # litellm raises for a model it cannot place: no claim either way
+                    supported = None
+                stored = {"unsupported": [] if supported is None else [p for p in DROPPABLE if p not in supported]}
+                if kept:
+                    self.stores.remember(key, stored)  # queued for the writer thread: never a wait on the loop
+            self._unsupported[model.name] = frozenset(stored["unsupported"])
+        return self._unsupported[model.name]
+
+    def _learn_unsupported(self, model: Model, name: str, why: str) -> None:
+        self._unsupported[model.name] = self.unsupported(model) | {name}
+        self._say_dropped(model, name, why)
+
+    def _say_dropped(self, model: Model, name: str, why: str) -> None:
+        if (model.name, name) in self._dropped_noted:
+            return
+        self._dropped_noted.add((model.name, name))
+        effect = {"n": "a call gets one reply, not n of them (judge.n), and is asked and cached as one",
+                  "seed": "its replies are not reproducible by seed (the seed still keeps draws apart in the cache)",
+                  "logprobs": "replies come without token logprobs, so scores are the parsed ones; they are asked and "
+                              "cached without"}[name]
+        self.notes.append(f"{model.name} does not take `{name}` ({why}; litellm drops it): {effect}")
 
     def _usage(self, role: str) -> Usage:
         return self.usage.setdefault(role, Usage())
@@ -345,9 +411,7 @@ class LLM:
             return book[key]
         found = self.stores.pending(key)
         if found is None and self.stores:
-            if self._reader is None:
-                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judgeopt-cache-reader")
-            hit = await asyncio.get_running_loop().run_in_executor(self._reader, self.stores.get, key)
+            hit = await asyncio.get_running_loop().run_in_executor(self._lookups(), self.stores.get, key)
             found = None if hit is None else hit[0]
         return found
 
@@ -362,6 +426,11 @@ class LLM:
         ``spec`` is the spec file the call serves: its answer file is read first, and with
         ``--judge-record`` the answer is recorded for it.
         """
+        dropped = self.dropped(model, n=n, seed=seed, logprobs=logprobs)
+        # asked as it will be answered, and cached so: never an n: 5 answer holding one reply. A seed the provider
+        # ignores stays in the key: it still tells one draw from another (a retest's repetitions, a study's runs)
+        n = 1 if "n" in dropped else n
+        logprobs = 0 if "logprobs" in dropped else logprobs
         params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
         if response_format is not None:
             params["response_format"] = response_format
@@ -379,7 +448,7 @@ class LLM:
             usage.errors["replay_miss"] += 1
             self._notify("error", role)
             self._record_failure(spec)
-            raise CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} (cache mode is replay)")
+            raise replay_miss(role, model, spec)
         in_flight = self._state().in_flight
         if key in in_flight:  # the same question is already being asked: share its answer
             try:
@@ -404,6 +473,9 @@ class LLM:
         finally:
             del in_flight[key]
         future.set_result(reply)
+        if len(reply.choices) < n:  # the provider ignored n (litellm sent it): learnt, said, and not cached as n
+            self._learn_unsupported(model, "n", f"it answered {len(reply.choices)} of the {n} replies asked for")
+            return reply  # (nor recorded: an answer file holds what the cache would)
         answer = reply.to_json()
         if self.cache_mode != "off":
             self.stores.put(key, answer)  # queued: the writer thread commits it within FLUSH_SECONDS
@@ -480,8 +552,11 @@ class LLM:
                         secrets = call_secrets(model)
                         error = CallError(kind, redact(str(exc), secrets), attempt,
                                           redact(refusal_fix(model, kind), secrets) if kind in REFUSED else "")
-                        if error.refused:
-                            self._refused.setdefault(identity, error)
+                        if error.refused and identity not in self._refused:
+                            self._refused[identity] = error
+                            # said once in the summary too: every item that needed the model fails with it
+                            self.notes.append(f"{model.describe()} refused the run's calls after one, which every "
+                                              f"call to it would get: {error}")
                         raise error from None
                     await self.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue
@@ -524,6 +599,19 @@ class LLM:
         response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
                                              drop_params=True, **kwargs)
         return to_reply(litellm, response)
+
+
+def replay_miss(role: str, model: Model, spec: Path | None) -> CallError:
+    """A call replay cannot answer: where its answer was looked for, and how to record it."""
+    if spec is None:
+        return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in the cache (cache mode "
+                                        "is replay)", 0, "record it with --judge-cache=use (needs the model)")
+    from .answers import answers_path
+
+    name = answers_path(spec).name
+    return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in {name} or the cache "
+                                    "(cache mode is replay)", 0,
+                     f"record it with pytest --judge-record (needs the model) and commit {name}")
 
 
 async def _awaited(work: Awaitable[T]) -> T:
@@ -586,12 +674,10 @@ def known_provider(litellm: Any, name: str) -> None:
 
 
 def refusal_fix(model: Model, kind: str) -> str:
-    """What to do about a refusal: install the extra, name a known provider, or set (or check) the key."""
-    from .local_model import INSTALL_HINT
-
+    """What to do about a refusal: name a known provider, or set (or check) the key."""
     other = "or choose another model with --judge-model (or JUDGEOPT_MODEL)"
     if kind == "missing_extra":
-        return INSTALL_HINT
+        return ""  # the message is the install hint (local_model.INSTALL_HINT), with the other models to choose
     if kind == "provider":
         return (f"write the model as provider/model (e.g. openai/gpt-4o-mini; see https://docs.litellm.ai/docs/providers) "
                 f"in the spec's `model:` or the ini's judge_model, {other}")

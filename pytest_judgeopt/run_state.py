@@ -46,17 +46,18 @@ class JudgeRun:
 
             config = self.config
             cache_dir = config.rootpath / setting(config, "judge_cache_dir")
-            notes: list[str] = []
             shared = None
             url = cache_url(config)
             if url:
                 from .redis_cache import RedisCache
 
                 shared = RedisCache(url, prefix=setting(config, "judge_cache_prefix"), ttl=setting(config, "judge_cache_ttl"),
-                                    required=flag(config, "judge_cache_required"), report=notes.append)
+                                    required=flag(config, "judge_cache_required"))
             llm = LLM(cache=Cache(cache_dir), shared=shared, cache_mode=setting(config, "judge_cache"),
                       concurrency=setting(config, "judge_concurrency"), timeout=setting(config, "judge_timeout"),
                       retries=setting(config, "judge_retries"))
+            if shared is not None:
+                shared.report = llm.notes.append  # the shared cache's troubles, once each, in the session's notes
             if flag(config, "judge_record"):
                 from .answers import Recorder
 
@@ -69,7 +70,6 @@ class JudgeRun:
             self._session = Session(llm, progress=progress, model_override=config.getoption("judge_model"),
                                     default_model=config.getini("judge_model") or None, sample=setting(config, "judge_sample"),
                                     hooks=self.spec_hooks, state_dir=cache_dir, transforms=lambda: transforms(config))
-            self._session.notes = notes  # the shared cache reports its troubles here, once each
             self._session.base = config.rootpath
         return self._session
 

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import textwrap
 import time
@@ -38,15 +39,30 @@ def fake_llm() -> Iterator[FakeLLMServer]:
 class RedisServer:
     """A real ``redis-server`` on a free 127.0.0.1 port, persistence off (nothing written to disk), stopped after the test."""
 
-    def __init__(self, directory: Path, *extra: str):
+    def __init__(self, directory: Path, *extra: str, tls: bool = False):
         self.directory = directory
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        # TLS only (no plain port), with a throwaway self-signed certificate for 127.0.0.1, its own CA
+        self.certificate = directory / "redis.crt" if tls else None
 
     @property
     def url(self) -> str:
+        if self.certificate is not None:  # the client checks the server against this CA (redis-py's URL parameter)
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificate}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def listen(self) -> list[str]:
+        if self.certificate is None:
+            return ["--port", str(self.port)]
+        key = self.directory / "redis.key"
+        if not self.certificate.exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                            str(self.certificate), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+                            "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.certificate), "--tls-key-file",
+                str(key), "--tls-ca-cert-file", str(self.certificate), "--tls-auth-clients", "no"]
 
     def start(self) -> RedisServer:
         for _ in range(5):  # the free port may be taken between finding it and the server binding it
@@ -54,7 +70,7 @@ class RedisServer:
                 s.bind(("127.0.0.1", 0))
                 self.port = s.getsockname()[1]
             self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                ["redis-server", *self.listen(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--dir", str(self.directory), *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._ready():
                 return self
@@ -67,10 +83,15 @@ class RedisServer:
             if self.process is None or self.process.poll() is not None:
                 return False
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith(b"+PONG"):
-                        return True
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as plain:
+                    conn = plain
+                    if self.certificate is not None:
+                        conn = ssl.create_default_context(cafile=str(self.certificate)).wrap_socket(
+                            plain, server_hostname="127.0.0.1")
+                    with conn:
+                        conn.sendall(b"PING\r\n")
+                        if conn.recv(64).startswith(b"+PONG"):
+                            return True
             except OSError:
                 time.sleep(0.05)
         return False
@@ -78,6 +99,9 @@ class RedisServer:
     def client(self) -> Any:
         import redis
 
+        if self.certificate is not None:
+            return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, ssl=True,
+                               ssl_ca_certs=str(self.certificate))
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def kill(self) -> None:
@@ -97,13 +121,16 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
-    """Start real Redis servers (extra arguments: ``--maxmemory 1mb`` ...); skips only when the binary is absent."""
+    """Start real Redis servers (extra arguments: ``--maxmemory 1mb`` ...; ``tls=True``: TLS only, which needs
+    openssl for its certificate); skips only when a binary is absent."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (.ci/run installs Debian's redis-server)")
     started: list[RedisServer] = []
 
-    def start(*extra: str) -> RedisServer:
-        server = RedisServer(tmp_path_factory.mktemp("redis"), *extra).start()
+    def start(*extra: str, tls: bool = False) -> RedisServer:
+        if tls and shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed (it makes the TLS server's certificate)")
+        server = RedisServer(tmp_path_factory.mktemp("redis"), *extra, tls=tls).start()
         started.append(server)
         return server
 

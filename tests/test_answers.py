@@ -93,6 +93,30 @@ def test_replay_passes_from_the_answer_file_with_the_server_gone_and_no_local_ca
     assert f"model calls: 0 made, {ANSWERS} from cache" in result.stdout.str()
 
 
+def test_a_case_or_probe_whose_answers_are_not_recorded_fails_in_replay_naming_the_file_and_the_fix(
+        pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    """The criterion items replay from the file; a case and a retest probe added since ask what was never
+    recorded, and their items say where the answers were looked for and how to record them."""
+    fake_llm.responder = human_from_prompt(RECORDS)
+    spec = project(pytester.path, server_model(fake_llm))
+    pytester.runpytest("--judge-record").assert_outcomes(passed=3)
+    asked = len(fake_llm.chat_requests())
+    spec.write_text(spec.read_text() + "cases:\n  - {name: new-text, inputs: {source: s, summary: t}, "
+                    "expect: {coherence: '>= 3'}}\nprobes:\n  - {kind: retest, k: 1, min: 0.8, criteria: coherence}\n")
+
+    result = pytester.runpytest("--judge-cache=replay", "-rA")
+    result.assert_outcomes(passed=3, failed=2)
+    out = result.stdout.str()
+    assert len(fake_llm.chat_requests()) == asked  # nothing was asked
+    assert ("no recorded answer for a judge call to openai/fake-judge in toy.judge.answers.jsonl or the cache (cache "
+            "mode is replay) Fix: record it with pytest --judge-record (needs the model) and commit "
+            "toy.judge.answers.jsonl") in out, out  # the case's judgment
+    # the probe's first judgments are the criterion item's, recorded; its repetitions (another seed) are not
+    assert (f"{TEST_SAMPLES} answers are not in toy.judge.answers.jsonl or the cache (cache mode is replay), for "
+            "samples d1-s0, d1-s1, d1-s2 and 5 more. Fix: record them with pytest --judge-record (needs the model) "
+            "and commit toy.judge.answers.jsonl") in out, out
+
+
 def test_answers_no_longer_used_are_dropped(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
     fake_llm.responder = human_from_prompt(RECORDS)
     spec = project(pytester.path, server_model(fake_llm))

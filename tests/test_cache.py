@@ -401,6 +401,63 @@ def test_a_write_waiting_for_another_process_does_not_stall_calls_in_flight(
     llm.close()
 
 
+def test_a_model_fact_learned_while_another_process_holds_the_cache_does_not_stall_calls_in_flight(
+        fake_llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``judge.structured: auto`` asks litellm once whether the model takes a response schema and keeps the answer
+    in the local cache (a fact beside the answers). Written on the event loop, that fact waits out another
+    worker's transaction, and every call in flight waits with it."""
+    from pytest_judgeopt import cache as cache_module
+    from pytest_judgeopt.judge import judge_shapes
+    from pytest_judgeopt.session import Session
+    from tests.conftest import human_from_prompt, make_records, spec_text
+
+    monkeypatch.setattr(cache_module, "BUSY_TIMEOUT", 600.0)  # the write waits far longer than this test
+    records = make_records()
+    truthful = human_from_prompt(records)
+    fake_llm.responder = lambda body: truthful(body) if "<summary>" in body["messages"][-1]["content"] else "3"
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec_path = tmp_path / "toy.judge.yaml"
+    spec_path.write_text(spec_text(server_model(fake_llm)))  # judge.structured is auto
+    existing = Cache(tmp_path / "cache")
+    existing.put("earlier", {"x": 0})  # the file exists, in WAL mode, and knows no fact yet
+    existing.close()
+    other_worker = sqlite3.connect(tmp_path / "cache" / FILE_NAME, isolation_level=None)
+    other_worker.execute("BEGIN IMMEDIATE")  # holds the write lock until COMMIT
+    session = Session(LLM(cache=Cache(tmp_path / "cache"), backoff=0.01, timeout=5.0))
+    llm = session.llm
+    loaded = session.load(spec_path)
+    model = session.model_for(loaded.spec)
+    instructions = {name: c.instruction for name, c in loaded.spec.criteria.items()}
+    questions = [[{"role": "user", "content": f"Rate summary {i}."}] for i in range(20)]
+
+    async def one_after_another() -> list[Reply]:
+        return [await llm.complete(model, q) for q in questions]
+
+    async def calls_and_a_judge_pass() -> tuple[list[Reply], Any]:
+        return await asyncio.gather(one_after_another(), judge_shapes(llm, model, loaded.spec, loaded.dataset.records,
+                                                                      instructions))
+
+    try:
+        running = asyncio.run_coroutine_threadsafe(calls_and_a_judge_pass(), llm._ensure_loop())
+        # a generous deadline that only a stalled loop misses (it would wait out the 600 s busy timeout)
+        replies, judged = running.result(timeout=120)
+        judgments = [j for js in judged["separate"].judgments.values() for j in js]
+        assert len(replies) == len(questions) and len(judgments) == 2 * len(records)
+        assert all(j.failure is None for j in judgments)
+        assert entries(tmp_path / "cache") == {"earlier": {"x": 0}}  # nothing could be written yet
+    finally:
+        other_worker.execute("COMMIT")
+        other_worker.close()
+    llm.flush()  # now the writer gets the lock: the answers, and the fact
+    assert len(entries(tmp_path / "cache")) == 1 + len(questions) + 2 * len(records)
+    db = sqlite3.connect(tmp_path / "cache" / FILE_NAME)
+    try:
+        assert [json.loads(v) for (v,) in db.execute("SELECT value FROM facts")] == [{"supported": False}]
+    finally:
+        db.close()
+    session.close()
+
+
 # -- keys by endpoint and by the embedded model's weights (issue 12, item 19) --------------------
 
 

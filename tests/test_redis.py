@@ -69,6 +69,34 @@ def test_two_checkouts_sharing_one_redis_the_second_makes_no_model_call(
     assert local_answers(second) == ANSWERS  # copied into the second checkout's own cache: it has them offline now
 
 
+def test_a_tls_redis_named_by_the_environment_is_shared_and_its_certificate_is_checked(
+        pytester: pytest.Pytester, fake_llm: FakeLLMServer, redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rediss:// through JUDGEOPT_CACHE_URL (a CI job's secret): the second checkout makes no call; a server whose
+    certificate the client cannot check is not used (reported once, the run goes on with the local cache)."""
+    fake_llm.responder = human_from_prompt(RECORDS)
+    redis = redis_server(tls=True)
+    first, second, third = (checkout(pytester.path / name, fake_llm) for name in ("alice", "ci-runner", "untrusting"))
+    monkeypatch.setenv("JUDGEOPT_CACHE_URL", redis.url)
+    run(pytester, first).assert_outcomes(passed=3)
+    assert len(fake_llm.chat_requests()) == ANSWERS
+    assert len(redis.client().keys("judgeopt:*")) == ANSWERS  # stored over TLS
+    fake_llm.reset()
+
+    result = run(pytester, second)
+    result.assert_outcomes(passed=3)
+    assert fake_llm.chat_requests() == []
+    assert f"model calls: 0 made, {ANSWERS} from cache" in result.stdout.str()
+
+    untrusted = redis.url.split("?")[0]  # the system's CAs only: the self-signed certificate is refused
+    monkeypatch.setenv("JUDGEOPT_CACHE_URL", untrusted)
+    result = run(pytester, third)
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert out.count(f"the shared cache {untrusted} cannot be reached") == 1, out
+    assert "certificate verify failed" in out, out
+    assert len(fake_llm.chat_requests()) == ANSWERS  # asked the model, as with no shared cache
+
+
 def test_keys_carry_the_prefix_and_the_ttl_and_nothing_of_the_endpoint_or_key(
         pytester: pytest.Pytester, fake_llm: FakeLLMServer, redis_server: Any) -> None:
     fake_llm.responder = human_from_prompt(RECORDS)
