@@ -11,15 +11,15 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ below imports on first use
+    from .call_errors import CallError as CallError
     from .cases import CaseResult as CaseResult
     from .interference import InterferenceResult as InterferenceResult
     from .judge import CriterionResult as CriterionResult
     from .judge import Judgment as Judgment
     from .llm import LLM as LLM
-    from .llm import CallError as CallError
-    from .llm import Usage as Usage
     from .optimize import Budget as Budget
     from .optimize import OptimizationResult as OptimizationResult
+    from .replies import Usage as Usage
     from .scoring import Scored as Scored
     from .session import Session as Session
     from .spec import Spec as Spec
@@ -44,8 +44,8 @@ _LAZY = {
     "OptimizationResult": ".optimize",
     "Budget": ".optimize",
     "LLM": ".llm",
-    "CallError": ".llm",
-    "Usage": ".llm",
+    "CallError": ".call_errors",
+    "Usage": ".replies",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -354,7 +354,7 @@ async def judge_cases(llm: LLM, model: Model, spec: Spec, cases: Sequence[Case],
                       *, role: str = "judge") -> list[list[Check]]:
     """Each case's checks under the given instructions (the items', or an optimizer's candidate), all calls in
     flight together: cases that expect the same criteria share one pass of the judge."""
-    from .llm import gather_or_cancel
+    from .aio import gather_or_cancel
 
     groups: dict[tuple[str, ...], list[Case]] = {}
     for case in cases:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .judge import Judgment
-    from .llm import Usage
+    from .replies import Usage
     from .spec import Model, Spec
     from .stats import PairedDifference
 

@@ -24,7 +24,7 @@ from .spec import Interference
 
 if TYPE_CHECKING:
     from .judge import CriterionResult
-    from .llm import Usage
+    from .replies import Usage
 
 
 def rules_of(settings: Interference) -> Rules:

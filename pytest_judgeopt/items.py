@@ -29,7 +29,7 @@ class ItemFailed(Exception):
 def known_failure(error: BaseException) -> str | None:
     """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model,
     a shared cache that is required)."""
-    from .llm import CallError
+    from .call_errors import CallError
     from .local_model import LocalModelUnavailable
     from .probes import ProbeError
     from .redis_cache import SharedCacheError

@@ -13,9 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .aio import gather_or_cancel
+from .call_errors import CallError
 from .data import Record
-from .llm import LLM, CallError, Choice, Usage, gather_or_cancel, is_embedded
+from .llm import LLM
+from .local_model import is_embedded
 from .parse import ParsedScore, json_objects, parse_merged, parse_score
+from .replies import Choice, Usage
 from .spec import Correlation, Criterion, Model, Spec
 from .structured import judgment_schema, longest_reply, response_format, violation
 from .weighting import score_span, weighted_score

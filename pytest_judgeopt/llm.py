@@ -9,20 +9,28 @@ takes seconds, and most pytest runs never judge anything.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import re
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from .aio import LoopState, T, _awaited, cancel_pending, finished, settle
 from .cache import MODES, Answer, Cache, Store, Stores, cache_key
+from .call_errors import REFUSED as REFUSED
+from .call_errors import RETRYABLE as RETRYABLE
+from .call_errors import STATUS_KINDS, BadResponse, UnknownProvider, model_identity, replay_miss, retry_after, underlying_kind
+from .call_errors import CallError as CallError  # raised by the client, caught by that name
+from .local_model import LOCAL_PROVIDER, is_embedded
+from .redaction import call_secrets, redact
+from .replies import Choice as Choice  # the client's reply types, named through it by callers
+from .replies import Reply as Reply
+from .replies import Usage as Usage
+from .replies import token_logprobs
 from .spec import CONNECTION_PARAMS, Model, is_credential_name
 
 if TYPE_CHECKING:
@@ -30,149 +38,9 @@ if TYPE_CHECKING:
 
     from .answers import Recorder
 
-T = TypeVar("T")
 
-SECRET = re.compile(r"(\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
-RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
-# Failures of the setup, not of one call: every call to the model would fail the same way (a refused or missing
-# key, a provider litellm does not know, the embedded model's extra not installed). The first one stops every
-# call to that model for the rest of the session.
-REFUSED = {"auth", "provider", "missing_extra"}
 # Settings a provider may not take (litellm then drops them): a call is asked, and cached, as it is really sent.
 DROPPABLE = ("n", "seed", "logprobs")
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Provider errors sometimes echo credentials; nothing we store or print may carry them.
-
-    ``secrets`` are the literal credentials a call sent: a provider may echo a key in a shape
-    no pattern recognises ("Incorrect API key provided: <key>"), so those are removed verbatim.
-    """
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return SECRET.sub("[redacted]", text)
-
-
-def model_secrets(model: Model) -> list[str]:
-    """The credential values among a model's settings (and its headers), longest first (so no fragment of one is left)."""
-    settings = list(model.params)
-    for _, value in model.params:
-        if isinstance(value, dict):  # extra_headers: {"Authorization": ...}
-            settings.extend(value.items())
-    found = {value for name, value in settings  # strings only: max_tokens is a number, not a secret
-             if isinstance(value, str) and is_credential_name(str(name))}
-    return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
-
-
-def call_secrets(model: Model) -> list[str]:
-    """Every credential a call may have sent, longest first: the model's own, and those litellm takes
-    from the environment when the model names none (a key without a recognisable shape, echoed by
-    the provider, would otherwise pass the patterns)."""
-    from_env = {value for name, value in os.environ.items() if is_credential_name(name) and len(value) >= 8}
-    return sorted(set(model_secrets(model)) | from_env, key=len, reverse=True)
-
-
-class CallError(Exception):
-    """A model call that failed for good (after retries), with the kind of failure; ``fix`` says what to do
-    where the setup is at fault (a key to set, a model to choose)."""
-
-    def __init__(self, kind: str, message: str, attempts: int = 1, fix: str = ""):
-        text = redact(message)
-        super().__init__(f"{kind}: {text}" + (f" Fix: {fix}" if fix else ""))
-        self.kind = kind
-        self.message = text
-        self.attempts = attempts
-        self.fix = fix
-
-    @property
-    def refused(self) -> bool:
-        """The setup is at fault, so every call to this model fails alike: the run stops asking it."""
-        return self.kind in REFUSED
-
-
-@dataclass(frozen=True)
-class Choice:
-    text: str | None
-    finish_reason: str | None = None
-    logprobs: list[list[tuple[str, float]]] | None = None
-
-
-@dataclass(frozen=True)
-class Reply:
-    choices: tuple[Choice, ...]
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None
-    cached: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"choices": [{"text": c.text, "finish_reason": c.finish_reason, "logprobs": c.logprobs} for c in self.choices],
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "cost": self.cost}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], cached: bool) -> Reply:
-        choices = tuple(Choice(c["text"], c.get("finish_reason"),
-                               [[(t, lp) for t, lp in pos] for pos in c["logprobs"]] if c.get("logprobs") else None)
-                        for c in data["choices"])
-        return cls(choices, data.get("prompt_tokens", 0), data.get("completion_tokens", 0), data.get("cost"), cached)
-
-
-@dataclass
-class Usage:
-    """What model requests cost: how many were asked, answered by a model or the cache, retried, failed.
-
-    The client keeps one per role, whose tokens and dollars count calls that reached a model; a
-    judging keeps one for its own judgments (judge.Judged), whose tokens count every answer.
-    """
-
-    requests: int = 0  # every complete() asked for: calls + cache hits + shared + failed
-    calls: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    cost_unknown: int = 0
-
-    def add(self, other: Usage) -> None:
-        for name in ("requests", "calls", "cache_hits", "retries", "prompt_tokens", "completion_tokens", "cost", "cost_unknown"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors.update(other.errors)
-
-    def minus(self, earlier: Usage) -> Usage:
-        """What was spent since ``earlier``, a copy of this same counter taken before."""
-        out = Usage(errors=self.errors - earlier.errors)
-        for name in ("requests", "calls", "cache_hits", "retries", "prompt_tokens", "completion_tokens", "cost", "cost_unknown"):
-            setattr(out, name, getattr(self, name) - getattr(earlier, name))
-        return out
-
-    def state(self) -> dict[str, Any]:
-        """Every counter as plain data (unlike to_json, nothing rounded or summarised), so counters of
-        several processes (pytest-xdist workers) add up to what one process would have counted."""
-        return {**{name: getattr(self, name) for name in ("requests", "calls", "cache_hits", "retries", "prompt_tokens",
-                                                          "completion_tokens", "cost", "cost_unknown")},
-                "errors": dict(self.errors)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Usage:
-        return cls(**{**state, "errors": Counter(state.get("errors", {}))})
-
-    @property
-    def answered(self) -> int:
-        """Requests that got an answer: from a model or from the cache (the client counts an answer shared
-        with an identical request in flight as neither; a judging counts it as a call)."""
-        return self.calls + self.cache_hits
-
-    def answers_json(self) -> dict[str, int]:
-        """Answers and their tokens: how results.json shows what an evaluation's judgments cost."""
-        return {"calls": self.answered, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "calls": self.calls, "cache_hits": self.cache_hits, "retries": self.retries,
-                "errors": dict(sorted(self.errors.items())), "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "cost_usd": None if self.cost_unknown and not self.cost else round(self.cost, 6)}
 
 
 class LLM:
@@ -601,69 +469,6 @@ class LLM:
         return to_reply(litellm, response)
 
 
-def replay_miss(role: str, model: Model, spec: Path | None) -> CallError:
-    """A call replay cannot answer: where its answer was looked for, and how to record it."""
-    if spec is None:
-        return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in the cache (cache mode "
-                                        "is replay)", 0, "record it with --judge-cache=use (needs the model)")
-    from .answers import answers_path
-
-    name = answers_path(spec).name
-    return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in {name} or the cache "
-                                    "(cache mode is replay)", 0,
-                     f"record it with pytest --judge-record (needs the model) and commit {name}")
-
-
-async def _awaited(work: Awaitable[T]) -> T:
-    return await work
-
-
-@dataclass
-class LoopState:
-    """What belongs to one event loop: the concurrency limit, the requests in flight (shared by identical
-    requests), and per model the lock its first calls take one at a time."""
-
-    semaphore: asyncio.Semaphore
-    in_flight: dict[str, asyncio.Future[Reply]] = field(default_factory=dict)
-    first_call: dict[str, asyncio.Lock] = field(default_factory=dict)
-    requests: set[asyncio.Future[Reply]] = field(default_factory=set)  # litellm calls running now
-
-
-def finished(request: asyncio.Future[Reply]) -> None:
-    """A request's end: its failure is retrieved here, for a request whose caller was cancelled and never looks."""
-    if not request.cancelled():
-        request.exception()
-
-
-async def settle(requests: set[asyncio.Future[Reply]], timeout: float) -> None:
-    """Let the requests still running end (those whose callers were cancelled), before the loop closes."""
-    if requests:
-        await asyncio.wait(list(requests), timeout=timeout)
-
-
-def model_identity(model: Model) -> str:
-    """A model with the endpoint and credentials it is called with: a refusal belongs to that combination
-    (the same model name with another key or server may well answer). Held in memory only."""
-    return json.dumps([model.name, list(model.params)], sort_keys=True, default=str)
-
-
-async def gather_or_cancel(work: Sequence[Awaitable[T]]) -> list[T]:
-    """``asyncio.gather`` that, when one fails, cancels the others (and waits for them to end) before raising
-    that first error as it is: an unexpected error must not leave sibling calls running and billing."""
-    tasks = [asyncio.ensure_future(w) for w in work]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-class UnknownProvider(Exception):
-    """litellm cannot tell which provider a model string names."""
-
-
 def known_provider(litellm: Any, name: str) -> None:
     """Raise UnknownProvider where litellm cannot resolve the model's provider (asked of litellm's own resolver,
     so no call is made); litellm would report it as a bad request, which reads like a fault of the prompt."""
@@ -705,14 +510,6 @@ async def close_clients() -> None:
         await _litellm.close_litellm_async_clients()
 
 
-async def cancel_pending() -> None:
-    """End what litellm left running on our loop (its logging worker), so the loop closes cleanly."""
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def to_reply(litellm: Any, response: Any) -> Reply:
     choices = getattr(response, "choices", None)
     if not choices:
@@ -740,23 +537,6 @@ def response_cost(litellm: Any, response: Any) -> float | None:
         return litellm.completion_cost(completion_response=response)
     except Exception:  # litellm raises when it has no price for the model
         return None
-
-
-def token_logprobs(choice: Any) -> list[list[tuple[str, float]]] | None:
-    """Per generated token, the top alternatives (the chosen token first), as plain tuples."""
-    content = getattr(getattr(choice, "logprobs", None), "content", None)
-    if not content:
-        return None
-    out = []
-    for position in content:
-        chosen = (position.token, position.logprob)
-        alternatives = [(alt.token, alt.logprob) for alt in (position.top_logprobs or []) if alt.token != position.token]
-        out.append([chosen, *alternatives])
-    return out
-
-
-class BadResponse(Exception):
-    """The provider answered, but not with a usable chat completion."""
 
 
 def classify(exc: BaseException) -> tuple[str | None, float | None]:
@@ -792,58 +572,6 @@ def classify(exc: BaseException) -> tuple[str | None, float | None]:
     return kind, retry_after(exc)
 
 
-# Kinds for statuses litellm does not map to an exception class of their own.
-STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 429: "rate_limit"}
-
-
-def underlying_kind(exc: BaseException) -> str | None:
-    """The kind of the first telling exception below ``exc``, or None when the provider really answered with an error."""
-    import openai  # loaded with litellm, which is already in memory when a call has failed
-
-    from .local_model import LocalModelUnavailable
-
-    seen = {id(exc)}
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, LocalModelUnavailable):  # raised inside litellm's call (the weights went missing)
-            return "missing_extra"
-        if type(cause) is openai.OpenAIError:
-            # the OpenAI client refused to start, before any request: no key ("Missing credentials"); litellm
-            # reports it as a server error (500), which would be retried
-            return "auth"
-        if isinstance(cause, openai.APIStatusError):
-            return None  # an HTTP error status: the outer classification stands
-        if isinstance(cause, (openai.APITimeoutError, TimeoutError)):
-            return "timeout"
-        if isinstance(cause, (openai.APIConnectionError, ConnectionError)):
-            return "connection"
-        if isinstance(cause, json.JSONDecodeError):
-            return "bad_response"
-        if isinstance(cause, PROGRAMMING_ERRORS):
-            return "bug"  # litellm wraps what went wrong in its own code or ours as a connection error
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
-# Errors no provider or network makes: below litellm's wrapper, they are a bug (litellm's or ours), not a failed call.
-PROGRAMMING_ERRORS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError, ImportError)
-
-
-def retry_after(exc: BaseException) -> float | None:
-    headers: Any = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
-    if not headers:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                continue  # an HTTP date: fall back to our own backoff
-    return None
-
-
 _litellm: Any = None
 
 
@@ -858,14 +586,6 @@ def import_litellm() -> Any:
         litellm.suppress_debug_info = True
         _litellm = litellm
     return _litellm
-
-
-LOCAL_PROVIDER = "local"
-
-
-def is_embedded(model: Model) -> bool:
-    """The in-process model of ``local_model.py`` (``local/smollm2``), not a hosted provider."""
-    return model.name.startswith(f"{LOCAL_PROVIDER}/")
 
 
 def register_local_model(litellm: Any) -> None:

@@ -38,7 +38,10 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .spec import Model
 
 MODEL_NAME = "local/smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -480,3 +483,11 @@ def make_handler(litellm: Any) -> Any:
                                              total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]))
 
     return SmolLM2()
+
+
+LOCAL_PROVIDER = "local"
+
+
+def is_embedded(model: Model) -> bool:
+    """The in-process model of ``local_model.py`` (``local/smollm2``), not a hosted provider."""
+    return model.name.startswith(f"{LOCAL_PROVIDER}/")

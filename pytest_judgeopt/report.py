@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .llm import Usage
+from .replies import Usage
 from .text import (
     Line,
     Table,

@@ -13,15 +13,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from .aio import gather_or_cancel
 from .baseline import BaselineSpec
 from .cases import Case, CaseResult, judge_cases, load_cases
 from .compare import Comparison, Configuration, Rules, Side, compare, scoring_of
 from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
 from .interference import InterferenceResult, rules_of
 from .judge import CriterionResult, Judged, assess, judge_records, judge_shapes, prediction_rows
-from .llm import LLM, Usage, gather_or_cancel
+from .llm import LLM
 from .local_model import MODEL_NAME as EMBEDDED_MODEL
 from .probes import Probe, ProbeResult, Transform, assess_probe, changed_batches, load_probes
+from .replies import Usage
 from .scoring import Scored, as_record, check_inputs, score_records
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, SpecWarning, load_spec
 

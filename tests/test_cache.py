@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from pytest_judgeopt.cache import FILE_NAME, Cache, cache_key
-from pytest_judgeopt.llm import LLM, CallError, Reply
+from pytest_judgeopt.call_errors import CallError
+from pytest_judgeopt.llm import LLM
+from pytest_judgeopt.replies import Reply
 from pytest_judgeopt.spec import Model
 from tests import fake_llm
 from tests.fake_llm import FakeLLMServer

@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from pytest_judgeopt.cache import Cache
-from pytest_judgeopt.llm import LLM, CallError, Reply, call_secrets, model_secrets, redact
+from pytest_judgeopt.call_errors import CallError
+from pytest_judgeopt.llm import LLM
+from pytest_judgeopt.redaction import call_secrets, model_secrets, redact
+from pytest_judgeopt.replies import Reply
 from pytest_judgeopt.spec import Model, is_credential_name
 from tests import fake_llm
 from tests.conftest import server_model

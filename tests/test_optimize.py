@@ -471,7 +471,7 @@ def test_a_call_budget_stops_cleanly_keeps_the_best_so_far_and_is_never_exceeded
 def test_retries_count_against_the_call_budget(fake_llm: FakeLLMServer) -> None:
     """At the client: a call whose first attempts fail (500) and are retried spends a call of the budget per
     attempt; the retries bypassed it, so a budget of 2 let a third request through."""
-    from pytest_judgeopt.llm import CallError
+    from pytest_judgeopt.call_errors import CallError
     from pytest_judgeopt.optimize.budget import Allowance, Budget
     from pytest_judgeopt.spec import Model
     from tests.conftest import server_model
