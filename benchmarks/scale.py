@@ -26,7 +26,8 @@ def instant_llm(cache_dir: Path, concurrency: int) -> Any:
     """The project's client, its model call replaced by the scripted answer: everything else (cache keys, writes,
     accounting) is the real path."""
     from pytest_judgeopt.cache import Cache
-    from pytest_judgeopt.llm import LLM, Choice, Reply
+    from pytest_judgeopt.llm import LLM
+    from pytest_judgeopt.replies import Choice, Reply
 
     class InstantLLM(LLM):
         async def _request(self, model: Any, messages: list[dict[str, str]], params: dict[str, Any], n: int,

@@ -5,6 +5,7 @@ cancels the rest when one fails (so an unexpected error leaves no sibling call r
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -26,6 +27,9 @@ class LoopState:
     semaphore: asyncio.Semaphore
     in_flight: dict[str, asyncio.Future[Reply]] = field(default_factory=dict)
     first_call: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # calls queued on (or holding) a model's first-call lock: while any are, later calls queue behind them, so
+    # calls reach the model in the order they began even across the model's admission
+    queued: Counter[str] = field(default_factory=Counter)
     requests: set[asyncio.Future[Reply]] = field(default_factory=set)  # litellm calls running now
 
 

@@ -31,7 +31,7 @@ BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction
 FLUSH_SECONDS = 1.0  # a queued answer is written within this long (a killed process loses at most that much)
 FLUSH_BATCH = 64  # or as soon as this many are queued: a commit is a disk sync, so they are batched
 
-Answer = dict[str, Any]  # a reply as plain JSON data (llm.Reply.to_json)
+Answer = dict[str, Any]  # a reply as plain JSON data (replies.Reply.to_json)
 
 
 def cache_key(request: dict[str, Any]) -> str:

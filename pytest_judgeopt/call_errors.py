@@ -1,10 +1,11 @@
 """How a model call fails: the kinds (retried, or refusing the setup so every later call is stopped),
-``CallError`` with the fix a user can act on, and the wait a server asked for. Classifying litellm's own
-exceptions into these kinds is done where litellm is called (``llm.classify``).
+``CallError`` with the fix a user can act on, the wait a server asked for, and the kind of an exception
+(``classify``: litellm's exception classes are passed in by llm.py, the one module that imports litellm).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,35 @@ def underlying_kind(exc: BaseException) -> str | None:
             return "bug"  # litellm wraps what went wrong in its own code or ours as a connection error
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def classify(exc: BaseException, errors: Any) -> tuple[str | None, float | None]:
+    """Kind of failure, and the wait the server asked for (Retry-After), if any. The kind is None for what
+    is no provider's or transport's failure (a bug: a TypeError, a KeyError), which the client re-raises."""
+    from .local_model import LocalModelUnavailable
+
+    e = errors  # litellm.exceptions, passed in by the one module that imports litellm
+    kinds = [(LocalModelUnavailable, "missing_extra"), (UnknownProvider, "provider"), (e.RateLimitError, "rate_limit"),
+             (e.Timeout, "timeout"), (e.ContextWindowExceededError, "context_window"),
+             (e.AuthenticationError, "auth"), (e.PermissionDeniedError, "auth"), (e.NotFoundError, "not_found"),
+             (e.BadRequestError, "bad_request"), (e.ServiceUnavailableError, "server"), (e.BadGatewayError, "server"),
+             (e.InternalServerError, "server"), (e.APIConnectionError, "connection"),
+             (e.APIResponseValidationError, "bad_response"), (BadResponse, "bad_response"),
+             (asyncio.TimeoutError, "timeout")]
+    kind: str | None = next((name for cls, name in kinds if isinstance(exc, cls)), None)
+    if kind in (None, "server", "connection"):
+        # litellm reports a dropped connection and a body that is not JSON as InternalServerError
+        # (status 500); the exception it wraps tells what really happened
+        kind = underlying_kind(exc) or kind
+        if kind == "bug":
+            return None, None
+    if kind is None:
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and status in STATUS_KINDS:
+            kind = STATUS_KINDS[status]
+        elif isinstance(status, int) and 400 <= status < 600:
+            # e.g. a 403 arrives as a bare APIError; other 4xx will fail the same way again
+            kind = "server" if status >= 500 else "bad_request"
+        elif isinstance(exc, e.APIError):
+            kind = "bad_response"
+    return kind, retry_after(exc)

@@ -21,16 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from .aio import LoopState, T, _awaited, cancel_pending, finished, settle
 from .cache import MODES, Answer, Cache, Store, Stores, cache_key
-from .call_errors import REFUSED as REFUSED
-from .call_errors import RETRYABLE as RETRYABLE
-from .call_errors import STATUS_KINDS, BadResponse, UnknownProvider, model_identity, replay_miss, retry_after, underlying_kind
-from .call_errors import CallError as CallError  # raised by the client, caught by that name
+from .call_errors import REFUSED, RETRYABLE, BadResponse, CallError, UnknownProvider, classify, model_identity, replay_miss
 from .local_model import LOCAL_PROVIDER, is_embedded
 from .redaction import call_secrets, redact
-from .replies import Choice as Choice  # the client's reply types, named through it by callers
-from .replies import Reply as Reply
-from .replies import Usage as Usage
-from .replies import token_logprobs
+from .replies import Choice, Reply, Usage, token_logprobs
 from .spec import CONNECTION_PARAMS, Model, is_credential_name
 
 if TYPE_CHECKING:
@@ -363,17 +357,22 @@ class LLM:
         """The call, its retries and its accounting. Until a call to a model has got through without a refusal,
         calls to it go one at a time: a refused key then costs one call, not one per call in flight."""
         identity = model_identity(model)
-        if identity not in self._admitted and identity not in self._refused:
-            async with self._state().first_call.setdefault(identity, asyncio.Lock()):
-                if identity not in self._admitted:
-                    try:
-                        reply = await self._attempts(model, messages, params, n, logprobs, seed, usage)
-                    except CallError as exc:
-                        if not exc.refused:  # (a budget stop or a server error says nothing about the key)
-                            self._admitted.add(identity)
-                        raise
-                    self._admitted.add(identity)
-                    return reply
+        state = self._state()
+        if identity not in self._refused and (identity not in self._admitted or state.queued[identity]):
+            state.queued[identity] += 1
+            try:
+                async with state.first_call.setdefault(identity, asyncio.Lock()):
+                    if identity not in self._admitted:
+                        try:
+                            reply = await self._attempts(model, messages, params, n, logprobs, seed, usage)
+                        except CallError as exc:
+                            if not exc.refused:  # (a budget stop or a server error says nothing about the key)
+                                self._admitted.add(identity)
+                            raise
+                        self._admitted.add(identity)
+                        return reply
+            finally:
+                state.queued[identity] -= 1
         return await self._attempts(model, messages, params, n, logprobs, seed, usage)
 
     async def _attempts(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
@@ -411,7 +410,7 @@ class LLM:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    kind, wait = classify(exc)
+                    kind, wait = classify(exc, import_litellm().exceptions)
                     if kind is None:  # not a provider's or the network's failure: a bug, shown as one
                         raise
                     if kind not in RETRYABLE or attempt > self.retries:
@@ -537,39 +536,6 @@ def response_cost(litellm: Any, response: Any) -> float | None:
         return litellm.completion_cost(completion_response=response)
     except Exception:  # litellm raises when it has no price for the model
         return None
-
-
-def classify(exc: BaseException) -> tuple[str | None, float | None]:
-    """Kind of failure, and the wait the server asked for (Retry-After), if any. The kind is None for what
-    is no provider's or transport's failure (a bug: a TypeError, a KeyError), which the client re-raises."""
-    from .local_model import LocalModelUnavailable
-
-    litellm = import_litellm()
-    e = litellm.exceptions
-    kinds = [(LocalModelUnavailable, "missing_extra"), (UnknownProvider, "provider"), (e.RateLimitError, "rate_limit"),
-             (e.Timeout, "timeout"), (e.ContextWindowExceededError, "context_window"),
-             (e.AuthenticationError, "auth"), (e.PermissionDeniedError, "auth"), (e.NotFoundError, "not_found"),
-             (e.BadRequestError, "bad_request"), (e.ServiceUnavailableError, "server"), (e.BadGatewayError, "server"),
-             (e.InternalServerError, "server"), (e.APIConnectionError, "connection"),
-             (e.APIResponseValidationError, "bad_response"), (BadResponse, "bad_response"),
-             (asyncio.TimeoutError, "timeout")]
-    kind: str | None = next((name for cls, name in kinds if isinstance(exc, cls)), None)
-    if kind in (None, "server", "connection"):
-        # litellm reports a dropped connection and a body that is not JSON as InternalServerError
-        # (status 500); the exception it wraps tells what really happened
-        kind = underlying_kind(exc) or kind
-        if kind == "bug":
-            return None, None
-    if kind is None:
-        status = getattr(exc, "status_code", None)
-        if isinstance(status, int) and status in STATUS_KINDS:
-            kind = STATUS_KINDS[status]
-        elif isinstance(status, int) and 400 <= status < 600:
-            # e.g. a 403 arrives as a bare APIError; other 4xx will fail the same way again
-            kind = "server" if status >= 500 else "bad_request"
-        elif isinstance(exc, e.APIError):
-            kind = "bad_response"
-    return kind, retry_after(exc)
 
 
 _litellm: Any = None

@@ -326,9 +326,9 @@ def intact(project: Path, earlier: set[str]) -> dict[str, Any]:
     ``earlier`` names the checkpoints of other runs, so the steps counted are the killed run's."""
     import sqlite3
 
-    from pytest_judgeopt.llm import Reply as Answer
     from pytest_judgeopt.lockfile import read_lock
     from pytest_judgeopt.optimize.loop import State
+    from pytest_judgeopt.replies import Reply as Answer
 
     lock = read_lock(project / "toy.judge.yaml")  # raises LockError on a partial or garbled file
     assert lock is None or not lock.edited  # a lock we wrote, checksum and all

@@ -581,11 +581,14 @@ def test_a_programming_error_in_a_call_is_raised_not_a_failed_call(fake_llm: Fak
 
 
 def test_classify_leaves_a_bug_unclassified() -> None:
-    from pytest_judgeopt.llm import classify
+    from pytest_judgeopt.call_errors import classify
+    from pytest_judgeopt.llm import import_litellm
 
-    assert classify(KeyError("criterion"))[0] is None
-    assert classify(TypeError("unsupported operand"))[0] is None
-    assert classify(TimeoutError())[0] == "timeout"
+    errors = import_litellm().exceptions
+
+    assert classify(KeyError("criterion"), errors)[0] is None
+    assert classify(TypeError("unsupported operand"), errors)[0] is None
+    assert classify(TimeoutError(), errors)[0] == "timeout"
 
 
 def test_an_unexpected_error_cancels_the_sibling_calls(fake_llm: FakeLLMServer, make_llm: MakeLLM,

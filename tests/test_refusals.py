@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_judgeopt.llm import LLM, CallError
+from pytest_judgeopt.call_errors import CallError
+from pytest_judgeopt.llm import LLM
 from pytest_judgeopt.spec import Model
 from tests.conftest import human_from_prompt, make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer, Fault
@@ -158,7 +159,8 @@ def test_a_missing_local_extra_fails_at_once_with_the_install_hint(tmp_path: Pat
         import sys
         sys.modules["llama_cpp"] = None
         import asyncio
-        from pytest_judgeopt.llm import LLM, CallError
+        from pytest_judgeopt.call_errors import CallError
+        from pytest_judgeopt.llm import LLM
         from pytest_judgeopt.spec import Model
 
         slept = []

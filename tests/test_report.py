@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pytest_judgeopt.llm import Usage
+from pytest_judgeopt.replies import Usage
 from pytest_judgeopt.report import merge, render, summary_sections
 from tests.conftest import CRITERIA
 from tests.fake_llm import FakeLLMServer

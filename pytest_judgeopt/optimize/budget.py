@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..llm import Usage
+from ..replies import Usage
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..compare import Comparison, Configuration, Rules, Side, compare, scoring_of
-from ..llm import Usage
+from ..replies import Usage
 from ..spec import Spec
 from .budget import Allowance, Budget
 from .errors import OptimizationBusy, ReplayIncomplete

@@ -11,9 +11,10 @@ import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
+from ..call_errors import CallError
 from ..cases import Case
 from ..judge import render_inputs
-from ..llm import LLM, CallError
+from ..llm import LLM
 from ..spec import Model, Spec
 from .budget import BudgetExceeded
 from .errors import ReplayIncomplete
