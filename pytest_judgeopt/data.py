@@ -503,6 +503,37 @@ def as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def repeated_sources(spec: Spec, records: Iterable[Record], *, refusing: str = "") -> str | None:
+    """Without ``dataset.group`` each record is its own group. When an input repeats across records (the same
+    source text under several summaries), records of one source would fall into several splits: the test
+    split would not be held out from train, and its interval would take samples of one source as independent.
+    A spec that says ``split.by: record`` has chosen that on purpose. ``refusing`` names what will not run."""
+    if spec.dataset.group is not None or spec.split.by == "record":
+        return None
+    records = tuple(records)
+    for name, field in spec.dataset.inputs.items():
+        first: dict[str, str] = {}
+        sharing: dict[str, int] = {}
+        for record in records:
+            text = record.inputs.get(name)
+            if text is None:
+                continue
+            if text in first:
+                sharing[text] = sharing.get(text, 1) + 1
+            else:
+                first[text] = record.id
+        if sharing:
+            example = max(sharing, key=lambda text: sharing[text])
+            return problem(spec.path, spec.line_of("dataset"), "dataset.group",
+                           f"{refusing}no group is set, so each record is its own group, but input '{name}' repeats: "
+                           f"{sum(sharing.values())} of {len(records)} records share {len(sharing)} texts (record "
+                           f"'{first[example]}' and {sharing[example] - 1} more have the same one), so records of one "
+                           "source would fall into several splits and the test split would not be held out",
+                           f"set `dataset.group` to the field naming the source (its own field `{field}` will do), "
+                           "or `split.by: record` to split records on purpose")
+    return None
+
+
 def split_dataset(records: Iterable[Record], fractions: Any) -> Splits:
     """Assign whole groups to train, val and test, seeded, so the three are disjoint by construction."""
     records = tuple(records)

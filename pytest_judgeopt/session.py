@@ -17,7 +17,7 @@ from .aio import gather_or_cancel
 from .baseline import BaselineSpec
 from .cases import Case, CaseResult, judge_cases, load_cases
 from .compare import Comparison, Configuration, Rules, Side, compare, scoring_of
-from .data import Dataset, Loader, Splits, load_dataset, sample_groups, split_dataset
+from .data import Dataset, Loader, Splits, load_dataset, repeated_sources, sample_groups, split_dataset
 from .interference import InterferenceResult, rules_of
 from .judge import CriterionResult, Judged, assess, judge_records, judge_shapes, prediction_rows
 from .llm import LLM
@@ -117,7 +117,8 @@ class Session:
             self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
             if note := dataset.skipped_note():
                 self.notes.append(note)
-            for text in spec.warnings:  # under pytest, shown in its warnings summary; filterwarnings can make it an error
+            # under pytest, shown in its warnings summary; filterwarnings can make it an error
+            for text in filter(None, (*spec.warnings, repeated_sources(spec, dataset.records))):
                 warnings.warn(SpecWarning(text), stacklevel=2)
             self._loaded[path] = Loaded(spec, dataset, split_dataset(dataset.records, spec.split), cases=cases,
                                         probes=probes, metrics=dict(metrics))

@@ -83,6 +83,28 @@ def test_a_criterion_without_min_rho_is_a_collection_error(pytester: pytest.Pyte
                                  "report its agreement without ever failing"])
 
 
+def test_a_spec_without_group_whose_sources_repeat_says_so(pytester: pytest.Pytester) -> None:
+    """Done-when of issue 11: without `dataset.group` each record is its own group, and the four summaries of
+    one article would land in different splits; collection says so and names the fix."""
+    text = spec_text(None, extra=ONLY_CRITERIA).replace("  group: group\n", "")
+    line = text.splitlines().index("dataset:") + 1
+    write(pytester, spec=text)  # 6 articles x 4 summaries
+    result = pytester.runpytest("--collect-only", "-q", "-W", "default::pytest_judgeopt.spec.SpecWarning")
+    assert result.ret == pytest.ExitCode.OK and len(collected(result)) == 2
+    result.stdout.fnmatch_lines([f"*SpecWarning: *toy.judge.yaml:{line}: dataset.group: no group is set, so each record "
+                                 "is its own group, but input 'source' repeats: 24 of 24 records share 6 texts (record "
+                                 "'d0-s0' and 3 more have the same one), so records of one source would fall into "
+                                 "several splits and the test split would not be held out. Fix: set `dataset.group` "
+                                 "to the field naming the source (its own field `source` will do), or `split.by: "
+                                 "record` to split records on purpose"])
+    write(pytester, spec=text.replace("seed: 1}", "seed: 1, by: record}"))  # chosen on purpose: nothing to say
+    result = pytester.runpytest("--collect-only", "-q", "-W", "default::pytest_judgeopt.spec.SpecWarning")
+    assert result.ret == pytest.ExitCode.OK and "dataset.group" not in result.stdout.str()
+    write(pytester, spec=text, records=[{**r, "source": f"Article {r['id']}."} for r in make_records()])
+    result = pytester.runpytest("--collect-only", "-q", "-W", "default::pytest_judgeopt.spec.SpecWarning")
+    assert result.ret == pytest.ExitCode.OK and "dataset.group" not in result.stdout.str()  # no source repeats
+
+
 def test_collection_errors_list_every_problem_and_keep_other_specs(pytester: pytest.Pytester) -> None:
     write(pytester, name="good.judge.yaml")
     text = spec_text(None, extra=ONLY_CRITERIA).replace("min_rho: 0.5", "min_rho: 2", 1).replace("test: 0.5", "test: 1.5")

@@ -662,6 +662,28 @@ def test_a_mode_that_separates_after_combining_is_refused_with_the_reason(pytest
     assert fake_llm.chat_requests() == []
 
 
+def test_optimize_refuses_splits_that_share_sources_unless_split_by_record_says_so(pytester: pytest.Pytester,
+                                                                                   fake_llm: FakeLLMServer) -> None:
+    """Without `dataset.group`, RECORDS' three summaries of an article fall into train, val and test alike: the
+    val gate would not be held out from what the optimizer reads. The run stops before any call."""
+    fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
+    spec = write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2")
+    text = spec.read_text().replace("  group: group\n", "")
+    spec.write_text(text)
+    warned = ("-W", "default::pytest_judgeopt.spec.SpecWarning")
+    result = pytester.runpytest("--judge-optimize", "-k", "optimize", *warned)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*toy.judge.yaml:*: dataset.group: --judge-optimize does not run on splits that share "
+                                 "sources: no group is set, so each record is its own group, but input 'source' "
+                                 "repeats: *Fix: set `dataset.group` *, or `split.by: record` to split records on purpose*"])
+    assert fake_llm.chat_requests() == []
+    spec.write_text(text.replace("seed: 1}", "seed: 1, by: record}"))
+    result = pytester.runpytest("--judge-optimize", "-k", "optimize", *warned)
+    result.assert_outcomes(passed=1)
+    assert "does not run on splits that share sources" not in result.stdout.str()
+    assert fake_llm.chat_requests()
+
+
 def test_a_hand_edited_lock_is_never_overwritten(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
     fake_llm.responder = World(RECORDS, score=knows(GOOD), proposals=dict(GOOD))
     write_project(pytester.path, fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.9)

@@ -113,3 +113,20 @@ def test_no_module_of_the_package_is_over_600_lines() -> None:
              for p in (ROOT / "pytest_judgeopt").rglob("*.py")}
     over = {path: n for path, n in sizes.items() if n > MAX_MODULE_LINES}
     assert not over, f"split these modules by concept: {over}"
+
+
+CONFLICT_MARKERS = ("<" * 7 + " ", ">" * 7 + " ")  # spelt out here, this file would match itself
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".json", ".toml", ".txt", ".jsonl"}
+
+
+def test_no_tracked_text_file_carries_git_conflict_markers() -> None:
+    """A merge resolved in a hurry once left its markers in the README on main: the suite, which every landing
+    runs, is where such a line is caught before anyone reads it."""
+    listed = subprocess.run(["git", "ls-files", "-z"], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT)
+    paths = [ROOT / name for name in listed.stdout.split("\0") if name and Path(name).suffix in TEXT_SUFFIXES]
+    assert any(p.name == "README.md" for p in paths)
+    found = [f"{path.relative_to(ROOT)}:{number}: {line[:40]}"
+             for path in paths if path.is_file()
+             for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if line.startswith(CONFLICT_MARKERS)]
+    assert not found, "resolve these merge conflicts:\n" + "\n".join(found)

@@ -14,8 +14,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..compare import Comparison, Configuration, Rules, Side, compare, scoring_of
+from ..data import repeated_sources
 from ..replies import Usage
-from ..spec import Spec
+from ..spec import Spec, SpecError
 from .budget import Allowance, Budget
 from .errors import OptimizationBusy, ReplayIncomplete
 from .gate import with_gate_rule
@@ -43,6 +44,9 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
         spec = replace(spec, optimize=replace(spec.optimize, diagnostics=True))
     seed = spec.optimize.seed if seed is None else seed
     models = {role: session.model_for(spec, role) for role in MODEL_ROLES}
+    refusal = "--judge-optimize does not run on splits that share sources: "  # a val gate that is not held out
+    if leak := repeated_sources(spec, loaded.dataset.records, refusing=refusal):
+        raise SpecError([leak])
     train, val = session.records(loaded, "train"), session.records(loaded, "val")
     if not train or not val:
         raise ValueError(f"{spec.path}: optimization needs train and val samples (train {len(train)}, val {len(val)}); "
