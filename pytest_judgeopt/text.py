@@ -550,7 +550,7 @@ def measured_line(result: CriterionResult) -> str:
     if result.documents is not None:
         skipped = result.documents - a.groups
         documents = (f" in {a.groups} documents ({skipped} skipped)" if a.level == "group"
-                     else f" of {a.units} documents")
+                     else f" of {a.units if has_interval else result.documents} documents")
     no_interval = f": {a.interval_reason}" if a.interval_reason else ""
     return (f"{a.method} {value}{shown} ({a.level}, {confidence}{no_interval}, {a.n} pairs{documents}{threshold}, "
             f"failed {result.failed_count}/{result.n})")

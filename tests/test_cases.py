@@ -301,7 +301,7 @@ def test_the_spec_schema_knows_cases(tmp_path: Path) -> None:
     from pytest_judgeopt.spec import schema
 
     spec: dict[str, Any] = {"dataset": {"path": "d.jsonl", "inputs": {"s": "s"}, "scores": "scores"},
-                            "criteria": {"c": {"instruction": "x", "scale": [1, 5]}},
+                            "criteria": {"c": {"instruction": "x", "scale": [1, 5], "min_rho": 0.5}},
                             "cases": [{"name": "a", "inputs": {"s": "t"}, "expect": {"c": [1, 2]}}]}
     jsonschema.Draft202012Validator(schema()).validate(spec)
     spec["cases"].append({"name": "b", "inputs": {"s": "t"}})

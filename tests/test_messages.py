@@ -43,10 +43,11 @@ def test_no_ci_is_named_where_there_is_no_interval(tmp_path: Path) -> None:
     few = assess(spec, spec.criteria["coherence"], judged(spec, [1, 2]), split="test", shape="separate",
                  instruction="Rate it.")
     assert few.agreement.low is None
-    assert "CI" not in measured_line(few) and "(pooled, no interval, n=" in measured_line(few)
+    assert "CI" not in measured_line(few) and "(pooled, no interval" in measured_line(few)
+    assert "2 pairs of 2 documents" in measured_line(few)
     many = assess(spec, spec.criteria["coherence"], judged(spec, [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 2, 3]), split="test",
                   shape="separate", instruction="Rate it.")
-    assert many.agreement.low is not None and "(pooled, 95% CI, n=12" in measured_line(many)
+    assert many.agreement.low is not None and "(pooled, 95% CI, 12 pairs of 12 documents" in measured_line(many)
 
 
 def test_a_long_instruction_changed_in_one_word_diffs_as_one_line() -> None:

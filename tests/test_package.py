@@ -70,7 +70,7 @@ def test_the_type_information_and_licence_ship_with_the_package() -> None:
     assert (ROOT / "pytest_judgeopt" / "py.typed").is_file()
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "py.typed" in config["tool"]["setuptools"]["package-data"]["pytest_judgeopt"]
-    assert config["project"]["license"] == {"text": "MIT"} and config["project"]["license-files"] == ["LICENSE"]
+    assert config["project"]["license"] == "MIT" and config["project"]["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
 
 

@@ -39,7 +39,8 @@ def write(folder: Path, server: FakeLLMServer) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in OPT_RECORDS))
     for name, wording in SPECS.items():
-        text = spec_text(server_model(server), min_rho=0.9, extra="optimize: {steps: 1, batch_size: 2}\n")
+        text = spec_text(server_model(server), min_rho=0.9,
+                         extra="correlation: {min_groups: 6}\noptimize: {steps: 1, batch_size: 2}\n")
         (folder / name).write_text(text.replace("from 1 to 5.", wording))
 
 

@@ -94,7 +94,8 @@ def test_the_status_goes_after_the_cursor_and_the_cursor_back() -> None:
 
 def write_project(folder: Path, server: FakeLLMServer) -> None:
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    (folder / "toy.judge.yaml").write_text(spec_text(server_model(server)))
+    # 2 test documents: too few for the merged check's interval, which these display tests do not judge
+    (folder / "toy.judge.yaml").write_text(spec_text(server_model(server), extra="interference: {inconclusive: pass}\n"))
 
 
 def test_no_progress_when_the_output_is_not_a_terminal(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:

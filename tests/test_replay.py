@@ -65,7 +65,7 @@ def test_a_committed_cache_replays_offline_and_a_changed_instruction_names_the_m
     (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     for name in SPECS:
         (pytester.path / name).write_text(spec_text(server_model(fake_llm), min_rho=0.9,
-                                                    extra="optimize: {steps: 1, batch_size: 2}\n"))
+                                                    extra="correlation: {min_groups: 6}\noptimize: {steps: 1, batch_size: 2}\n"))
     # recording, as a developer would: optimize (writes the locks), then the items test the locks
     pytester.runpytest("--judge-optimize", "--judge-retries=1").assert_outcomes(passed=8)
     recorded = pytester.runpytest("-rA", "--judge-report=recorded")
@@ -120,7 +120,8 @@ def test_optimizing_in_replay_mode_with_missing_answers_fails_and_leaves_no_trac
     fake_llm.responder = World(RECORDS, score=strict_improves)
     (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     spec = pytester.path / "toy.judge.yaml"
-    spec.write_text(spec_text(server_model(fake_llm), min_rho=0.9, extra="optimize: {steps: 1, batch_size: 2}\n"))
+    spec.write_text(spec_text(server_model(fake_llm), min_rho=0.9,
+                              extra="correlation: {min_groups: 6}\noptimize: {steps: 1, batch_size: 2}\n"))
     pytester.runpytest("--judge-optimize", "--judge-retries=1").assert_outcomes(passed=4)
     # replaying the recorded optimization needs no model: it is all in the cache (and in its checkpoint)
     fake_llm.reset()

@@ -46,7 +46,7 @@ def planted_spec(server: FakeLLMServer) -> str:
              "extra_headers": {"Authorization": f"Bearer {HEADER_KEY}"}}
     role = {"name": "openai/fake-judge", "api_base": server.base_url}
     models = "models: " + json.dumps({r: role for r in ("loss", "gradient", "optimizer")}) + "\n"
-    return spec_text(judge, min_rho=0.9, extra=models + "optimize: {steps: 1, batch_size: 2}\n")
+    return spec_text(judge, min_rho=0.9, extra=models + "correlation: {min_groups: 6}\noptimize: {steps: 1, batch_size: 2}\n")
 
 
 def every_file(root: Path) -> Iterator[Path]:
@@ -185,7 +185,7 @@ def test_hostile_texts_reach_the_judge_as_data_and_only_its_reply_is_scored(tmp_
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     spec = tmp_path / "toy.judge.yaml"
     spec.write_text(spec_text({"name": "openai/fake-judge", "api_base": fake_llm.base_url, "api_key": "sk-x-123456"},
-                              extra="split: {train: 0.0, val: 0.0, test: 1.0, seed: 1}\n").replace(
+                              extra="split: {train: 0.0, val: 0.0, test: 1.0, seed: 1}\ncorrelation: {min_groups: 6}\n").replace(
         "split: {train: 0.25, val: 0.25, test: 0.5, seed: 1}\n", ""))
     session = Session(LLM(retries=1, backoff=0.01, timeout=10.0))
     try:

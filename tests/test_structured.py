@@ -282,7 +282,7 @@ def test_pytest_run_makes_each_samples_merged_call_next_to_its_separate_ones_onl
     records = make_records()
     (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (pytester.path / "toy.judge.yaml").write_text(spec_text(server_model(fake_llm), min_rho=0.2,
-                                                            extra="judge: {structured: true}\n"))
+                                                            extra="judge: {structured: true}\ninterference: {inconclusive: pass}\n"))
     fake_llm.responder = human_json
     result = pytester.runpytest("-p", "no:randomly", "--judge-concurrency", "1", "--judge-cache", "off")
     result.assert_outcomes(passed=3)

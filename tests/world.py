@@ -186,6 +186,8 @@ def write_project(folder: Path, server: FakeLLMServer, *, records: list[dict[str
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if optimize.strip():
         extra += "optimize:\n" + "".join(f"  {line}\n" for line in optimize.strip().splitlines())
+    if "correlation:" not in extra:  # RECORDS' test split holds 6 documents: intervals from 6 on (the default is 8)
+        extra += "correlation: {min_groups: 6}\n"
     spec = folder / "toy.judge.yaml"
     spec.write_text(spec_text(server_model(server), extra=extra, **spec_args))
     return spec
@@ -209,10 +211,7 @@ def report_world() -> World:
 def everything(folder: Path, server: FakeLLMServer) -> Path:
     """A project whose run has an optimization, criterion items and the merged check."""
     server.responder = report_world()
-    spec = write_project(folder, server, optimize="steps: 2\nbatch_size: 2", min_rho=0.5)
-    # its test split holds 6 documents: intervals from 6 on (correlation.min_groups; the default is 8)
-    spec.write_text(spec.read_text().replace("criteria:\n", "correlation: {min_groups: 6}\ncriteria:\n", 1))
-    return spec
+    return write_project(folder, server, optimize="steps: 2\nbatch_size: 2", min_rho=0.5)
 
 
 def report_run(pytester: pytest.Pytester, server: FakeLLMServer, out: str, *args: str) -> pytest.RunResult:
