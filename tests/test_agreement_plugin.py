@@ -79,8 +79,9 @@ def test_the_confusion_matrix_and_the_metric_are_in_results_json(pytester: pytes
     fake_llm.responder = by_summary(records, lambda r: r["scores"]["consistency"])
     write(pytester, binary_spec(fake_llm, "f1", "min_agreement: 0.9"), records)
     pytester.runpytest("-p", "no:randomly", "--judge-report=out").assert_outcomes(passed=1)
-    import jsonschema
     from importlib import resources
+
+    import jsonschema
 
     report = json.loads(Path(pytester.path, "out", "results.json").read_text())
     schema = json.loads(resources.files("pytest_judgeopt").joinpath("schemas", "results.schema.json").read_text())
