@@ -126,7 +126,7 @@ def test_terminal_summary_answers_can_i_trust_this_judge(pytester: pytest.Pytest
 
     agreement = section(result, "judge agreement")
     assert agreement[0] == "toy (test split, 18 samples, separate prompts, openai/fake-judge): 2/2 criteria pass"
-    assert re.match(r"\s+criterion\s+metric\s+value\s+interval\s+min\s+n\s+judged\s+failed\s+docs\s+verdict$", agreement[1])
+    assert re.match(r"\s+criterion\s+metric\s+rho\s+interval\s+min\s+n\s+judged\s+failed\s+docs\s+verdict$", agreement[1])
     rows = [line for line in agreement if re.match(r"\s+(coherence|fluency)\s+spearman", line)]
     assert len(rows) == 2 and all(re.search(r"1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+18\s+18\s+0\s+6\s+pass$", r)
                                   for r in rows)
@@ -227,8 +227,7 @@ def test_two_workers_write_the_report_and_summary_of_a_serial_run(pytester: pyte
                                                                   fake_llm: FakeLLMServer) -> None:
     everything(pytester.path, fake_llm)
     second = write_project(pytester.path / "second", fake_llm, optimize="steps: 1\nbatch_size: 2", min_rho=0.5)
-    # no answer shared; write_project gives it correlation.min_groups 6, as everything()
-    second.write_text(second.read_text().replace("from 1 to 5.", "on a scale of 1 to 5."))
+    second.write_text(second.read_text().replace("from 1 to 5.", "on a scale of 1 to 5."))  # no answer shared
     options = ("--judge-optimize", "--judge-retries=1")
     # in a terminal, where a serial run would draw its status: workers must not (their output is not one)
     screen = in_terminal(pytester.path, "-n", "2", *options, "--judge-report=parallel",
