@@ -351,7 +351,7 @@ async def judge_cases(llm: LLM, model: Model, spec: Spec, cases: Sequence[Case],
                       *, role: str = "judge") -> list[list[Check]]:
     """Each case's checks under the given instructions (the items', or an optimizer's candidate), all calls in
     flight together: cases that expect the same criteria share one pass of the judge."""
-    import asyncio
+    from .llm import gather_or_cancel
 
     groups: dict[tuple[str, ...], list[Case]] = {}
     for case in cases:
@@ -359,7 +359,7 @@ async def judge_cases(llm: LLM, model: Model, spec: Spec, cases: Sequence[Case],
     work = [score_records(llm, model, spec, [as_record(f"case:{c.name}", c.inputs, spec, c.human) for c in members],
                           instructions, names, role=role) for names, members in groups.items()]
     found: dict[str, dict[str, Scored]] = {}
-    for members, scores in zip(groups.values(), await asyncio.gather(*work), strict=True):
+    for members, scores in zip(groups.values(), await gather_or_cancel(work), strict=True):
         found.update({case.name: s for case, s in zip(members, scores, strict=True)})
     return [checks(c, found[c.name]) for c in cases]
 

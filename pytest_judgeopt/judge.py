@@ -8,7 +8,6 @@ are never parsed as a template, so braces or instructions inside them change not
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .agreement import CONFUSION_METRICS, confusion, higher_is_better, threshold_reasons
 from .data import Record
-from .llm import LLM, CallError, Choice, Usage, is_embedded
+from .llm import LLM, CallError, Choice, Usage, gather_or_cancel, is_embedded
 from .parse import ParsedScore, json_objects, parse_merged, parse_score
 from .spec import Correlation, Criterion, Model, Spec
 from .structured import judgment_schema, longest_reply, response_format, violation
@@ -146,6 +145,8 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
                                        max_tokens=max_tokens, n=settings.n, logprobs=logprobs,
                                        response_format=request, seed=seed)
         except CallError as exc:
+            if exc.refused:  # every judgment would fail alike: the evaluation fails with it, and no call is left running
+                raise
             return record, group, shape, exc
         return record, group, shape, reply
 
@@ -158,7 +159,8 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
             tasks += [ask(records[i], group, shape) for group in groups]
     llm.expect(len(tasks), role)
     answers: dict[tuple[str, str, str], Judgment] = {}
-    for record, group, shape, reply in await asyncio.gather(*tasks):
+    # an unexpected error (or a refusal) cancels the calls still in flight: they would only bill for nothing
+    for record, group, shape, reply in await gather_or_cancel(tasks):
         usage = out[shape].usage
         usage.requests += 1
         if isinstance(reply, CallError):

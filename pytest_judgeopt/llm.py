@@ -15,9 +15,11 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, TypeVar
 
 from .cache import MODES, Cache, cache_key
@@ -27,6 +29,10 @@ T = TypeVar("T")
 
 SECRET = re.compile(r"(\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)")
 RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
+# Failures of the setup, not of one call: every call to the model would fail the same way (a refused or missing
+# key, a provider litellm does not know, the embedded model's extra not installed). The first one stops every
+# call to that model for the rest of the session.
+REFUSED = {"auth", "provider", "missing_extra"}
 FLUSH_SECONDS = 1.0
 
 
@@ -61,12 +67,21 @@ def call_secrets(model: Model) -> list[str]:
 
 
 class CallError(Exception):
-    """A model call that failed for good (after retries), with the kind of failure."""
+    """A model call that failed for good (after retries), with the kind of failure; ``fix`` says what to do
+    where the setup is at fault (a key to set, a model to choose)."""
 
-    def __init__(self, kind: str, message: str, attempts: int = 1):
-        super().__init__(f"{kind}: {redact(message)}")
+    def __init__(self, kind: str, message: str, attempts: int = 1, fix: str = ""):
+        text = redact(message)
+        super().__init__(f"{kind}: {text}" + (f" Fix: {fix}" if fix else ""))
         self.kind = kind
+        self.message = text
         self.attempts = attempts
+        self.fix = fix
+
+    @property
+    def refused(self) -> bool:
+        """The setup is at fault, so every call to this model fails alike: the run stops asking it."""
+        return self.kind in REFUSED
 
 
 @dataclass(frozen=True)
@@ -183,8 +198,13 @@ class LLM:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._semaphore: asyncio.Semaphore | None = None
-        self._in_flight: dict[str, asyncio.Future[Reply]] = {}
+        # the concurrency limit and the requests in flight belong to an event loop: one set per loop, dropped
+        # with it (run() after close() starts a new loop, and a caller may await complete() on a loop of its own)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = weakref.WeakKeyDictionary()
+        # per model (by model_identity): the first refusal (REFUSED), after which no call is made to it; and
+        # the models a call has reached without a refusal, after which calls to it overlap
+        self._refused: dict[str, CallError] = {}
+        self._admitted: set[str] = set()
         # answers not yet written, by key: looked up like the cache, so a question answered earlier in
         # the same run() is not asked again before the flush
         self._pending_writes: dict[str, dict[str, Any]] = {}
@@ -210,11 +230,30 @@ class LLM:
                 self._loop = loop
             return self._loop
 
+    def _state(self) -> LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = LoopState(asyncio.Semaphore(self.concurrency))
+        return state
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Write what is pending, close litellm's pooled clients and our loop, and the cache; run() may be called
+        again after (it starts a new loop)."""
         self.flush()
         with self._start_lock:
             loop, self._loop = self._loop, None
         if loop is not None:
+            state = self._loops.get(loop)
+            if state is not None:
+                asyncio.run_coroutine_threadsafe(settle(state.requests, self.timeout), loop).result(timeout=self.timeout + 30)
+            asyncio.run_coroutine_threadsafe(close_clients(), loop).result(timeout=30)
             asyncio.run_coroutine_threadsafe(cancel_pending(), loop).result(timeout=30)
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
@@ -303,13 +342,14 @@ class LLM:
             usage.errors["replay_miss"] += 1
             self._notify("error", role)
             raise CallError("replay_miss", f"no cached answer for a {role} call to {model.name} (cache mode is replay)")
-        if key in self._in_flight:  # the same question is already being asked: share its answer
+        in_flight = self._state().in_flight
+        if key in in_flight:  # the same question is already being asked: share its answer
             try:
-                return await asyncio.shield(self._in_flight[key])
+                return await asyncio.shield(in_flight[key])
             finally:
                 self._notify("shared", role)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        in_flight[key] = future
         try:
             reply = await self._call(model, messages, params, n, logprobs, seed, usage)
         except BaseException as exc:
@@ -317,7 +357,7 @@ class LLM:
             future.exception()  # retrieved here, so an unshared failure is not logged as unhandled
             raise
         finally:
-            del self._in_flight[key]
+            del in_flight[key]
         future.set_result(reply)
         if self.cache_mode != "off":
             self._pending_writes[key] = reply.to_json()
@@ -329,26 +369,69 @@ class LLM:
 
     async def _call(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
                     logprobs: int, seed: int | None, usage: Usage) -> Reply:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.concurrency)
+        """The call, its retries and its accounting. Until a call to a model has got through without a refusal,
+        calls to it go one at a time: a refused key then costs one call, not one per call in flight."""
+        identity = model_identity(model)
+        if identity not in self._admitted and identity not in self._refused:
+            async with self._state().first_call.setdefault(identity, asyncio.Lock()):
+                if identity not in self._admitted:
+                    try:
+                        reply = await self._attempts(model, messages, params, n, logprobs, seed, usage)
+                    except CallError as exc:
+                        if not exc.refused:  # (a budget stop or a server error says nothing about the key)
+                            self._admitted.add(identity)
+                        raise
+                    self._admitted.add(identity)
+                    return reply
+        return await self._attempts(model, messages, params, n, logprobs, seed, usage)
+
+    async def _attempts(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
+                        logprobs: int, seed: int | None, usage: Usage) -> Reply:
         role = next((r for r, u in self.usage.items() if u is usage), "judge")
+        identity = model_identity(model)
         attempt = 0
-        async with self._semaphore:
-            if self.budget is not None and self.budget.exceeded(self.total()):
-                usage.errors["budget"] += 1
-                self._notify("error", role)
-                raise CallError("budget", "the call budget is spent")
+        state = self._state()
+        await state.semaphore.acquire()
+        request: asyncio.Future[Reply] | None = None
+        try:
             while True:
+                refused = self._refused.get(identity)
+                if refused is not None:  # an earlier call was refused: this one would be too, so it is not made
+                    usage.errors[refused.kind] += 1
+                    self._notify("error", role)
+                    raise CallError(refused.kind, refused.message, 0, refused.fix)
+                # every attempt is a call the budget pays for: a retry counts like the first attempt
+                if self.budget is not None and self.budget.exceeded(self.total()):
+                    usage.errors["budget"] += 1
+                    self._notify("error", role)
+                    raise CallError("budget", "the call budget is spent", attempt)
+                if attempt:
+                    usage.retries += 1  # counted as it is made (the budget may have refused it)
                 attempt += 1
+                # the request runs in a task of its own, shielded: a caller cancelled (a sibling's error) stops
+                # waiting and retrying, but litellm is never cut off mid-request (it would leave a coroutine never
+                # awaited); the request keeps its place under the limit until it ends, and close() waits for it
+                request = asyncio.ensure_future(self._request(model, messages, params, n, logprobs, seed))
+                state.requests.add(request)
+                request.add_done_callback(state.requests.discard)
+                request.add_done_callback(finished)
                 try:
-                    reply = await self._request(model, messages, params, n, logprobs, seed)
-                except Exception as exc:  # every failure is classified below
+                    reply = await asyncio.shield(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
                     kind, wait = classify(exc)
+                    if kind is None:  # not a provider's or the network's failure: a bug, shown as one
+                        raise
                     if kind not in RETRYABLE or attempt > self.retries:
                         usage.errors[kind] += 1
                         self._notify("error", role)
-                        raise CallError(kind, redact(str(exc), call_secrets(model)), attempt) from None
-                    usage.retries += 1
+                        secrets = call_secrets(model)
+                        error = CallError(kind, redact(str(exc), secrets), attempt,
+                                          redact(refusal_fix(model, kind), secrets) if kind in REFUSED else "")
+                        if error.refused:
+                            self._refused.setdefault(identity, error)
+                        raise error from None
                     await self.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue
                 usage.calls += 1
@@ -360,6 +443,11 @@ class LLM:
                     usage.cost += reply.cost
                 self._notify("call", role)
                 return reply
+        finally:
+            if request is not None and not request.done():  # cancelled while its request runs: freed when it ends
+                request.add_done_callback(lambda _: state.semaphore.release())
+            else:
+                state.semaphore.release()
 
     def _backoff(self, attempt: int) -> float:
         return self.backoff * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
@@ -368,7 +456,12 @@ class LLM:
                        logprobs: int, seed: int | None) -> Reply:
         litellm = import_litellm()
         if is_embedded(model):
+            from .local_model import check_installed
+
+            check_installed()  # before litellm, which would wrap a missing extra as a connection error to retry
             register_local_model(litellm)
+        else:
+            known_provider(litellm, model.name)
         kwargs = dict(params)
         if n > 1:
             kwargs["n"] = n
@@ -380,6 +473,95 @@ class LLM:
         response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
                                              drop_params=True, **kwargs)
         return to_reply(litellm, response)
+
+
+@dataclass
+class LoopState:
+    """What belongs to one event loop: the concurrency limit, the requests in flight (shared by identical
+    requests), and per model the lock its first calls take one at a time."""
+
+    semaphore: asyncio.Semaphore
+    in_flight: dict[str, asyncio.Future[Reply]] = field(default_factory=dict)
+    first_call: dict[str, asyncio.Lock] = field(default_factory=dict)
+    requests: set[asyncio.Future[Reply]] = field(default_factory=set)  # litellm calls running now
+
+
+def finished(request: asyncio.Future[Reply]) -> None:
+    """A request's end: its failure is retrieved here, for a request whose caller was cancelled and never looks."""
+    if not request.cancelled():
+        request.exception()
+
+
+async def settle(requests: set[asyncio.Future[Reply]], timeout: float) -> None:
+    """Let the requests still running end (those whose callers were cancelled), before the loop closes."""
+    if requests:
+        await asyncio.wait(list(requests), timeout=timeout)
+
+
+def model_identity(model: Model) -> str:
+    """A model with the endpoint and credentials it is called with: a refusal belongs to that combination
+    (the same model name with another key or server may well answer). Held in memory only."""
+    return json.dumps([model.name, list(model.params)], sort_keys=True, default=str)
+
+
+async def gather_or_cancel(work: Sequence[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` that, when one fails, cancels the others (and waits for them to end) before raising
+    that first error as it is: an unexpected error must not leave sibling calls running and billing."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class UnknownProvider(Exception):
+    """litellm cannot tell which provider a model string names."""
+
+
+def known_provider(litellm: Any, name: str) -> None:
+    """Raise UnknownProvider where litellm cannot resolve the model's provider (asked of litellm's own resolver,
+    so no call is made); litellm would report it as a bad request, which reads like a fault of the prompt."""
+    try:
+        litellm.get_llm_provider(model=name)
+    except litellm.exceptions.BadRequestError as exc:
+        raise UnknownProvider(str(exc).removeprefix("litellm.BadRequestError: ").strip()) from None
+
+
+def refusal_fix(model: Model, kind: str) -> str:
+    """What to do about a refusal: install the extra, name a known provider, or set (or check) the key."""
+    from .local_model import INSTALL_HINT
+
+    other = "or choose another model with --judge-model (or JUDGEOPT_MODEL)"
+    if kind == "missing_extra":
+        return INSTALL_HINT
+    if kind == "provider":
+        return (f"write the model as provider/model (e.g. openai/gpt-4o-mini; see https://docs.litellm.ai/docs/providers) "
+                f"in the spec's `model:` or the ini's judge_model, {other}")
+    own = [name for name, value in model.params if is_credential_name(str(name)) and isinstance(value, str)]
+    if own:
+        return f"check the spec's model.{own[0]} (the key it gives was refused), {other}"
+    litellm = import_litellm()
+    missing = litellm.validate_environment(model=model.name).get("missing_keys") or []
+    if missing:
+        return f"set {' or '.join(missing)} in the environment, {other}"
+    try:
+        provider = litellm.get_llm_provider(model=model.name)[1]
+    except Exception:  # (a provider it knew a moment ago: only the wording of the fix depends on it)
+        provider = ""
+    found = sorted(name for name in os.environ if is_credential_name(name) and provider
+                   and name.upper().startswith(f"{provider.upper()}_"))
+    where = ", ".join(found) if found else "the environment"
+    return f"check the key in {where} (it was refused), {other}"
+
+
+async def close_clients() -> None:
+    """Close litellm's pooled async HTTP clients on the loop that made them, before it closes (else their
+    sockets are left to the garbage collector, with ResourceWarnings)."""
+    if _litellm is not None:
+        await _litellm.close_litellm_async_clients()
 
 
 async def cancel_pending() -> None:
@@ -436,21 +618,27 @@ class BadResponse(Exception):
     """The provider answered, but not with a usable chat completion."""
 
 
-def classify(exc: BaseException) -> tuple[str, float | None]:
-    """Kind of failure, and the wait the server asked for (Retry-After), if any."""
+def classify(exc: BaseException) -> tuple[str | None, float | None]:
+    """Kind of failure, and the wait the server asked for (Retry-After), if any. The kind is None for what
+    is no provider's or transport's failure (a bug: a TypeError, a KeyError), which the client re-raises."""
+    from .local_model import LocalModelUnavailable
+
     litellm = import_litellm()
     e = litellm.exceptions
-    kinds = [(e.RateLimitError, "rate_limit"), (e.Timeout, "timeout"), (e.ContextWindowExceededError, "context_window"),
+    kinds = [(LocalModelUnavailable, "missing_extra"), (UnknownProvider, "provider"), (e.RateLimitError, "rate_limit"),
+             (e.Timeout, "timeout"), (e.ContextWindowExceededError, "context_window"),
              (e.AuthenticationError, "auth"), (e.PermissionDeniedError, "auth"), (e.NotFoundError, "not_found"),
              (e.BadRequestError, "bad_request"), (e.ServiceUnavailableError, "server"), (e.BadGatewayError, "server"),
              (e.InternalServerError, "server"), (e.APIConnectionError, "connection"),
              (e.APIResponseValidationError, "bad_response"), (BadResponse, "bad_response"),
              (asyncio.TimeoutError, "timeout")]
-    kind = next((name for cls, name in kinds if isinstance(exc, cls)), None)
-    if kind in (None, "server"):
+    kind: str | None = next((name for cls, name in kinds if isinstance(exc, cls)), None)
+    if kind in (None, "server", "connection"):
         # litellm reports a dropped connection and a body that is not JSON as InternalServerError
         # (status 500); the exception it wraps tells what really happened
         kind = underlying_kind(exc) or kind
+        if kind == "bug":
+            return None, None
     if kind is None:
         status = getattr(exc, "status_code", None)
         if isinstance(status, int) and status in STATUS_KINDS:
@@ -458,8 +646,8 @@ def classify(exc: BaseException) -> tuple[str, float | None]:
         elif isinstance(status, int) and 400 <= status < 600:
             # e.g. a 403 arrives as a bare APIError; other 4xx will fail the same way again
             kind = "server" if status >= 500 else "bad_request"
-        else:
-            kind = "bad_response" if isinstance(exc, e.APIError) else "unexpected"
+        elif isinstance(exc, e.APIError):
+            kind = "bad_response"
     return kind, retry_after(exc)
 
 
@@ -471,10 +659,18 @@ def underlying_kind(exc: BaseException) -> str | None:
     """The kind of the first telling exception below ``exc``, or None when the provider really answered with an error."""
     import openai  # loaded with litellm, which is already in memory when a call has failed
 
+    from .local_model import LocalModelUnavailable
+
     seen = {id(exc)}
     cause = exc.__cause__ or exc.__context__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, LocalModelUnavailable):  # raised inside litellm's call (the weights went missing)
+            return "missing_extra"
+        if type(cause) is openai.OpenAIError:
+            # the OpenAI client refused to start, before any request: no key ("Missing credentials"); litellm
+            # reports it as a server error (500), which would be retried
+            return "auth"
         if isinstance(cause, openai.APIStatusError):
             return None  # an HTTP error status: the outer classification stands
         if isinstance(cause, (openai.APITimeoutError, TimeoutError)):
@@ -483,8 +679,14 @@ def underlying_kind(exc: BaseException) -> str | None:
             return "connection"
         if isinstance(cause, json.JSONDecodeError):
             return "bad_response"
+        if isinstance(cause, PROGRAMMING_ERRORS):
+            return "bug"  # litellm wraps what went wrong in its own code or ours as a connection error
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+# Errors no provider or network makes: below litellm's wrapper, they are a bug (litellm's or ours), not a failed call.
+PROGRAMMING_ERRORS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError, ImportError)
 
 
 def retry_after(exc: BaseException) -> float | None:

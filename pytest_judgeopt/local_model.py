@@ -69,6 +69,14 @@ def gguf_path() -> Path:
     return path
 
 
+def check_installed() -> None:
+    """Raise LocalModelUnavailable, with the install hint, when the `local` extra is missing: asked before a
+    call, since litellm would wrap the ImportError inside its call as a connection error and retry it."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LocalModelUnavailable(INSTALL_HINT)
+    gguf_path()
+
+
 def cache_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-judgeopt"
 

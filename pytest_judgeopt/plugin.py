@@ -618,7 +618,7 @@ class OptimizeItem(pytest.Item):
 
         if isinstance(excinfo.value, (OptimizationFailed, OptimizationBusy, ReplayIncomplete, SpecError, ValueError)):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
+        return known_failure(excinfo.value) or super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.line - 1, f"judge {self.path.name}::{self.name}"

@@ -166,22 +166,12 @@ def write_report(folder: Path, found: Mapping[str, Any], *, root: Path | None = 
     document = results_document(found, root=root, run_seconds=run_seconds)
     rows = list(predictions(found, root=root))
     written = []
-    mode = 0o666 & ~current_umask()  # a CI artifact for people to open: the umask's mode, not a temp file's 0600
     for name, text in (("results.json", json.dumps(document, indent=2, sort_keys=True) + "\n"),
                        ("predictions.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)),
                        ("index.html", render_html(document, rows))):
-        write_atomic(folder / name, text)
-        (folder / name).chmod(mode)
+        write_atomic(folder / name, text)  # a CI artifact for people to open: the umask's mode
         written.append(folder / name)
     return written
-
-
-def current_umask() -> int:
-    import os
-
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------------------------------

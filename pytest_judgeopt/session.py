@@ -598,6 +598,6 @@ def differences_in_data(comparison: Comparison) -> list[str]:
 
 
 async def gather_all(work: Sequence[Any]) -> list[Any]:
-    import asyncio
+    from .llm import gather_or_cancel
 
-    return list(await asyncio.gather(*work))
+    return await gather_or_cancel(work)

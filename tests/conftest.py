@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import textwrap
 from collections.abc import Callable, Iterator
@@ -97,3 +98,14 @@ def not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     inner pytester runs print; the tests count messages, so inner runs behave the same everywhere."""
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``posix`` (os.fork, a pty, SIGKILL) are skipped where the OS has none of them (Windows): the
+    rest of the suite runs there as anywhere."""
+    if os.name == "posix":
+        return
+    skip = pytest.mark.skip(reason="needs os.fork, a pseudo-terminal or SIGKILL (POSIX only)")
+    for item in items:
+        if item.get_closest_marker("posix") is not None:
+            item.add_marker(skip)

@@ -44,7 +44,8 @@ class Reply:
 class Fault:
     """A scripted provider failure, so tests can check how the client copes with it.
 
-    status: HTTP ``status`` with a JSON error body (plus Retry-After if ``retry_after`` is set);
+    status: HTTP ``status`` with a JSON error body (plus Retry-After if ``retry_after`` is set), whose message
+    is ``message`` when given (a provider's own words, e.g. OpenAI's for a wrong key);
     reset: the TCP connection is aborted (RST) without a response;
     hang: sleep ``seconds``, then answer normally (to trigger client timeouts);
     not_json: 200 whose body is not JSON; empty_choices: 200 with ``"choices": []``.
@@ -54,6 +55,7 @@ class Fault:
     status: int = 500
     retry_after: float | None = None
     seconds: float = 5.0
+    message: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -174,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _fail(self, fault: Fault, body: dict) -> None:
         if fault.kind == "status":
-            error = _error(f"scripted fault: HTTP {fault.status}", "fake_fault", fault.status)
+            error = _error(fault.message or f"scripted fault: HTTP {fault.status}", "fake_fault", fault.status)
             extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             self._send_json(fault.status, error, extra)
         elif fault.kind == "reset":

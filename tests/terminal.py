@@ -5,14 +5,11 @@ A helper module (no tests here) for the progress and report tests.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
 import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -22,7 +19,12 @@ DRAW = re.compile(r"\x1b\[K(?:\x1b\[2m)?( [^\x1b]*)(?:\x1b\[0m)?\x1b\[(\d+)D")
 
 def in_terminal(folder: Path, *args: str, env: dict[str, str] | None = None, columns: int = 120,
                 cache: str = "replay") -> str:
-    """Run pytest in a pseudo-terminal of the given width; what it wrote to the screen, raw."""
+    """Run pytest in a pseudo-terminal of the given width; what it wrote to the screen, raw. POSIX only (a pty):
+    imported here, so the modules that use it still load elsewhere; their tests are marked ``posix``."""
+    import fcntl
+    import pty
+    import termios
+
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     environment = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "PY_COLORS", "FORCE_COLOR", "COLUMNS")}

@@ -347,6 +347,7 @@ def intact(project: Path, earlier: set[str]) -> dict[str, Any]:
             "finished": bool(states and states[0].finished), "answers": len(rows)}
 
 
+@pytest.mark.posix
 def test_kill_9_at_random_points_loses_nothing_and_the_last_run_ends_like_an_uninterrupted_one(
         tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     import contextlib

@@ -291,18 +291,18 @@ def test_client_errors_are_not_retried(fake_llm: FakeLLMServer, make_llm: MakeLL
 def test_errors_are_counted_per_kind_and_role(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
     llm = make_llm(retries=0)
     model = model_for(fake_llm)
-    script = [(Fault("status", 401), "judge"), (Fault("status", 404), "judge"), (Fault("status", 401), "judge"),
+    script = [(Fault("status", 400), "judge"), (Fault("status", 404), "judge"), (Fault("status", 400), "judge"),
               (Fault("status", 500), "optimizer"), (None, "optimizer")]
     for fault, role in script:
         fake_llm.faults = [] if fault is None else [fault]
         with contextlib.suppress(CallError):
             ask(llm, model, [{"role": "user", "content": f"{role} {fault}"}], role=role)
 
-    assert llm.usage["judge"].errors == Counter({"auth": 2, "not_found": 1})
+    assert llm.usage["judge"].errors == Counter({"bad_request": 2, "not_found": 1})
     assert llm.usage["optimizer"].errors == Counter({"server": 1})
     assert (llm.usage["judge"].calls, llm.usage["optimizer"].calls) == (0, 1)
-    assert llm.total().errors == Counter({"auth": 2, "not_found": 1, "server": 1})
-    assert llm.total().to_json()["errors"] == {"auth": 2, "not_found": 1, "server": 1}
+    assert llm.total().errors == Counter({"bad_request": 2, "not_found": 1, "server": 1})
+    assert llm.total().to_json()["errors"] == {"bad_request": 2, "not_found": 1, "server": 1}
 
 
 # -- overlap, limits and sharing ----------------------------------------------------------
@@ -502,3 +502,125 @@ def test_usage_json_shape(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
     assert data["calls"] == 1 and data["prompt_tokens"] > 0 and data["completion_tokens"] == 1
     assert data["cost_usd"] is None  # no price known for a fake model: unknown, not zero
     json.dumps(data)
+
+
+# -- the client's lifetime, and what is a failed call ----------------------------------------
+
+
+def test_run_after_close_starts_a_new_loop_with_its_own_limit(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    """The concurrency limit and the requests in flight belong to a loop: after close(), run() works again
+    (it raised "Semaphore is bound to a different event loop" when calls queued on the limit)."""
+    fake_llm.latency = 0.05
+    llm = make_llm(concurrency=1)
+    model = model_for(fake_llm)
+    first = ask_many(llm, model, distinct_messages(3))
+    llm.close()
+    second = ask_many(llm, model, [[{"role": "user", "content": f"again {i}"}] for i in range(3)])
+    assert [r.choices[0].text for r in first + second] == ["3"] * 6
+    assert fake_llm.max_in_flight == 1
+
+
+def test_complete_on_a_loop_of_the_callers_own(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    """A script may await complete() on its own loop (asyncio.run) after run() used the client's."""
+    llm = make_llm(concurrency=1)
+    model = model_for(fake_llm)
+    ask_many(llm, model, distinct_messages(2))
+
+    async def own() -> list[Any]:
+        from pytest_judgeopt.llm import import_litellm
+
+        try:
+            return await asyncio.gather(*(llm.complete(model, m) for m in distinct_messages(4)[2:]))
+        finally:  # litellm's pooled clients of this loop are the script's to close, on its loop
+            await import_litellm().close_litellm_async_clients()
+
+    assert [r.choices[0].text for r in asyncio.run(own())] == ["3", "3"]
+
+
+def test_the_embedded_models_queue_is_dropped_with_its_loop() -> None:
+    """Keyed by the loop in a weak mapping, not by id(loop): a closed loop leaves nothing behind, and a new loop
+    that reuses the id never gets a dead loop's lock."""
+    import gc
+
+    from pytest_judgeopt import local_model
+    from pytest_judgeopt.llm import import_litellm
+
+    handler = local_model.make_handler(import_litellm())
+    answer = {"choices": [{"message": {"content": "4"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    original = local_model.generate
+    local_model.generate = lambda messages, params: answer  # the queue is what is tested, not the model
+    try:
+        for _ in range(3):
+            response = asyncio.run(handler.acompletion("local/smollm2", [{"role": "user", "content": "q"}]))
+            assert response.choices[0].message.content == "4"
+            gc.collect()
+            assert len(handler._queue) == 0
+    finally:
+        local_model.generate = original
+
+
+def test_a_programming_error_in_a_call_is_raised_not_a_failed_call(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
+    """A message whose content is not text is our bug: litellm wraps the TypeError as a connection error, which
+    was retried and then counted as a failed judgment; it is raised, with the TypeError in its chain."""
+    llm = make_llm(retries=3)
+    with pytest.raises(Exception) as caught:
+        ask(llm, model_for(fake_llm), [{"role": "user", "content": 5}])  # type: ignore[dict-item]
+    assert not isinstance(caught.value, CallError)
+    chain = [caught.value]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+    assert any(isinstance(e, TypeError) for e in chain)
+    assert llm.usage["judge"].retries == 0 and not llm.usage["judge"].errors
+    assert fake_llm.chat_requests() == []
+
+
+def test_classify_leaves_a_bug_unclassified() -> None:
+    from pytest_judgeopt.llm import classify
+
+    assert classify(KeyError("criterion"))[0] is None
+    assert classify(TypeError("unsupported operand"))[0] is None
+    assert classify(TimeoutError())[0] == "timeout"
+
+
+def test_an_unexpected_error_cancels_the_sibling_calls(fake_llm: FakeLLMServer, make_llm: MakeLLM,
+                                                       tmp_path: Path) -> None:
+    """judge_records after an unexpected error (here a progress listener that raises): the error comes out as it
+    is, and no sibling call is left running (and billing) on the client's loop."""
+    from pytest_judgeopt.judge import judge_records
+    from pytest_judgeopt.session import Session
+    from tests.conftest import make_records, spec_text
+
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_records()))
+    (tmp_path / "toy.judge.yaml").write_text(spec_text(server_model(fake_llm)))
+    release = threading.Event()
+    answered = []
+
+    def respond(body: dict[str, Any]) -> str:
+        answered.append(body)
+        if len(answered) > 1:  # the first answers; the rest wait until the test is done
+            release.wait(30)
+        return "coherence: 3"
+
+    fake_llm.responder = respond
+    llm = make_llm(concurrency=4)
+
+    def listener(event: str, role: str) -> None:
+        if event == "call":
+            raise RuntimeError("a bug in a progress display")
+
+    llm.listeners.append(listener)
+    session = Session(llm, state_dir=tmp_path / ".judgeopt")
+    loaded = session.load(tmp_path / "toy.judge.yaml")
+    records = session.records(loaded, "test")
+    try:
+        with pytest.raises(RuntimeError, match="a bug in a progress display"):
+            llm.run(judge_records(llm, session.model_for(loaded.spec), loaded.spec, records,
+                                  session.instructions(loaded)))
+
+        async def left_running() -> list[str]:
+            return [repr(t.get_coro()) for t in asyncio.all_tasks() if "judge_shapes" in repr(t.get_coro())]
+
+        assert llm.run(left_running()) == []
+    finally:
+        release.set()

@@ -468,6 +468,51 @@ def test_a_call_budget_stops_cleanly_keeps_the_best_so_far_and_is_never_exceeded
     assert len(loop) >= 9 + 21  # the first step did run whole
 
 
+def test_retries_count_against_the_call_budget(fake_llm: FakeLLMServer) -> None:
+    """At the client: a call whose first attempts fail (500) and are retried spends a call of the budget per
+    attempt; the retries bypassed it, so a budget of 2 let a third request through."""
+    from pytest_judgeopt.llm import CallError
+    from pytest_judgeopt.optimize.budget import Allowance, Budget
+    from pytest_judgeopt.spec import Model
+    from tests.conftest import server_model
+
+    fake_llm.faults = [Fault("status", status=500), Fault("status", status=500)]
+    llm = LLM(retries=3, backoff=0.01)
+    try:
+        llm.budget = Allowance(Budget(calls=2), llm.total())
+        with pytest.raises(CallError) as caught:
+            llm.run(llm.complete(Model.parse(server_model(fake_llm)), [{"role": "user", "content": "q"}]))
+    finally:
+        llm.close()
+    assert caught.value.kind == "budget"
+    assert len(fake_llm.chat_requests()) == 2 and llm.usage["judge"].retries == 1
+
+
+def test_a_dollar_budget_for_an_unpriced_model_says_so_and_counts_calls(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """litellm has no price for openai/fake-judge, so usd=1 alone never stopped anything: it says so before the
+    run and caps the calls at the plan's most, which a server failing every attempt (each call retried) reaches."""
+    fake_llm.responder = lambda body: Fault("status", status=500)
+    spec = write_project(tmp_path, fake_llm, optimize="steps: 2\nbatch_size: 2")
+    said: list[str] = []
+    session = Session(LLM(retries=5, backoff=0.001, timeout=10.0), state_dir=tmp_path / ".judgeopt", progress=said.append)
+    try:
+        from pytest_judgeopt.optimize.budget import Budget
+
+        result = session.optimize(spec, "SSS", budget=Budget(usd=1.0))
+    finally:
+        session.close()
+    plan = next(i for i, line in enumerate(said) if line.startswith("optimizing toy"))
+    note = said[plan + 1]
+    most = int(re.search(r"at most (\d+) calls", said[plan])[1])  # type: ignore[index]
+    assert note == (f"--judge-budget usd=1: litellm has no price for openai/fake-judge, so its calls cost no counted "
+                    f"dollars; the budget counts calls instead: at most {most} (the plan's most; set calls=N to change it)")
+    assert note in session.notes
+    assert result.stopped == "budget"
+    log = Log(fake_llm, Session(LLM()), spec)  # loads the splits; makes no call
+    loop = [r for r in log.requests if r.role != "test"]
+    assert len(loop) == most  # every attempt counted: the loop's requests stop at the cap
+
+
 # ---------------------------------------------------------------------------------------------
 # resuming after a kill, and not repeating a finished run
 
@@ -491,6 +536,7 @@ def comparable(lock: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in lock.items() if k not in ("made", "checksum")}
 
 
+@pytest.mark.posix
 def test_a_killed_run_resumes_from_its_last_step_and_ends_like_an_uninterrupted_one(
         tmp_path: Path, fake_llm: FakeLLMServer) -> None:
     import os

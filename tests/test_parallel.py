@@ -184,6 +184,9 @@ def test_a_second_optimization_of_the_same_spec_refuses_with_a_message_and_loses
     assert "Traceback" not in second.stderr
     assert first.returncode == 0, out_first
     assert out_first.splitlines()[-1].startswith("DONE 2 ")
+    # the run's guard file is gone with the run; its checkpoint stays, to be reused
+    runs = tmp_path / ".judgeopt" / "runs"
+    assert list(runs.glob("*.lock")) == [] and len(list(runs.glob("*.json"))) == 1
 
     # once the first is done, an optimization of the same spec reuses its finished run instead of repeating it
     fake_llm.responder = world
@@ -250,3 +253,19 @@ def test_with_judge_items_a_specs_items_go_to_one_worker_together(pytester: pyte
         holders = [ids for ids in sent if any(i.startswith(spec) for i in ids)]
         assert len(holders) == 1, sent  # one worker has all of the spec's items, in their order
         assert [i for i in holders[0] if i.startswith(spec)] == [i for i in collection if i.startswith(spec)]
+
+
+def test_an_optimization_runs_where_fcntl_does_not_exist(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """--judge-optimize imported fcntl, which Windows has not: in a process where its import fails, an
+    optimization still runs (filelock guards it) and writes its lock file."""
+    fake_llm.responder = World(OPT_RECORDS, score=strict_improves)
+    spec = write_project(tmp_path, fake_llm, optimize="batch_size: 2")
+    script = tmp_path / "optimize.py"
+    script.write_text('import sys\nsys.modules["fcntl"] = None\n' + OPTIMIZE.replace("steps=2", "steps=1"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-W", "ignore::UserWarning", str(script), str(spec), str(tmp_path / ".judgeopt")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("DONE 1 ")
+    assert (tmp_path / "toy.judge.lock.yaml").is_file()
+    assert list((tmp_path / ".judgeopt" / "runs").glob("*.lock")) == []

@@ -121,6 +121,7 @@ def replayable(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> Path:
     return pytester.path
 
 
+@pytest.mark.posix
 def test_on_a_terminal_the_status_is_drawn_while_judging_and_leaves_no_trace(replayable: Path) -> None:
     screen = in_terminal(replayable)
     draws = list(DRAW.finditer(screen))
@@ -143,6 +144,7 @@ def test_on_a_terminal_the_status_is_drawn_while_judging_and_leaves_no_trace(rep
     assert re.search(r"coherence\s+spearman\s+1\.000\s+-\s+0\.50\s+8\s+8\s+0\s+2\s+pass", clean)
 
 
+@pytest.mark.posix
 def test_with_no_color_the_status_and_the_summary_are_plain(replayable: Path) -> None:
     screen = in_terminal(replayable, env={"NO_COLOR": "1"})
     assert DRAW.search(screen)  # still a terminal: the status is drawn, without the dim style

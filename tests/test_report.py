@@ -223,6 +223,7 @@ def comparable(folder: Path) -> Iterator[Any]:
     yield (folder / "predictions.jsonl").read_text()
 
 
+@pytest.mark.posix
 def test_two_workers_write_the_report_and_summary_of_a_serial_run(pytester: pytest.Pytester,
                                                                   fake_llm: FakeLLMServer) -> None:
     everything(pytester.path, fake_llm)

@@ -120,3 +120,26 @@ def test_weighted_score_stays_in_scale(alternatives: list[tuple[str, float]], ch
     assert result is not None  # the chosen in-scale digit always counts
     assert FIVE[0] - 1e-9 <= result.score <= FIVE[1] + 1e-9
     assert 0.0 <= result.outside <= 1.0
+
+
+def test_a_superscript_digit_among_the_logprobs_of_a_real_reply_is_no_crash(pytester: pytest.Pytester) -> None:
+    """Through the whole path (the scripted server, litellm, the judge): a reply with a "²" token before its score
+    (and among the score's alternatives) crashed the item with int('²'); it is weighted over ASCII digits only."""
+    import json
+
+    from tests.conftest import make_records, server_model, spec_text
+    from tests.fake_llm import FakeLLMServer, Reply
+
+    records = make_records()
+    reply = Reply("Note² 4", logprobs=[[("Note", 0.0)], [("²", 0.0)], [(" 4", lp(0.5)), (" ²", lp(0.3)), (" 5", lp(0.2))]])
+    with FakeLLMServer(lambda body: reply) as server:
+        (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (pytester.path / "toy.judge.yaml").write_text(
+            spec_text(server_model(server), criteria=("coherence",), min_rho=-1.0,
+                      extra="judge: {logprobs: true, structured: false}\ninterference: false\n"))
+        result = pytester.runpytest("--judge-cache=off", "--judge-report=out")
+    out = result.stdout.str()
+    assert "Traceback" not in out and "ValueError" not in out
+    rows = [json.loads(line) for line in (pytester.path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert rows and all(r["judge"] == pytest.approx((0.5 * 4 + 0.2 * 5) / 0.7) and r["scoring"] == "weighted"
+                        for r in rows)

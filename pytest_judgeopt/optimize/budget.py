@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..llm import Usage
@@ -31,6 +32,17 @@ class Budget:
         if calls is None and usd is None:
             raise ValueError("an empty budget: write calls=N and/or usd=X")
         return cls(calls, usd)
+
+    def for_prices(self, unpriced: Sequence[str], most_calls: int) -> tuple[Budget, str | None]:
+        """A dollar cap counts nothing for a model litellm has no price for: then the calls are capped instead
+        (by ``calls=`` if given, else at the plan's most, so retries cannot run past it), and the note says so."""
+        if self.usd is None or not unpriced:
+            return self, None
+        calls = self.calls if self.calls is not None else most_calls
+        source = "calls= of --judge-budget" if self.calls is not None else "the plan's most; set calls=N to change it"
+        return Budget(calls, self.usd), (
+            f"--judge-budget usd={self.usd:g}: litellm has no price for {', '.join(unpriced)}, so its calls cost no "
+            f"counted dollars; the budget counts calls instead: at most {calls} ({source})")
 
 
 class Allowance:

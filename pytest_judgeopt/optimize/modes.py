@@ -97,9 +97,19 @@ def plan_text(spec: Spec, mode: Mode, planned: Mapping[str, int], steps: int, tr
         again = f", +gate {combination.formula}={extra} when the gate keeps only some rewrites (it judges that combination)"
     text = (f"optimizing {spec.name} in mode {mode.name}: K={len(spec.criteria)} criteria, B={batch}, "
             f"V={val} val samples; per step {parts}: {per_step} calls{again}; {steps} steps: at most "
-            f"{(per_step + extra) * steps} calls (+{planned['gate']} to judge val first, and the test split before and after)")
+            f"{most_calls(spec, mode, planned, steps, train, val)} calls (+{planned['gate']} to judge val first, and the "
+            "test split before and after)")
     price = estimate_cost(judge, (per_step + extra) * steps)
     return text + (f"; estimated cost ${price:.2f}" if price is not None else "; cost unknown for this model")
+
+
+def most_calls(spec: Spec, mode: Mode, planned: Mapping[str, int], steps: int, train: int, val: int) -> int:
+    """The most calls the loop's steps make by the mode's formula (the plan line's "at most")."""
+    extra = 0
+    combination = mode.judge.combination_calls
+    if combination is not None and spec.optimize.gate.rule == "per_criterion" and planned["gate"]:
+        extra = combination.count({"K": len(spec.criteria), "B": min(spec.optimize.batch_size, train), "V": val})
+    return (sum(planned.values()) + extra) * steps
 
 
 def estimate_cost(model: Model, calls: int, prompt_tokens: int = 800, completion_tokens: int = 200) -> float | None:

@@ -168,6 +168,7 @@ class JudgingSession(Protocol[L]):
     sample: int | None
     state_dir: Path
     progress: Callable[[str], None] | None
+    notes: list[str]
 
     def load(self, path: str | Path) -> L: ...
 

@@ -6,8 +6,8 @@ caller's (``Session.optimize``). The session is reached only through ``JudgingSe
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import fcntl
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -20,7 +20,7 @@ from .budget import Allowance, Budget
 from .errors import OptimizationBusy, ReplayIncomplete
 from .gate import with_gate_rule
 from .loop import Optimization, run_key
-from .modes import get_mode, plan_text
+from .modes import estimate_cost, get_mode, most_calls, plan_text
 from .protocol import JudgingSession, L
 from .results import CriterionOutcome, OptimizationResult, StepRecord
 from .roles import MODEL_ROLES
@@ -52,22 +52,40 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     progress = session.progress or (lambda text: None)
     usage_before = copy.deepcopy(session.llm.usage)
-    with open(checkpoint.with_suffix(".lock"), "w") as guard:
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OptimizationBusy(f"another process is optimizing {spec.path.name} in mode {mode.name} with these "
-                                   "settings; wait for it to finish (its checkpoint is shared, so nothing is lost)") from None
-        allowance = None if budget is None else Allowance(budget, session.llm.total())
+    from filelock import FileLock, Timeout  # the OS's file lock on every platform (fcntl is POSIX only)
+
+    guard_path = checkpoint.with_suffix(".lock")
+    guard = FileLock(guard_path, timeout=0)
+    try:
+        guard.acquire()
+    except Timeout:
+        raise OptimizationBusy(f"another process is optimizing {spec.path.name} in mode {mode.name} with these "
+                               "settings; wait for it to finish (its checkpoint is shared, so nothing is lost)") from None
+    try:
         run = Optimization(session.llm, spec, mode, models, train=train, val=val, checkpoint=checkpoint, key=key,
-                           seed=seed, steps=steps, budget=allowance, progress=progress, cases=loaded.cases)
+                           seed=seed, steps=steps, progress=progress, cases=loaded.cases)
         planned = run.planned()
         progress(plan_text(spec, mode, planned, run.steps, len(train), len(val), models["judge"]))
+        allowance = None
+        if budget is not None:
+            unpriced = sorted({m.describe() for m in models.values() if estimate_cost(m, 1) is None})
+            budget, note = budget.for_prices(unpriced, most_calls(spec, mode, planned, run.steps, len(train), len(val)))
+            if note:  # said before the run, and kept for the summary
+                progress(note)
+                session.notes.append(note)
+            allowance = run.budget = Allowance(budget, session.llm.total())
         session.llm.budget = allowance
         try:
             state, resumed_from = run.run()
         finally:
             session.llm.budget = None
+    finally:
+        # the guard goes while it is still held, so no process can take the old file's lock after this one let go;
+        # one that opened it a moment before takes a lock nobody else can see, and ends as this run did (the
+        # checkpoint is whole either way). Windows refuses to remove an open file: filelock removes it there.
+        with contextlib.suppress(OSError):
+            guard_path.unlink()
+        guard.release()
     initial, final = state.initial, state.instructions
     names = list(spec.criteria)
     shape = spec.inference  # the items' shape: the numbers the lock reports are for the prompt they test

@@ -50,6 +50,8 @@ class Step:
                 raise BudgetExceeded(str(exc)) from None
             if exc.kind == "replay_miss":
                 raise ReplayIncomplete(self.spec, f"a {role} call to {self.models[role].name}") from None
+            if exc.refused:  # the role's model refuses every call (a key, a provider): the run cannot go on
+                raise
             self.failures[f"{role}:{exc.kind}"] = self.failures.get(f"{role}:{exc.kind}", 0) + 1
             return None
         text = reply.choices[0].text
