@@ -119,6 +119,13 @@ def evaluation_notes(r: Mapping[str, Any]) -> list[str]:
         would = "; ".join(r["reasons"])
         return [f"{name}: reports only (min_rho: null), so this item never fails"
                 + (f"; a gate would fail it: {would}" if would and r["passed"] else "")]
+    if r["passed"] and r.get("gate", "point") == "point" and r["value"] is not None and r.get("max_error") is not None:
+        if r["high"] is None:
+            return [f"{name}: passes on the estimate; there is no interval ({r.get('interval_reason')})"]
+        if r["high"] > r["max_error"]:
+            return [f"{name}: passes on the estimate; the interval {interval(r['low'], r['high'])} does not exclude "
+                    f"max_error {number(r['max_error'], 2)}"]
+        return []
     if not r["passed"] or r.get("gate", "point") != "point" or r["value"] is None or r["min_rho"] is None:
         return []
     if r["low"] is None:

@@ -281,3 +281,75 @@ def test_max_error_gates_mae(tmp_path: Path) -> None:
     criterion = spec.criteria["consistent"]
     assert (criterion.min_rho, criterion.max_error, criterion.report_only) == (None, 0.75, False)
     assert spec.optimize.gate.metric == "mae"
+
+
+# --------------------------------------------------------------------------
+# comparisons and the optimizer's gate with the label and error metrics
+
+
+def test_an_error_metric_rising_is_a_drop_in_a_comparison() -> None:
+    from pytest_judgeopt.compare import Rules, decide, oriented
+    from pytest_judgeopt.stats import PairedDifference
+
+    worse = PairedDifference(0.5, 0.7, 0.2, 0.1, 0.3, 0.95, 40, None, 12)
+    turned = oriented("mae", worse)
+    assert (turned.a, turned.b, turned.diff, turned.low, turned.high) == (0.5, 0.7, -0.2, -0.3, -0.1)
+    verdict = decide(turned, Rules(max_drop=0.02), metric="mae")
+    assert verdict.kind == "fail"
+    assert "drops agreement (mae rises: lower is better) by 0.200 (0.500 -> 0.700)" in (verdict.reason or "")
+    better = oriented("rmse", PairedDifference(0.7, 0.5, -0.2, -0.3, -0.1, 0.95, 40, None, 12))
+    assert decide(better, Rules(max_drop=0.02), metric="rmse").kind == "pass"
+    assert oriented("cohen_kappa", worse) is worse
+    kappa = decide(PairedDifference(0.8, 0.5, -0.3, -0.4, -0.2, 0.95, 40, None, 12), Rules(max_drop=0.02),
+                   metric="cohen_kappa")
+    assert "drops cohen_kappa by 0.300" in (kappa.reason or "")
+
+
+def test_the_optimizers_gate_measures_a_label_metric_with_the_criterions_options() -> None:
+    from pytest_judgeopt.judge import Judgment
+    from pytest_judgeopt.optimize.gate import measure_judgments
+
+    judged = [Judgment(f"r{i}", f"d{i}", "c", float(h), float(j), None, "", None)
+              for i, (h, j) in enumerate(zip(HUMAN.tolist(), JUDGE.tolist(), strict=True))]
+    measured = measure_judgments({"c": judged}, "f1", {"c": MetricOptions(positive=0)})
+    assert measured.value["c"] == pytest.approx(4 / 7)
+    assert measure_judgments({"c": judged}, "cohen_kappa").value["c"] == pytest.approx(1 / 4)
+    assert measure_judgments({"c": judged}, "rmse").value["c"] == pytest.approx(math.sqrt(3 / 8))
+
+
+# --------------------------------------------------------------------------
+# the example
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "summeval-annotators"
+
+
+def test_the_annotators_example_loads_and_its_readme_quotes_what_the_code_measures() -> None:
+    import re
+
+    from pytest_judgeopt.annotators import humans_agreement
+    from pytest_judgeopt.data import load_dataset
+
+    experts = load_spec(EXAMPLE / "experts.judge.yaml")
+    binary = load_spec(EXAMPLE / "binary.judge.yaml")
+    assert experts.warnings == () and binary.warnings == ()
+    assert experts.correlation.gate == "alt_test" and experts.correlation.epsilon == 0.2
+    assert binary.correlation.method == "cohen_kappa"
+    records = load_dataset(experts).records
+    assert len(records) == 100 and all(len(r.ratings["consistency"]) == 3 for r in records)
+    assert all(r.human["consistency"] == pytest.approx(sum(r.ratings["consistency"]) / 3) for r in records)
+    assert sum(r.human["consistency"] for r in load_dataset(binary).records) == 54
+    found = humans_agreement("spearman", [r.human["consistency"] for r in records],
+                             [r.ratings["consistency"] for r in records], groups=[r.group for r in records])
+    quoted = re.search(r"leave-one-out spearman (\d\.\d{3})", (EXAMPLE / "data" / "README.md").read_text())
+    assert quoted and float(quoted.group(1)) == pytest.approx(found.human, abs=5e-4)
+
+
+def test_a_point_gate_on_an_error_says_when_the_interval_does_not_exclude_max_error() -> None:
+    from pytest_judgeopt.text import evaluation_notes, interval
+
+    r = {"criterion": "c", "report_only": False, "reasons": [], "passed": True, "gate": "point", "value": 0.6,
+         "low": 0.4, "high": 0.9, "min_rho": None, "max_error": 0.8, "interval_reason": None}
+    assert evaluation_notes(r) == [f"c: passes on the estimate; the interval {interval(0.4, 0.9)} does not exclude "
+                                   "max_error 0.80"]
+    assert evaluation_notes({**r, "high": 0.7}) == []
