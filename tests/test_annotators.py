@@ -3,13 +3,17 @@ and the alternative annotator test on worlds whose answer is known by constructi
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pytest_judgeopt.agreement import MetricOptions
 from pytest_judgeopt.annotators import aggregate, alt_test, humans_agreement, read_ratings, reasons
+from pytest_judgeopt.data import load_dataset
+from pytest_judgeopt.spec import SpecError, load_spec
 
 
 def test_the_aggregate_ignores_missing_ratings_and_majority_breaks_ties_toward_the_median() -> None:
@@ -166,3 +170,22 @@ def test_min_rho_humans_reasons_compare_the_judge_with_the_humans_on_the_same_re
     why = reasons(noisy, -0.05, "point")
     assert len(why) == 1 and why[0].startswith("the judge's leave-one-out spearman")
     assert f"the humans' {noisy.human:.3f} -0.05 = {noisy.human - 0.05:.3f}" in why[0]
+
+
+def test_the_dataset_reads_annotators_at_a_dotted_path_and_aggregates_them(tmp_path: Path) -> None:
+    rows = [{"id": f"r{i}", "text": "x", "meta": {"ratings": {"c": [1 + i % 5, 1 + (i + 1) % 5, None if i % 3 else 2]}}}
+            for i in range(6)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec_file = tmp_path / "a.judge.yaml"
+    spec_file.write_text("dataset:\n  path: data.jsonl\n  inputs: {text: text}\n  annotators: meta.ratings\n"
+                         "  aggregate: majority\ncriteria:\n  c: {instruction: Rate it, scale: [1, 5], min_rho: 0.3}\n")
+    records = load_dataset(load_spec(spec_file)).records
+    assert records[0].ratings["c"] == (1.0, 2.0, 2.0) and records[0].human["c"] == 2.0
+    assert records[1].ratings["c"] == (2.0, 3.0, None) and records[1].human["c"] == 2.0  # a tie: nearest the median 2.5, lower
+    rows[4]["meta"]["ratings"]["c"][0] = 9
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SpecError) as caught:
+        load_dataset(load_spec(spec_file))
+    assert caught.value.problems == [f"{tmp_path / 'data.jsonl'}:5: meta.ratings.c: annotator 1's score 9 is outside the "
+                                     "scale [1, 5]. Fix: write a list of scores on the criterion's scale, null where an "
+                                     "annotator did not rate"]
