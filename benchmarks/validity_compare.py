@@ -13,7 +13,8 @@ spec file) give the verdicts. Seeded; writes ``DIR/validity_compare.json`` as
 - the constant-judge world at ``level: group``: judge b agrees as well as a where it varies and answers
   a constant 3 in half the documents; it must never pass.
 
-These sit apart from ``benchmarks/validity.py`` (the interval coverage cases) until both are on main.
+``CASES`` lists the case functions (each ``case(quick) -> dict``); ``benchmarks/validity.py`` runs them
+with the interval cases, so one command gives the whole table.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,59 +102,81 @@ def rate(verdicts: list[str], kind: str) -> float:
     return sum(v == kind for v in verdicts) / len(verdicts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer seeds (about a minute)")
-    parser.add_argument("--out", default=str(Path(__file__).parent), help="folder of validity_compare.json and .md")
-    args = parser.parse_args()
-    seeds = 60 if args.quick else 300
-    rules = Rules(max_drop=MAX_DROP, confidence=0.95, change="merging")
-    started = time.monotonic()
-    cases = []
+SEEDS = {"quick": 60, "full": 300}
+RULES = Rules(max_drop=MAX_DROP, confidence=0.95, change="merging")
+
+
+def seed_count(quick: bool) -> int:
+    return SEEDS["quick" if quick else "full"]
+
+
+def no_drop_false_fail(quick: bool = False) -> dict[str, Any]:
+    """No true drop: the two judges are drawn alike; how often does the check fail?"""
+    seeds = seed_count(quick)
     with tempfile.TemporaryDirectory() as tmp:
-        pooled, grouped = make_spec(Path(tmp), "pooled"), make_spec(Path(tmp), "group")
+        pooled = make_spec(Path(tmp), "pooled")
+        verdicts = [verdict(pooled, *draw(np.random.default_rng(s), 12, 0.6, 0.6), s, RULES)[0] for s in range(seeds)]
+    value = rate(verdicts, "fail")
+    return {"name": f"merged check: false-fail rate with no true drop (12 documents x {PER_DOC}, rho 0.6, "
+                    f"max_drop {MAX_DROP:g}, {seeds} seeds; pass {rate(verdicts, 'pass'):.0%}, inconclusive "
+                    f"{rate(verdicts, 'inconclusive'):.0%})", "target": "<= 5%", "value": round(value, 4),
+            "met": value <= 0.05}
 
-        # 1. no true drop: the two judges are drawn alike
-        verdicts = [verdict(pooled, *draw(np.random.default_rng(s), 12, 0.6, 0.6), s, rules)[0] for s in range(seeds)]
-        value = rate(verdicts, "fail")
-        cases.append({"name": f"merged check: false-fail rate with no true drop (12 documents x {PER_DOC}, rho 0.6, "
-                              f"max_drop {MAX_DROP:g}, {seeds} seeds; pass {rate(verdicts, 'pass'):.0%}, inconclusive "
-                              f"{rate(verdicts, 'inconclusive'):.0%})", "target": "<= 5%", "value": round(value, 4),
-                      "met": value <= 0.05})
 
-        # 2. a true drop of 2 x max_drop, at the size the tool says would settle it
-        rho_b = rho_b_for_drop(0.6, 2 * MAX_DROP)
-        pilot = [verdict(pooled, *draw(np.random.default_rng(10_000 + s), 8, 0.6, rho_b), s, rules)
+def drop_false_pass(quick: bool = False) -> dict[str, Any]:
+    """A true drop of 2 x max_drop, at the size the tool says would settle it: how often does the check pass?"""
+    seeds = seed_count(quick)
+    rho_b = rho_b_for_drop(0.6, 2 * MAX_DROP)
+    with tempfile.TemporaryDirectory() as tmp:
+        pooled = make_spec(Path(tmp), "pooled")
+        pilot = [verdict(pooled, *draw(np.random.default_rng(10_000 + s), 8, 0.6, rho_b), s, RULES)
                  for s in range(max(20, seeds // 3))]
         needed = [n for kind, n in pilot if kind == "inconclusive" and n is not None]
         suffices = int(statistics.median(needed)) if needed else 12 * PER_DOC
         docs = max(12, math.ceil(suffices / PER_DOC))
-        verdicts = [verdict(pooled, *draw(np.random.default_rng(20_000 + s), docs, 0.6, rho_b), s, rules)[0]
+        verdicts = [verdict(pooled, *draw(np.random.default_rng(20_000 + s), docs, 0.6, rho_b), s, RULES)[0]
                     for s in range(seeds)]
-        value = rate(verdicts, "pass")
-        cases.append({"name": f"merged check: false-pass rate at a true drop of 2 x max_drop ({2 * MAX_DROP:g}), at the "
-                              f"size the tool says settles it (median required_n {suffices} judged samples over "
-                              f"{len(needed)} inconclusive pilots: {docs} documents x {PER_DOC}; {seeds} seeds; fail "
-                              f"{rate(verdicts, 'fail'):.0%}, inconclusive {rate(verdicts, 'inconclusive'):.0%})",
-                      "target": "<= 20%", "value": round(value, 4), "met": value <= 0.20})
+    value = rate(verdicts, "pass")
+    return {"name": f"merged check: false-pass rate at a true drop of 2 x max_drop ({2 * MAX_DROP:g}), at the "
+                    f"size the tool says settles it (median required_n {suffices} judged samples over "
+                    f"{len(needed)} inconclusive pilots: {docs} documents x {PER_DOC}; {seeds} seeds; fail "
+                    f"{rate(verdicts, 'fail'):.0%}, inconclusive {rate(verdicts, 'inconclusive'):.0%})",
+            "target": "<= 20%", "value": round(value, 4), "met": value <= 0.20}
 
-        # 3. constant judge at level group: b is a where it varies, and a constant 3 in half the documents
-        verdicts = []
+
+def likert(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(3 + 1.2 * x), 1, 5)
+
+
+def constant_judge(quick: bool = False) -> dict[str, Any]:
+    """Level group: judge b is a where it varies, and a constant 3 in half the documents; it must never pass."""
+    seeds = seed_count(quick)
+    verdicts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        grouped = make_spec(Path(tmp), "group")
         for s in range(seeds):
             groups, human, a, b = draw(np.random.default_rng(30_000 + s), 24, 0.6, 0.6)
-
-            def likert(x: np.ndarray) -> np.ndarray:
-                return np.clip(np.round(3 + 1.2 * x), 1, 5)
-
             human, a = likert(human), likert(a)
             b = a.copy()
             constant = np.array([int(g[1:]) % 2 == 1 for g in groups])
             b[constant] = 3.0
-            verdicts.append(verdict(grouped, groups, human, a, b, s, rules)[0])
-        passes = sum(v == "pass" for v in verdicts)
-        cases.append({"name": f"merged check: constant-judge world at level group (24 documents x {PER_DOC}, judge b "
-                              f"constant in 12; {seeds} seeds): passes", "target": "0 (no false pass)",
-                      "value": passes, "met": passes == 0})
+            verdicts.append(verdict(grouped, groups, human, a, b, s, RULES)[0])
+    passes = sum(v == "pass" for v in verdicts)
+    return {"name": f"merged check: constant-judge world at level group (24 documents x {PER_DOC}, judge b "
+                    f"constant in 12; {seeds} seeds): passes", "target": "0 (no false pass)",
+            "value": passes, "met": passes == 0}
+
+
+CASES: list[Callable[[bool], dict[str, Any]]] = [no_drop_false_fail, drop_false_pass, constant_judge]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{SEEDS['quick']} seeds per case instead of {SEEDS['full']}")
+    parser.add_argument("--out", default=str(Path(__file__).parent), help="folder of validity_compare.json and .md")
+    args = parser.parse_args()
+    started = time.monotonic()
+    cases = [case(args.quick) for case in CASES]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "validity_compare.json").write_text(json.dumps({"cases": cases, "seconds": round(time.monotonic() - started, 1),

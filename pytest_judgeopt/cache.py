@@ -103,6 +103,12 @@ class Cache:
         with self._lock:
             return self._connect().execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Fold the write-ahead log into the main file, so a committed cache is one file."""
         with self._lock:

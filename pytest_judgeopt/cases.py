@@ -24,8 +24,11 @@ from typing import Any
 
 from .data import Record
 from .llm import LLM
+from .problems import Path_, SpecError, dotted, problem
 from .scoring import Scored, as_record, input_problems, score_records
-from .spec import Model, Path_, Spec, SpecError, dotted, explain, non_finite, problem, read_yaml, schema
+from .spec import Model, Spec, non_finite
+from .spec_schema import explain, schema
+from .yaml_lines import read_yaml
 
 CASE_FILE_SUFFIXES = (".yaml", ".yml", ".jsonl")
 MAX_CASE_FILE_BYTES = 10_000_000

@@ -19,7 +19,8 @@ from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
-from .spec import DatasetSpec, Spec, SpecError, problem
+from .problems import SpecError, problem
+from .spec import DatasetSpec, Spec
 
 MAX_FIELD_CHARS = 1_000_000
 MAX_PROBLEMS_SHOWN = 10

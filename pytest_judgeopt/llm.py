@@ -33,6 +33,8 @@ RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
 # key, a provider litellm does not know, the embedded model's extra not installed). The first one stops every
 # call to that model for the rest of the session.
 REFUSED = {"auth", "provider", "missing_extra"}
+# Settings a provider may not take (litellm then drops them): a call is asked, and cached, as it is really sent.
+DROPPABLE = ("n", "seed", "logprobs")
 FLUSH_SECONDS = 1.0
 
 
@@ -205,6 +207,11 @@ class LLM:
         # the models a call has reached without a refusal, after which calls to it overlap
         self._refused: dict[str, CallError] = {}
         self._admitted: set[str] = set()
+        # per model name, the settings among DROPPABLE its provider does not take (litellm drops them, drop_params)
+        self._unsupported: dict[str, frozenset[str]] = {}
+        self._dropped_noted: set[tuple[str, str]] = set()
+        # what the user should know that is no call's failure (a setting a provider drops); a Session shares it
+        self.notes: list[str] = []
         # answers not yet written, by key: looked up like the cache, so a question answered earlier in
         # the same run() is not asked again before the flush
         self._pending_writes: dict[str, dict[str, Any]] = {}
@@ -302,6 +309,53 @@ class LLM:
             self._schema_support[model.name] = bool(stored["supported"])
         return self._schema_support[model.name]
 
+    def dropped(self, model: Model, *, n: int = 1, seed: int | None = None, logprobs: int = 0) -> set[str]:
+        """The settings asked for that the model's provider does not take (litellm's list of its parameters), said
+        once per model and setting: ``judge.n`` above 1 then gets one reply, no logprobs are asked for, a seed
+        goes unheeded."""
+        asked = {name for name, wanted in (("n", n > 1), ("seed", seed is not None), ("logprobs", bool(logprobs)))
+                 if wanted}
+        if not asked or is_embedded(model):
+            return set()
+        found = asked & self.unsupported(model)
+        for name in sorted(found):
+            self._say_dropped(model, name, "litellm's list of the provider's parameters has no such parameter")
+        return found
+
+    def unsupported(self, model: Model) -> frozenset[str]:
+        """Of DROPPABLE, what the provider does not take; kept beside the answer cache (by litellm version), so a
+        run answered from the cache does not import litellm to ask again."""
+        if model.name not in self._unsupported:
+            from importlib.metadata import version
+
+            key = cache_key({"capability": "openai_params", "model": model.name, "litellm": version("litellm")})
+            cache = self.cache if self.cache_mode != "off" else None
+            stored = cache.fact(key) if cache is not None else None
+            if stored is None:
+                try:
+                    supported = import_litellm().get_supported_openai_params(model=model.name)
+                except Exception:  # litellm raises for a model it cannot place: no claim either way
+                    supported = None
+                stored = {"unsupported": [] if supported is None else [p for p in DROPPABLE if p not in supported]}
+                if cache is not None:
+                    cache.remember(key, stored)
+            self._unsupported[model.name] = frozenset(stored["unsupported"])
+        return self._unsupported[model.name]
+
+    def _learn_unsupported(self, model: Model, name: str, why: str) -> None:
+        self._unsupported[model.name] = self.unsupported(model) | {name}
+        self._say_dropped(model, name, why)
+
+    def _say_dropped(self, model: Model, name: str, why: str) -> None:
+        if (model.name, name) in self._dropped_noted:
+            return
+        self._dropped_noted.add((model.name, name))
+        effect = {"n": "a call gets one reply, not n of them (judge.n), and is asked and cached as one",
+                  "seed": "its replies are not reproducible by seed (the seed still keeps draws apart in the cache)",
+                  "logprobs": "replies come without token logprobs, so scores are the parsed ones; they are asked and "
+                              "cached without"}[name]
+        self.notes.append(f"{model.name} does not take `{name}` ({why}; litellm drops it): {effect}")
+
     def _usage(self, role: str) -> Usage:
         return self.usage.setdefault(role, Usage())
 
@@ -322,6 +376,11 @@ class LLM:
         ``response_format`` asks for structured output (litellm's, e.g. a JSON schema); it is part of
         the cache key, so a reply held to one schema never answers a call asking for another.
         """
+        dropped = self.dropped(model, n=n, seed=seed, logprobs=logprobs)
+        # asked as it will be answered, and cached so: never an n: 5 answer holding one reply. A seed the provider
+        # ignores stays in the key: it still tells one draw from another (a retest's repetitions, a study's runs)
+        n = 1 if "n" in dropped else n
+        logprobs = 0 if "logprobs" in dropped else logprobs
         params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
         if response_format is not None:
             params["response_format"] = response_format
@@ -359,6 +418,9 @@ class LLM:
         finally:
             del in_flight[key]
         future.set_result(reply)
+        if len(reply.choices) < n:  # the provider ignored n (litellm sent it): learnt, said, and not cached as n
+            self._learn_unsupported(model, "n", f"it answered {len(reply.choices)} of the {n} replies asked for")
+            return reply
         if self.cache_mode != "off":
             self._pending_writes[key] = reply.to_json()
             # in batches (a commit is a write), but at least every FLUSH_SECONDS: a process killed
@@ -429,8 +491,11 @@ class LLM:
                         secrets = call_secrets(model)
                         error = CallError(kind, redact(str(exc), secrets), attempt,
                                           redact(refusal_fix(model, kind), secrets) if kind in REFUSED else "")
-                        if error.refused:
-                            self._refused.setdefault(identity, error)
+                        if error.refused and identity not in self._refused:
+                            self._refused[identity] = error
+                            # said once in the summary too: every item that needed the model fails with it
+                            self.notes.append(f"{model.describe()} refused the run's calls after one, which every "
+                                              f"call to it would get: {error}")
                         raise error from None
                     await self.sleep(min(self.max_wait, wait if wait is not None else self._backoff(attempt)))
                     continue
@@ -531,12 +596,10 @@ def known_provider(litellm: Any, name: str) -> None:
 
 
 def refusal_fix(model: Model, kind: str) -> str:
-    """What to do about a refusal: install the extra, name a known provider, or set (or check) the key."""
-    from .local_model import INSTALL_HINT
-
+    """What to do about a refusal: name a known provider, or set (or check) the key."""
     other = "or choose another model with --judge-model (or JUDGEOPT_MODEL)"
     if kind == "missing_extra":
-        return INSTALL_HINT
+        return ""  # the message is the install hint (local_model.INSTALL_HINT), with the other models to choose
     if kind == "provider":
         return (f"write the model as provider/model (e.g. openai/gpt-4o-mini; see https://docs.litellm.ai/docs/providers) "
                 f"in the spec's `model:` or the ini's judge_model, {other}")

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .data import Record
-from .spec import Spec, SpecError, dotted, problem
+from .problems import SpecError, dotted, problem
+from .spec import Spec
 
 if TYPE_CHECKING:
     from .judge import Judgment

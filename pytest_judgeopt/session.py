@@ -65,7 +65,9 @@ class Session:
         self.hooks = hooks
         self.progress = progress
         self.state_dir = Path(state_dir)
-        self.notes: list[str] = []  # things the user should know that are no test's failure (stale lock files, ...)
+        # things the user should know that are no test's failure (stale lock files, a setting a provider drops, ...):
+        # the client's own list, so what it learns while calling is said with the rest
+        self.notes: list[str] = self.llm.notes
         self.optimizations: list[OptimizationResult] = []
         self._in_force: dict[Path, tuple[dict[str, str], dict[str, str]]] = {}
         self._recorded: set[tuple[Any, ...]] = set()
@@ -315,7 +317,14 @@ class Session:
             if function is not None and CUSTOM.get(name) is not function:
                 register_metric(name, function)
 
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Close the client (its loop, litellm's pooled connections) and the answer cache; pending answers are written."""
         self.llm.close()
 
     def instructions(self, loaded: Loaded) -> dict[str, str]:

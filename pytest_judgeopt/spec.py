@@ -18,18 +18,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import metric_spec
 from .agreement import BUILTIN_METRICS as BUILTIN_METRICS
 from .agreement import CORRELATIONS, MetricOptions
+from .problems import Path_, dotted, problem
+from .problems import SpecError as SpecError  # the errors of a spec are raised and caught by that name
+from .problems import SpecWarning as SpecWarning
+from .spec_schema import line_number, schema_problems
+from .yaml_lines import read_yaml
 
-SCHEMA_FILE = "judge-spec.schema.json"
 MAX_SPEC_BYTES = 1_000_000
-MAX_SPEC_NODES = 100_000  # values after expanding aliases: "billion laughs" nesting stays cheap to check
-MERGE_TAG = "tag:yaml.org,2002:merge"
 
-Path_ = tuple[str | int, ...]
 # Model settings that say where and how to connect, not what to answer: left out of the
 # answer cache's key (a committed cache replays against any endpoint) and out of reports.
 CONNECTION_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "organization", "headers",
@@ -47,30 +46,6 @@ def is_credential_name(name: str) -> bool:
     error texts have their values removed (the model's own and those in the environment)."""
     spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)  # apiKey -> api_Key
     return not CREDENTIAL_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", spaced.lower()))
-
-
-class SpecWarning(UserWarning):
-    """Something in a spec the user chose to allow (``judge.unused_inputs: warn``), said at collection."""
-
-
-class SpecError(Exception):
-    """A problem with a spec (or its data) that the user must fix; ``str()`` is the message."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def problem(file: Path, line: int | None, where: str, what: str, fix: str) -> str:
-    location = f"{file}:{line}" if line else str(file)
-    key = f" {one_line(where)}:" if where else ""
-    return f"{location}:{key} {one_line(what)}. Fix: {one_line(fix)}"
-
-
-def one_line(text: str) -> str:
-    """Names quoted from a file may hold line breaks or control characters; escaped, each problem
-    stays one line that starts with its file, as pytest prints it."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass(frozen=True)
@@ -272,11 +247,6 @@ class Spec:
         return self.models.get(role, self.model)
 
 
-@cache
-def schema() -> dict[str, Any]:
-    return json.loads(resources.files("pytest_judgeopt").joinpath("schemas", SCHEMA_FILE).read_text())
-
-
 def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> Spec:
     """Read and validate a spec; raise SpecError listing every problem found."""
     path = Path(path)
@@ -297,299 +267,6 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     if problems:
         raise SpecError(problems)
     return build(path, data, lines)
-
-
-def read_yaml(path: Path, splits: dict[Path_, tuple[str, str]] | None = None) -> tuple[Any, dict[Path_, int]]:
-    """Parse YAML and remember the line of every key and value, so errors can point at them; ``splits``
-    collects the keys an unquoted comma made (see comma_splits)."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        at_line = raw[:exc.start].count(b"\n") + 1
-        raise SpecError([problem(path, at_line, "", f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]) from None
-    # libyaml when present: the pure-Python parser takes seconds on a spec near the size limit. Its
-    # messages are worded differently, so a file it refuses is parsed again by the pure one for the message.
-    fast = getattr(yaml, "CSafeLoader", None)
-    for make_loader in ([fast] if fast else []) + [yaml.SafeLoader]:
-        try:
-            node, data = compose(path, text, make_loader)
-            break
-        except yaml.reader.ReaderError as exc:  # a control character: refused before parsing, without a mark
-            if make_loader is not yaml.SafeLoader:
-                continue
-            line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
-            shown = repr(chr(exc.character)) if isinstance(exc.character, int) else repr(exc.character)
-            raise SpecError([problem(path, line, "", f"the character {shown} is not allowed in YAML ({exc.reason})",
-                                     "remove it, or write it as an escape inside double quotes (\"\\x1f\")")]) from None
-        except yaml.MarkedYAMLError as exc:
-            if make_loader is not yaml.SafeLoader:
-                continue
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            raise SpecError([problem(path, line, "", f"invalid YAML: {exc.problem or exc.context}",
-                                     "fix the YAML syntax at that line")]) from None
-        except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
-            raise SpecError([problem(path, None, "", f"invalid YAML: {exc}", "fix the YAML syntax")]) from None
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        record_lines(node, (), lines)
-        if splits is not None:
-            comma_splits(node, (), splits)
-    return data, lines
-
-
-def compose(path: Path, text: str, make_loader: Any) -> tuple[yaml.Node | None, Any]:
-    """The document's node tree (checked) and its data, with one loader."""
-    loader = make_loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            check_nodes(path, node)
-        return node, loader.construct_document(node) if node is not None else None
-    finally:
-        loader.dispose()
-
-
-def check_nodes(path: Path, root: yaml.Node) -> None:
-    """Refuse what YAML would accept silently or what would hang the checks that follow: a key
-    written twice in one mapping (YAML keeps the last, so a criterion vanishes), an alias inside
-    its own anchor, and aliases that expand past MAX_SPEC_NODES values."""
-    duplicates: list[str] = []
-    open_: set[int] = set()
-    count = 0
-
-    def walk(node: yaml.Node, at: Path_) -> None:
-        nonlocal count
-        count += 1
-        if count > MAX_SPEC_NODES:
-            raise SpecError([problem(path, node.start_mark.line + 1, dotted(at),
-                                     f"over {MAX_SPEC_NODES:,} values once aliases are expanded",
-                                     "write the values out instead of nesting aliases")])
-        if id(node) in open_:
-            raise SpecError([problem(path, node.start_mark.line + 1, dotted(at), "an alias refers to itself",
-                                     "remove the *alias from inside its own &anchor")])
-        open_.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[str, int] = {}
-            for key, value in node.value:
-                name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
-                if name in first and key.tag != MERGE_TAG:
-                    duplicates.append(problem(path, key.start_mark.line + 1, dotted((*at, name)),
-                                              f"'{name}' is written twice (first on line {first[name]}); YAML would keep only the last",
-                                              "remove or rename one of the two"))
-                first.setdefault(name, key.start_mark.line + 1)
-                walk(value, (*at, name))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*at, i))
-        open_.discard(id(node))
-
-    walk(root, ())
-    if duplicates:
-        raise SpecError(duplicates)
-
-
-def record_lines(node: yaml.Node, at: Path_, lines: dict[Path_, int]) -> None:
-    lines.setdefault(at, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
-            lines[(*at, name)] = key.start_mark.line + 1
-            record_lines(value, (*at, name), lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            record_lines(item, (*at, i), lines)
-
-
-def comma_splits(node: yaml.Node, at: Path_, found: dict[Path_, tuple[str, str]]) -> None:
-    """Keys that an unquoted comma cut out of the value before them, in a flow mapping.
-
-    In ``{instruction: Rate it from 1 to 5, fluently}`` YAML ends the value at the comma and reads
-    ``fluently`` as a key with no value. A key like that, after a plain (unquoted) value, is recorded
-    with the key and value it was cut from, so the error can say what happened instead of "unknown key".
-    Only prose counts (a space on either side of the comma): `{source: doc, text}` lacks a value instead.
-    """
-    if isinstance(node, yaml.MappingNode):
-        previous: tuple[str, yaml.Node] | None = None
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark.line)
-            empty = (isinstance(value, yaml.ScalarNode) and value.value == "" and plain(value)
-                     and value.start_mark.index == value.end_mark.index)
-            if (node.flow_style and empty and isinstance(key, yaml.ScalarNode) and plain(key)
-                    and previous is not None and isinstance(previous[1], yaml.ScalarNode) and plain(previous[1])
-                    and (" " in previous[1].value or " " in name)):  # prose, not `{a: x, b}` with a value left out
-                found[(*at, name)] = (previous[0], previous[1].value)
-            previous = (name, value)
-            comma_splits(value, (*at, name), found)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            comma_splits(item, (*at, i), found)
-
-
-def plain(node: yaml.ScalarNode) -> bool:
-    """Written without quotes (the pure-Python parser says None, libyaml '')."""
-    return node.style in (None, "")
-
-
-def comma_problem(path: Path, at: Path_, lines: dict[Path_, int], splits: dict[Path_, tuple[str, str]]) -> str | None:
-    """The message for a key an unquoted comma made, or None when the key was written as a key."""
-    if at not in splits:
-        return None
-    key, value = splits[at]
-    whole = f"{value}, {at[-1]}"
-    where = dotted((*at[:-1], key))
-    return problem(path, lines.get(at), where,
-                   f"the value was split at a comma: inside {{...}} YAML ends '{value}' at the comma and reads "
-                   f"'{at[-1]}' as a key of its own",
-                   f"quote the value: {key}: {json.dumps(whole, ensure_ascii=False)}")
-
-
-def dotted(at: Path_) -> str:
-    out = ""
-    for part in at:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def schema_problems(path: Path, data: Any, lines: dict[Path_, int],
-                    splits: dict[Path_, tuple[str, str]] | None = None) -> list[str]:
-    import jsonschema
-
-    if not isinstance(data, dict):
-        return [problem(path, 1, "", f"a spec is a YAML mapping, not {type_name(data)}",
-                        "start from the example in the README: name, model, dataset, criteria")]
-    validator = jsonschema.Draft202012Validator(schema())
-    found = []
-    for error in validator.iter_errors(data):
-        found.extend(explain(path, error, lines, splits or {}))
-    return sorted(set(found), key=lambda text: line_number(text))
-
-
-def line_number(message: str) -> int:
-    head = message.split(": ", 1)[0]
-    tail = head.rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
-def type_name(value: Any) -> str:
-    return {type(None): "empty", bool: "true/false", int: "a number", float: "a number", str: "text",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-def explain(path: Path, error: Any, lines: dict[Path_, int],
-            splits: dict[Path_, tuple[str, str]] | None = None) -> list[str]:
-    """One readable sentence per schema error, at the line of the key concerned."""
-    splits = splits or {}
-    at: Path_ = tuple(error.absolute_path)
-    cut = comma_problem(path, at, lines, splits)
-    if cut is not None:  # an empty value where a text or a mapping belongs, because a comma cut it out
-        return [cut]
-    where = dotted(at)
-    line = lines.get(at)
-    rule = error.validator
-    sub = error.schema
-    value = error.instance
-    if "propertyNames" in error.schema_path:  # the error is about a key, so point at the key
-        key = (*at, str(value))
-        return [problem(path, lines.get(key, line), dotted(key), f"'{value}' is not a valid criterion name",
-                        "use letters, digits, '_' and '-', starting with a letter; quote a name YAML reads as a number or true/false")]
-    if rule == "additionalProperties":
-        known = sorted(sub.get("properties", {}))
-        out = []
-        for key in sorted(set(value) - set(known), key=str):
-            cut = comma_problem(path, (*at, key), lines, splits)
-            if cut is not None:
-                out.append(cut)
-                continue
-            guess = difflib.get_close_matches(str(key), known, n=1)
-            fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(known)}"
-            out.append(problem(path, lines.get((*at, key), line), dotted((*at, key)), f"unknown key '{key}'", fix))
-        return out
-    if rule == "required":
-        missing = error.message.split("'")[1]
-        if at and at[0] in ("cases", "probes"):  # a case or a probe: its own keys, its own hints
-            return [problem(path, line, where, f"missing key '{missing}'", PART_HINTS.get(missing, f"add `{missing}:`"))]
-        hint = {"dataset": "add `dataset:` with `path`, `inputs` and `scores`",
-                "criteria": "add `criteria:` with at least one criterion (instruction, scale)",
-                "instruction": "add `instruction:` with the text the judge follows for this criterion",
-                "scale": "add `scale: [1, 5]` (the lowest and highest score)",
-                "min_rho": "this criterion has no gate, so its item could never fail: add `min_rho:` with the agreement it "
-                           "must reach (e.g. 0.3), or `min_rho: null` to report its agreement without ever failing",
-                "name": "add `name:` with a litellm model string"}.get(missing, f"add `{missing}:`")
-        return [problem(path, line, where or "spec", f"missing key '{missing}'", hint)]
-    if rule == "enum":
-        options = [o if isinstance(o, str) else json.dumps(o) for o in sub["enum"]]  # true, not True
-        guess = difflib.get_close_matches(str(value), options, n=1)
-        fix = f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(options)}"
-        return [problem(path, line, where, f"'{value}' is not allowed", fix)]
-    if rule == "type":
-        expected = sub["type"]
-        expected = expected if isinstance(expected, str) else " or ".join(expected)
-        return [problem(path, line, where, f"expected {article(expected)}, got {type_name(value)} ({short(value)})",
-                        f"write {article(expected)} here")]
-    if rule in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        low = sub.get("minimum", sub.get("exclusiveMinimum"))
-        high = sub.get("maximum", sub.get("exclusiveMaximum"))
-        span = f"[{low}, {high}]" if low is not None and high is not None else (f">= {low}" if low is not None else f"<= {high}")
-        open_ = " (exclusive)" if "exclusiveMinimum" in sub or "exclusiveMaximum" in sub else ""
-        return [problem(path, line, where, f"{value} is outside {span}{open_}", f"use a value in {span}{open_}")]
-    if rule in ("minItems", "maxItems") and at and at[-1] == "scale":
-        return [problem(path, line, where, f"a scale is two numbers [lowest, highest], got {short(value)}", "write e.g. `scale: [1, 5]`")]
-    if rule == "maxLength":
-        n = sub["maxLength"]
-        return [problem(path, line, where, f"{short(value)} is longer than {n} character{'s' if n > 1 else ''}",
-                        f"write {'one character' if n == 1 else f'at most {n} characters'}")]
-    if rule == "pattern":
-        return [problem(path, line, where, f"{short(value)} is not a valid name",
-                        "use letters, digits, '_', '-' and '.', starting with a letter or digit")]
-    if rule in ("minLength", "minProperties", "minItems"):
-        return [problem(path, line, where, "is empty", "fill it in")]
-    if rule == "maxProperties":
-        return [problem(path, line, where, f"{len(value):,} entries, over the limit of {sub['maxProperties']}",
-                        "split the judge into several spec files")]
-    if rule == "oneOf":
-        # inside a branch of the value's own kind (a model mapping, an interference mapping) the
-        # branch's error is the useful one: "missing key 'name'", not "unexpected a mapping"
-        inner = [e for e in error.context if e.relative_path or e.validator not in ("type", "const")]
-        if inner:
-            return [text for e in inner for text in explain(path, e, lines, splits)]
-        if at and at[-1] in ("min_rho", metric_spec.THRESHOLD_ALIAS):
-            return [problem(path, line, where, f"expected a number or null, got {type_name(value)} ({short(value)})",
-                            "write a number or null here, or `humans` (the annotators' own agreement, "
-                            "`{humans: -0.05}` with a margin)")]
-        return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
-    return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
-
-
-PART_HINTS = {"name": "add `name:` with a short name (letters, digits, '_', '-', '.'): it becomes the item's id case[NAME]",
-              "expect": "add `expect:` with the scores allowed per criterion, e.g. `{coherence: [1, 2]}` or `{fluency: \">= 4\"}`",
-              "kind": "add `kind:` with retest, pad or transform",
-              "min": "add `min:` with the least agreement of the judge with itself, e.g. 0.8",
-              "max_rise": "add `max_rise:` with the most the mean score may rise, e.g. 0.25",
-              "transform": "add `transform:` with the name a pytest_judgeopt_transforms hook returns"}
-
-
-def one_of_fix(at: Path_) -> str:
-    last = at[-1] if at else ""
-    if last == "scores":
-        return "write the name of a field holding {criterion: score}, or a mapping {criterion: field}"
-    if last == "path":
-        return "write the data file's path, a glob such as data/*.jsonl, or a list of paths"
-    if last == "interference":
-        return "write `interference: false`, or a mapping with max_drop and confidence"
-    return "write a litellm model string such as openai/gpt-4o-mini, or a mapping with `name:` and litellm arguments"
-
-
-def article(kind: str) -> str:
-    names = {"number": "a number", "integer": "a whole number", "string": "text", "object": "a mapping",
-             "array": "a list", "boolean": "true or false"}
-    return " or ".join(names.get(k, k) for k in kind.split(" or "))
-
-
-def short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], metrics: tuple[str, ...]) -> list[str]:

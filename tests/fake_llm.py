@@ -157,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         while True:
             if fault is None:
                 try:
-                    answers = [fake.responder(body) for _ in range(int(body.get("n") or 1))]
+                    answers = [fake.responder(body) for _ in range(int(body.get("n") or 1) if fake.serve_n else 1)]
                 except Exception as exc:  # surface test-script bugs as a readable 500, not a dropped connection
                     self._send_json(500, _error(f"responder raised {exc!r}", "responder_error", 500))
                     return
@@ -261,6 +261,7 @@ class FakeLLMServer:
         self.responder: Responder = responder or (lambda body: "3")
         self.latency = latency
         self.serve_logprobs = True  # False: logprobs asked for are not returned, as several providers do
+        self.serve_n = True  # False: one choice whatever n asks for, as some OpenAI-compatible servers do
         self.base_url = ""
         self.requests: list[dict] = []
         self.faults: list[Fault] = []
@@ -316,6 +317,12 @@ class FakeLLMServer:
             self.requests.clear()
             self.faults.clear()
             self._max_in_flight = self._in_flight
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (kept alive between requests), so tests can check a client closes them."""
+        with self._lock:
+            return len(self._connections)
 
     @property
     def max_in_flight(self) -> int:

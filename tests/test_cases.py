@@ -298,7 +298,7 @@ def test_a_bad_case_file_reference_is_a_collection_error(pytester: pytest.Pytest
 def test_the_spec_schema_knows_cases(tmp_path: Path) -> None:
     import jsonschema
 
-    from pytest_judgeopt.spec import schema
+    from pytest_judgeopt.spec_schema import schema
 
     spec: dict[str, Any] = {"dataset": {"path": "d.jsonl", "inputs": {"s": "s"}, "scores": "scores"},
                             "criteria": {"c": {"instruction": "x", "scale": [1, 5], "min_rho": 0.5}},

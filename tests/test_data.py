@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from pytest_judgeopt import data as data_module
 from pytest_judgeopt.data import Record, Splits, load_dataset, sample_groups, split_dataset
-from pytest_judgeopt.spec import Spec, SpecError, Split, line_number, load_spec
+from pytest_judgeopt.spec import Spec, SpecError, Split, load_spec
+from pytest_judgeopt.spec_schema import line_number
 from tests.conftest import make_records, spec_text
 
 # spec_text(None) puts `dataset:` on line 2, `path:` on 3, `scores:` on 6, criteria coherence on 9, fluency on 13

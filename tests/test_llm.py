@@ -537,6 +537,8 @@ def test_complete_on_a_loop_of_the_callers_own(fake_llm: FakeLLMServer, make_llm
     assert [r.choices[0].text for r in asyncio.run(own())] == ["3", "3"]
 
 
+# gc.collect() below may finalize what earlier tests left to the collector (their sockets): not this test's to judge
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_the_embedded_models_queue_is_dropped_with_its_loop() -> None:
     """Keyed by the loop in a weak mapping, not by id(loop): a closed loop leaves nothing behind, and a new loop
     that reuses the id never gets a dead loop's lock."""
@@ -624,3 +626,57 @@ def test_an_unexpected_error_cancels_the_sibling_calls(fake_llm: FakeLLMServer, 
         assert llm.run(left_running()) == []
     finally:
         release.set()
+
+
+def closed_connections(server: FakeLLMServer) -> bool:
+    """Whether the server has seen every client connection end (it notices a close a moment after it happens)."""
+    deadline = time.monotonic() + 20
+    while server.open_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.open_connections == 0
+
+
+def test_session_llm_and_cache_are_context_managers_that_close_litellms_connections(
+        fake_llm: FakeLLMServer, tmp_path: Path) -> None:
+    """Leaving the block closes litellm's pooled async clients (their keep-alive connections to the provider),
+    the client's loop and the cache; they were left open until the process ended."""
+    from pytest_judgeopt.session import Session
+
+    model = model_for(fake_llm)
+    with Cache(tmp_path / "cache") as cache, Session(LLM(cache=cache)) as session:
+        assert session.llm.run(session.llm.complete(model, MESSAGES)).choices[0].text == "3"
+        assert fake_llm.open_connections == 1
+    assert closed_connections(fake_llm)
+    assert cache._db is None  # closed, its log folded in
+    with LLM() as llm:  # and used again after a close, on a new loop
+        assert llm.run(llm.complete(model, MESSAGES)).choices[0].text == "3"
+    assert closed_connections(fake_llm)
+
+
+def test_a_setting_the_provider_does_not_take_is_said_once_and_the_answer_cached_as_made(
+        fake_llm: FakeLLMServer, tmp_path: Path) -> None:
+    """litellm drops `n` for mistral (drop_params): the n: 3 call got one reply and was cached as an n: 3 answer,
+    without a word. It is said once, and the answer is asked and cached as the one-reply call it is."""
+    model = Model.parse({**server_model(fake_llm), "name": "mistral/fake-judge"})
+    with LLM(cache=Cache(tmp_path)) as llm:
+        for question in ("q1", "q2"):
+            reply = llm.run(llm.complete(model, [{"role": "user", "content": question}], n=3, temperature=0.7))
+            assert len(reply.choices) == 1
+        assert [note for note in llm.notes if "`n`" in note] == [
+            "mistral/fake-judge does not take `n` (litellm's list of the provider's parameters has no such parameter; "
+            "litellm drops it): a call gets one reply, not n of them (judge.n), and is asked and cached as one"]
+        again = llm.run(llm.complete(model, [{"role": "user", "content": "q1"}], n=1, temperature=0.7))
+        assert again.cached  # the answer is the one-reply call's
+    assert len(fake_llm.chat_requests()) == 2
+
+
+def test_a_server_that_ignores_n_is_learnt_and_its_one_reply_never_cached_as_n(fake_llm: FakeLLMServer,
+                                                                               tmp_path: Path) -> None:
+    fake_llm.serve_n = False
+    model = model_for(fake_llm)
+    with LLM(cache=Cache(tmp_path)) as llm:
+        replies = [llm.run(llm.complete(model, MESSAGES, n=3, temperature=0.7)) for _ in range(3)]
+        assert [len(r.choices) for r in replies] == [1, 1, 1]
+        assert [r.cached for r in replies] == [False, False, True]  # the second is asked as n: 1, then cached
+        assert sum("`n`" in note and "answered 1 of the 3 replies" in note for note in llm.notes) == 1
+    assert [b.get("n") for b in fake_llm.chat_requests()] == [3, None]

@@ -1118,3 +1118,21 @@ def test_what_the_case_gate_leaves_is_judged_on_val_as_the_combination_it_is(tmp
     assert step.rejected_reasons["coherence"].startswith("rejected by the val gate: kept without fluency's rewrite, "
                                                          "fluency val spearman would fall")
     assert result.instructions == INITIAL
+
+
+def test_a_studys_runs_send_their_own_seed_with_every_role_call(tmp_path: Path, fake_llm: FakeLLMServer) -> None:
+    """Role calls went without a seed, so a mode study's second run (seed + 1) was answered from the cache with
+    the first run's critiques and rewrites. Each role call carries its run's seed; the judge's calls carry none
+    (a judgment at temperature 0 is the same measurement in every run, and stays cached across them)."""
+    from pytest_judgeopt.optimize.study import run_study
+
+    fake_llm.responder = World(RECORDS, score=strict_improves)
+    spec = write_project(tmp_path, fake_llm, optimize="study_runs: 2\nbatch_size: 2\nseed: 5")
+    with Session(LLM(retries=1, backoff=0.01, timeout=10.0), state_dir=tmp_path / ".judgeopt") as session:
+        run_study(session, spec, modes=["SSS"], steps=1)
+    bodies = fake_llm.chat_requests()
+    roles = [b for b in bodies if role_of(b) != "judge"]
+    assert {b.get("seed") for b in roles} == {5, 6}
+    for seed in (5, 6):  # the second run asked its own roles, not the cache for the first run's answers
+        assert Counter(role_of(b) for b in roles if b["seed"] == seed)["optimizer"] >= 1
+    assert {b.get("seed") for b in bodies if role_of(b) == "judge"} == {None}

@@ -64,6 +64,7 @@ def test_a_refused_key_stops_the_calls_fails_every_item_with_the_whole_message_a
     out = result.stdout.str()
     assert out.count(message) >= 6  # whole, in every item's failure
     assert "Fix: check the spec's model.api_key (the key it gives was refused), or choose another model with --judge-model" in out
+    assert out.count("openai/fake-judge refused the run's calls after one, which every call to it would get: ") == 1
     assert "server" not in out.replace("fake-judge", "")  # never filed as a server error
     assert "sk-test-not-a-real-key" not in out
 

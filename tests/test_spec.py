@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pytest_judgeopt import spec as spec_module
+from pytest_judgeopt import spec_schema
 from pytest_judgeopt.spec import (
     Correlation,
     Interference,
@@ -20,8 +21,8 @@ from pytest_judgeopt.spec import (
     SpecError,
     Split,
     load_spec,
-    schema,
 )
+from pytest_judgeopt.spec_schema import schema
 
 # Line numbers matter: the table below names the line of each offending key in this text.
 BASE = """\
@@ -276,7 +277,7 @@ def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path) -> None
     # the misspelled min_rho also leaves the criterion without one
     assert [p.split(": ", 2)[1] for p in problems] == ["split.seed", "correlation.level", "criteria.coherence",
                                                        "criteria.coherence.min_roh"]
-    assert [spec_module.line_number(p) for p in problems] == [12, 15, 17, 20]
+    assert [spec_schema.line_number(p) for p in problems] == [12, 15, 17, 20]
 
 
 def test_a_criterion_without_min_rho_is_an_error_naming_it_and_the_fix(tmp_path: Path) -> None:
@@ -563,7 +564,7 @@ def data_keys(value: Any, at: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
 
 def test_shipped_schema_is_a_valid_draft_2020_12_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(schema())
-    on_disk = Path(spec_module.__file__).parent / "schemas" / spec_module.SCHEMA_FILE
+    on_disk = Path(spec_schema.__file__).parent / "schemas" / spec_schema.SCHEMA_FILE
     assert json.loads(on_disk.read_text()) == schema()
 
 

@@ -189,7 +189,7 @@ class Optimization:
         batch = rng.sample(self.train, min(self.spec.optimize.batch_size, len(self.train)))
         new_rng = rng.getstate()
         criteria = list(self.spec.criteria)
-        step = Step(self.llm, self.spec, self.mode, self.models, state.instructions, self.cases)
+        step = Step(self.llm, self.spec, self.mode, self.models, state.instructions, self.cases, seed=self.seed)
         self._check_budget()
         judged = await self.judge(batch, state.instructions, "judge")
         seen = []

@@ -25,8 +25,11 @@ class Step:
     """The roles' calls for one step, written once for every mode: each stage is the mode's strategy."""
 
     def __init__(self, llm: LLM, spec: Spec, mode: Stages, models: Mapping[str, Model], instructions: Mapping[str, str],
-                 cases: Sequence[Case] = ()):
+                 cases: Sequence[Case] = (), *, seed: int | None = None):
         self.llm = llm
+        # the run's seed, sent with every role call: at a temperature above 0 the roles' answers are draws, and a
+        # mode study's runs (one seed each) must draw their own, not replay each other's from the cache
+        self.seed = seed
         # what the optimizer role is shown of the cases: nothing, unless the spec says optimize.cases_in_prompt
         self.cases = list(cases) if spec.optimize.cases_in_prompt else []
         self.spec = spec
@@ -44,7 +47,8 @@ class Step:
         """One role call; a failed call is counted and yields None (its sample then carries no feedback)."""
         try:
             reply = await self.llm.complete(self.models[role], messages, role=role,
-                                            temperature=self.spec.optimize.temperature, max_tokens=max_tokens)
+                                            temperature=self.spec.optimize.temperature, max_tokens=max_tokens,
+                                            seed=self.seed)
         except CallError as exc:
             if exc.kind == "budget":
                 raise BudgetExceeded(str(exc)) from None
