@@ -369,10 +369,11 @@ def failure_reasons(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Judg
     out = []
     n = len(judged_b)
     failures = failure_counts(judged_b)
-    missing = failures.get("call_replay_miss", 0)
+    missing = [j.record_id for j in judged_b if j.failure == "call_replay_miss"]
     if missing:
-        out.append(f"{missing} {rules.b_noun} answers are not in the cache and the cache mode is replay; "
-                   "record them with --judge-cache=use (needs the model) and commit the cache")
+        from .judge import replay_missing
+
+        out.append(replay_missing(spec, missing, f"{rules.b_noun} answers"))
     allowed = spec.criteria[name].max_parse_failure_rate
     failed, before = sum(failures.values()), sum(failure_counts(judged_a).values())
     if n and failed / n > allowed and (failed > before or not baseline_defined):

@@ -17,13 +17,15 @@ class ItemFailed(Exception):
 
 
 def known_failure(error: BaseException) -> str | None:
-    """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model)."""
+    """The message of a failure the user can act on without a traceback (a spec, a call, the embedded model,
+    a shared cache that is required)."""
     from .llm import CallError
     from .local_model import LocalModelUnavailable
     from .probes import ProbeError
+    from .redis_cache import SharedCacheError
     from .spec import SpecError
 
-    if isinstance(error, (SpecError, CallError, ProbeError)):
+    if isinstance(error, (SpecError, CallError, ProbeError, SharedCacheError)):
         return str(error)
     if isinstance(error, LocalModelUnavailable):
         return f"cannot run the embedded judge model: {error}"

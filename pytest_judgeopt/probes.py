@@ -277,6 +277,16 @@ def worst(pairs: Sequence[tuple[Judgment, Judgment]], key: Callable[[float], flo
                  for b, a in ranked[:WORST_SHOWN])
 
 
+def replay_reason(spec: Spec, judgments: Sequence[Judgment]) -> list[str]:
+    """In replay mode, the answers that are not recorded: which samples, and the fix (ahead of what they caused)."""
+    missing = list(dict.fromkeys(j.record_id for j in judgments if j.failure == "call_replay_miss"))
+    if not missing:
+        return []
+    from .judge import replay_missing
+
+    return [replay_missing(spec, missing)]
+
+
 def failure_reason(spec: Spec, criterion: str, failed: int, judged: int) -> list[str]:
     allowed = spec.criteria[criterion].max_parse_failure_rate
     if judged and failed / judged > allowed:
@@ -305,7 +315,8 @@ def assess_retest(probe: Probe, spec: Spec, criterion: str, base: Sequence[Judgm
     measured = agreement(probe.metric, [a.score or 0.0 for _, a in pairs], [b.score or 0.0 for b, _ in pairs],
                          groups=[b.group for b, _ in pairs] if spec.dataset.group else None, level="pooled",
                          confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed)
-    reasons = failure_reason(spec, criterion, failed, judged)
+    reasons = replay_reason(spec, [*base, *(j for again in repeats for j in again)])
+    reasons += failure_reason(spec, criterion, failed, judged)
     floor = probe.min if probe.min is not None else 1.0
     if measured.value is None:
         reasons.append(f"the judge's {probe.metric} with itself is undefined: {measured.reason}")
@@ -332,7 +343,7 @@ def assess_shift(probe: Probe, spec: Spec, criterion: str, before: Sequence[Judg
     judged = len(before) + len(after)
     failed = sum(j.score is None for j in before) + sum(j.score is None for j in after)
     change = change_of(spec, pairs)
-    reasons = failure_reason(spec, criterion, failed, judged)
+    reasons = replay_reason(spec, [*before, *after]) + failure_reason(spec, criterion, failed, judged)
     ci = (f"[{change.low:+.3f}, {change.high:+.3f}]" if change.low is not None and change.high is not None else None)
     if change.value is None:
         reasons.append(f"the change is undefined: {change.reason}")

@@ -91,7 +91,9 @@ class Session:
         self.probe_results: list[dict[str, Any]] = []  # the probes run, as plain data for the reports
 
     def load(self, path: str | Path) -> Loaded:
-        """Spec, data and splits; raises SpecError naming file, line and fix."""
+        """Spec, data, splits and the spec's answer file; raises SpecError naming file, line and fix."""
+        from .answers import answers_path, read_answers
+
         path = (self.base / path).resolve()
         if path not in self._loaded:
             loader, metrics = self.hooks(path) if self.hooks is not None else (self.loader, self.metrics)
@@ -110,6 +112,7 @@ class Session:
                 problems += exc.problems
             if problems:
                 raise SpecError(problems)
+            self.llm.answer_files[spec.path] = {key: a.reply for key, a in read_answers(answers_path(spec.path)).items()}
             if note := dataset.skipped_note():
                 self.notes.append(note)
             for text in spec.warnings:  # under pytest, shown in its warnings summary; filterwarnings can make it an error
@@ -124,10 +127,12 @@ class Session:
         The optimizer's roles use the judge's model unless the spec's ``models:`` names one for them.
         """
         if role != "judge" and role in spec.models:
-            return spec.models[role]
-        if self.model_override:
-            return Model(self.model_override)
-        return spec.model_for("judge") or Model(self.default_model or EMBEDDED_MODEL)
+            model = spec.models[role]
+        elif self.model_override:
+            model = Model(self.model_override)
+        else:
+            model = spec.model_for("judge") or Model(self.default_model or EMBEDDED_MODEL)
+        return replace(model, by_endpoint=True) if spec.cache.by_endpoint else model
 
     def records(self, loaded: Loaded, split: str) -> tuple[Any, ...]:
         if split not in SPLITS:

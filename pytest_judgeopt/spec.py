@@ -54,6 +54,7 @@ class Model:
 
     name: str
     params: tuple[tuple[str, Any], ...] = ()
+    by_endpoint: bool = False  # the spec's `cache: {by_endpoint: true}`: answers are cached per endpoint
 
     @classmethod
     def parse(cls, value: str | dict[str, Any]) -> Model:
@@ -65,6 +66,13 @@ class Model:
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.params)
+
+    @property
+    def endpoint(self) -> str | None:
+        """Where calls go (``api_base``, or ``base_url``); None for the provider's own."""
+        params = dict(self.params)
+        value = params.get("api_base") or params.get("base_url")
+        return None if value is None else str(value).rstrip("/")
 
     def describe(self) -> str:
         """The name with the settings that change answers; no endpoints, no credentials."""
@@ -166,6 +174,11 @@ class JudgeSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    by_endpoint: bool = False
+
+
+@dataclass(frozen=True)
 class Interference:
     max_drop: float = 0.02
     confidence: float = 0.95
@@ -234,6 +247,7 @@ class Spec:
     criteria: dict[str, Criterion]
     optimize: Optimize
     lines: dict[Path_, int] = field(repr=False, compare=False)
+    cache: CacheSettings = CacheSettings()
     # the parsed YAML, for the parts checked against the data and hooks once those are loaded (cases, probes)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     baseline: Baseline = Baseline()
@@ -496,6 +510,7 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
         criteria=criteria,
         optimize=build_optimize(path, data.get("optimize", {}), metric_spec.section(data).get("method", "spearman")),
         lines=lines,
+        cache=CacheSettings(**data.get("cache", {})),
         raw=data,
         baseline=Baseline(**data.get("baseline", {})),
         warnings=tuple(filter(None, [unused_inputs(path, data, lines), *fit])),  # unused_inputs: reached only with warn

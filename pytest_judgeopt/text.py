@@ -579,8 +579,11 @@ def interference_failure(check: Mapping[str, Any]) -> str:
     # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
     missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in check["criteria"]), default=0)
     if missing:
-        headline = (f"{missing} merged answers are not in the cache and the cache mode is replay; record them with "
-                    "--judge-cache=use (needs the model) and commit the cache")
+        from .answers import answers_path
+
+        name = answers_path(Path(check["path"])).name
+        headline = (f"{missing} merged answers are not in {name} or the cache (cache mode is replay). Fix: record them "
+                    f"with pytest --judge-record (needs the model) and commit {name}")
     return "\n".join([f"{check['spec']}::merged failed: {headline}", *render([interference_table(check)])])
 
 

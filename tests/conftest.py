@@ -6,7 +6,12 @@ import importlib
 import json
 import os
 import re
+import shutil
+import socket
+import ssl
+import subprocess
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,109 @@ def fake_llm() -> Iterator[FakeLLMServer]:
         yield server
 
 
+class RedisServer:
+    """A real ``redis-server`` on a free 127.0.0.1 port, persistence off (nothing written to disk), stopped after the test."""
+
+    def __init__(self, directory: Path, *extra: str, tls: bool = False):
+        self.directory = directory
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        # TLS only (no plain port), with a throwaway self-signed certificate for 127.0.0.1, its own CA
+        self.certificate = directory / "redis.crt" if tls else None
+
+    @property
+    def url(self) -> str:
+        if self.certificate is not None:  # the client checks the server against this CA (redis-py's URL parameter)
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificate}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def listen(self) -> list[str]:
+        if self.certificate is None:
+            return ["--port", str(self.port)]
+        key = self.directory / "redis.key"
+        if not self.certificate.exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                            str(self.certificate), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+                            "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.certificate), "--tls-key-file",
+                str(key), "--tls-ca-cert-file", str(self.certificate), "--tls-auth-clients", "no"]
+
+    def start(self) -> RedisServer:
+        for _ in range(5):  # the free port may be taken between finding it and the server binding it
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            self.process = subprocess.Popen(
+                ["redis-server", *self.listen(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.directory), *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._ready():
+                return self
+            self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def _ready(self) -> bool:
+        deadline = time.monotonic() + 30  # waiting for the server to listen, not a bound on anything tested
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as plain:
+                    conn = plain
+                    if self.certificate is not None:
+                        conn = ssl.create_default_context(cafile=str(self.certificate)).wrap_socket(
+                            plain, server_hostname="127.0.0.1")
+                    with conn:
+                        conn.sendall(b"PING\r\n")
+                        if conn.recv(64).startswith(b"+PONG"):
+                            return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def client(self) -> Any:
+        import redis
+
+        if self.certificate is not None:
+            return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, ssl=True,
+                               ssl_ca_certs=str(self.certificate))
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or unplugged server: no goodbye to the clients."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+    """Start real Redis servers (extra arguments: ``--maxmemory 1mb`` ...; ``tls=True``: TLS only, which needs
+    openssl for its certificate); skips only when a binary is absent."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs Debian's redis-server)")
+    started: list[RedisServer] = []
+
+    def start(*extra: str, tls: bool = False) -> RedisServer:
+        if tls and shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed (it makes the TLS server's certificate)")
+        server = RedisServer(tmp_path_factory.mktemp("redis"), *extra, tls=tls).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def make_records(n_groups: int = 6, per_group: int = 4, criteria: tuple[str, ...] = CRITERIA) -> list[dict[str, Any]]:
     """Records whose human scores vary within and across groups, deterministically."""
     records = []
@@ -34,6 +142,11 @@ def make_records(n_groups: int = 6, per_group: int = 4, criteria: tuple[str, ...
             records.append({"id": f"d{g}-s{i}", "group": f"d{g}", "source": f"Article {g}. Facts {g * 3}.",
                             "summary": f"Summary {i} of article {g}.", "scores": scores})
     return records
+
+
+# make_records()'s test split holds 2 documents, too few for an interval (correlation.min_groups), so ::merged
+# cannot show that merging costs nothing: tests about where answers come from let that inconclusive verdict pass
+FEW_DOCUMENTS = "interference: {inconclusive: pass}\n"
 
 
 def spec_text(model: str | dict[str, Any] | None, *, criteria: tuple[str, ...] = CRITERIA, min_rho: float = 0.5,

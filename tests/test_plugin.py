@@ -83,7 +83,9 @@ def test_replay_mode_gates_on_committed_answers_without_a_model(pytester: pytest
     spec.write_text(spec.read_text().replace("Rate the fluency from 1 to 5.", "Rate how fluent the summary reads."))
     result = pytester.runpytest("--judge-cache=replay")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*answers are not in the cache and the cache mode is replay*--judge-cache=use*"])
+    result.stdout.fnmatch_lines(["*toy::fluency: 8 answers are not in toy.judge.answers.jsonl or the cache (cache mode "
+                                 "is replay), for samples d1-s0, d1-s1, d1-s2 and 5 more. Fix: record them with pytest "
+                                 "--judge-record (needs the model) and commit toy.judge.answers.jsonl"])
 
 
 def test_refresh_mode_asks_again(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:

@@ -486,6 +486,7 @@ judge:
 inference: merged
 interference: {max_drop: 0.05, confidence: 0.9, inconclusive: pass}
 baseline: {max_drop: 0.03, inconclusive: fail}
+cache: {by_endpoint: true}
 cases:
   - {name: jumbled, inputs: {source: a, summary: b}, expect: {coherence: [1, 2]}, note: why}
   - {name: from-data, record: r1, expect: {fluency: ">= 2"}}
@@ -591,6 +592,7 @@ def test_full_spec_uses_every_schema_key_and_validates_directly(tmp_path: Path) 
     assert (spec.baseline.max_drop, spec.baseline.inconclusive) == (0.03, "fail")
     assert spec.dataset.id == "uid" and spec.dataset.scores == {"coherence": "coh", "fluency": "flu", "relevance": "rel"}
     assert spec.model_for("gradient") == Model("openai/gpt-4o", (("temperature", 0.7),))
+    assert spec.cache.by_endpoint is True
 
 
 @pytest.mark.parametrize(("old", "new", "key"), [

@@ -14,5 +14,8 @@ class ReplayIncomplete(Exception):
     checkpoint or lock is written from it: a finished checkpoint would be taken as done by a later run."""
 
     def __init__(self, spec: Spec, what: str):
+        from ..answers import answers_path
+
         super().__init__(f"{spec.path.name}: the optimization needs answers that are not in the cache (cache mode is "
-                         f"replay): {what}. Fix: record them with --judge-cache=use (needs the model) and commit the cache")
+                         f"replay): {what}. Fix: record them with pytest --judge-optimize --judge-record (needs the "
+                         f"model) and commit {answers_path(spec.path).name}")

@@ -48,7 +48,7 @@ class Step:
         try:
             reply = await self.llm.complete(self.models[role], messages, role=role,
                                             temperature=self.spec.optimize.temperature, max_tokens=max_tokens,
-                                            seed=self.seed)
+                                            seed=self.seed, spec=self.spec.path)
         except CallError as exc:
             if exc.kind == "budget":
                 raise BudgetExceeded(str(exc)) from None
