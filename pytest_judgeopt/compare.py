@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .agreement import CORRELATIONS, METRICS, higher_is_better
+
 if TYPE_CHECKING:
     from .judge import Judgment
     from .replies import Usage
@@ -256,13 +258,16 @@ def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Ju
     if grouped and corr.level == "group":
         rows, skipped, why_skipped = shared_documents(rows)
     a, b, human, groups = (list(column) for column in zip(*rows, strict=False)) if rows else ([], [], [], [])
-    measured = paired_difference(corr.method, a, b, human, groups=groups if grouped else None, level=corr.level,
-                                 confidence=rules.confidence, **interval_settings(spec), seed=seed)
+    options = corr.options.for_scale(spec.criteria[name].scale) if name in spec.criteria else corr.options
+    measured = oriented(corr.method, paired_difference(corr.method, a, b, human, groups=groups if grouped else None,
+                                                       level=corr.level, confidence=rules.confidence,
+                                                       **interval_settings(spec), seed=seed, options=options))
     own = [(j.score, j.human, j.group) for j in judged_a if j.score is not None]
     baseline_defined = bool(own) and correlation(
         corr.method, [s for s, _, _ in own], [h for _, h, _ in own], groups=[g for _, _, g in own] if grouped else None,
-        level=corr.level)[0] is not None
-    decided = decide(measured, rules, baseline_defined=baseline_defined, judged=max(len(judged_a), len(judged_b)))
+        level=corr.level, options=options)[0] is not None
+    decided = decide(measured, rules, baseline_defined=baseline_defined, judged=max(len(judged_a), len(judged_b)),
+                     metric=corr.method)
     extra = failure_reasons(spec, rules, name, judged_a, judged_b, baseline_defined=baseline_defined)
     if skipped:
         extra += skipped_reasons(spec, skipped, documents or 0, why_skipped)
@@ -277,6 +282,18 @@ def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Ju
                                failures_a=failures_a, failures_b=failures_b, documents=documents,
                                documents_skipped=skipped, verdict=kind, passed=passed, reasons=reasons,
                                required_n=decided.required_n)
+
+
+def oriented(method: str, measured: PairedDifference) -> PairedDifference:
+    """For an error metric (mae, rmse: lower is better) the difference is turned around, a's error minus b's,
+    so that a negative difference is a loss for every metric and one rule decides them all; a and b stay the
+    errors measured."""
+    from dataclasses import replace
+
+    if higher_is_better(method) or measured.diff is None:
+        return measured
+    return replace(measured, diff=-measured.diff, low=None if measured.high is None else -measured.high,
+                   high=None if measured.low is None else -measured.low)
 
 
 def interval_settings(spec: Spec) -> dict[str, Any]:
@@ -366,18 +383,21 @@ def failure_reasons(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Judg
 
 
 def decide(measured: PairedDifference, rules: Rules, *, baseline_defined: bool = True,
-           judged: int | None = None) -> Verdict:
-    """The verdict on one criterion's difference (b minus a); see the module docstring."""
+           judged: int | None = None, metric: str = "spearman") -> Verdict:
+    """The verdict on one criterion's difference (b minus a; for an error metric, a's error minus b's, see
+    ``oriented``); see the module docstring."""
     if not baseline_defined:
         return Verdict("no baseline", f"the agreement of {rules.a_noun} is undefined, so there is no agreement to lose")
     if measured.diff is None or measured.a is None or measured.b is None:
         return Verdict("undefined", f"the difference is undefined ({measured.reason})")
     max_drop = rules.max_drop
     drop = -measured.diff
+    rho = "rho" if metric in CORRELATIONS or metric not in METRICS else (
+        metric if higher_is_better(metric) else f"agreement ({metric} rises: lower is better)")
     if drop > max_drop:
-        where = f"{rules.change} drops rho by {drop:.3f} ({measured.a:.3f} -> {measured.b:.3f}), beyond max_drop {max_drop:g}"
+        where = f"{rules.change} drops {rho} by {drop:.3f} ({measured.a:.3f} -> {measured.b:.3f}), beyond max_drop {max_drop:g}"
     else:
-        where = (f"{rules.change} changes rho by {measured.diff:+.3f} ({measured.a:.3f} -> {measured.b:.3f}), within "
+        where = (f"{rules.change} changes {rho} by {measured.diff:+.3f} ({measured.a:.3f} -> {measured.b:.3f}), within "
                  f"max_drop {max_drop:g}")
     if measured.low is None or measured.high is None:
         why = getattr(measured, "interval_reason", None) or "too few documents or too many degenerate resamples"

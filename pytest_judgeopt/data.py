@@ -15,6 +15,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class Record:
     inputs: dict[str, str]
     human: dict[str, float]
     line: int
+    # dataset.annotators: per criterion, each annotator's score (None where one did not rate), in their order
+    ratings: dict[str, tuple[float | None, ...]] = dataclass_field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -366,8 +369,12 @@ class Checks:
                                    f"add `{path}` to every record, or map {name} to another field in dataset.inputs", [])
                        for name, path in ds.inputs.items()}
         self.scores = {name: Field(*score_field(ds.scores, name), f"no human score for '{name}'",
-                                   "add the score, or remove the record", []) for name in spec.criteria}
-        self.fields = [self.id] + ([self.group] if self.group else []) + list(self.inputs.values())
+                                   "add the score, or remove the record", []) for name in spec.criteria} if ds.scores else {}
+        self.annotators = (Field(("dataset", "annotators"), ds.annotators, "the record has no annotators' scores",
+                                 f"give every record a `{ds.annotators}` field of {{criterion: [score, ...]}}", [])
+                           if ds.annotators else None)
+        self.fields = ([self.id] + ([self.group] if self.group else []) + list(self.inputs.values())
+                       + ([self.annotators] if self.annotators else []))
         self.holder = ds.scores if isinstance(ds.scores, str) else None
 
     def record(self, file: Path, line: int, row: Mapping[str, Any]) -> Record | None:
@@ -389,7 +396,8 @@ class Checks:
         rid = values[0]
         group = values[1] if self.group else rid
         inputs = {}
-        for (name, field), text in zip(self.inputs.items(), values[-len(self.inputs):], strict=True):
+        texts = values[1 + bool(self.group):1 + bool(self.group) + len(self.inputs)]
+        for (name, field), text in zip(self.inputs.items(), texts, strict=True):
             if text is MISSING or text is None:
                 continue
             text = text if isinstance(text, str) else json.dumps(text) if isinstance(text, (dict, list)) else str(text)
@@ -401,9 +409,33 @@ class Checks:
                 inputs[name] = text
         human = {}
         unscored = False
+        ratings: dict[str, tuple[float | None, ...]] = {}
+        if self.annotators is not None and values[-1] is not MISSING and values[-1] is not None:
+            from .annotators import read_ratings
+
+            for criterion in spec.criteria.values():
+                found_ratings, why = read_ratings(opened(values[-1]), criterion.name, criterion.scale)
+                if why:
+                    self.problems.append((index, problem(file, line, f"{self.annotators.path}.{criterion.name}", why,
+                                                         "write a list of scores on the criterion's scale, null where an "
+                                                         "annotator did not rate")))
+                elif found_ratings is not None:
+                    ratings[criterion.name] = found_ratings
+                    if not self.scores:
+                        from .annotators import aggregate
+
+                        human[criterion.name] = aggregate(found_ratings, spec.dataset.aggregate)
+                elif not self.scores:
+                    unscored = True
+                    if not spec.dataset.skip_missing:
+                        self.problems.append((index, problem(file, line, f"{self.annotators.path}.{criterion.name}",
+                                                             f"no annotator rated '{criterion.name}'",
+                                                             "add the annotators' scores, or set `dataset.skip_missing: true`")))
         # one lookup of a {criterion: score} field per row (a CSV cell of JSON is decoded once, not per criterion)
         holder = opened(resolve_field(row, self.holder)) if self.holder else MISSING
         for criterion in spec.criteria.values():
+            if not self.scores:
+                break
             field = self.scores[criterion.name]
             found = row.get(field.path, MISSING)
             if found is MISSING:
@@ -435,7 +467,7 @@ class Checks:
             if spec.dataset.skip_missing:
                 self.skipped += 1
             return None
-        return Record(str(rid), str(group), inputs, human, line)
+        return Record(str(rid), str(group), inputs, human, line, ratings)
 
     def finish(self) -> list[str]:
         """Problems in order: the spec's wrong paths first (one each), then the rows'."""
@@ -486,7 +518,7 @@ class Checks:
                             f"set `dataset.scores.{name}` to the field holding the score")
 
 
-def score_field(scores: str | dict[str, str], criterion: str) -> tuple[tuple[str, ...], str]:
+def score_field(scores: str | dict[str, str] | None, criterion: str) -> tuple[tuple[str, ...], str]:
     """Where the spec names a criterion's score and its path: a field per criterion, or one field of {criterion: score}."""
     if isinstance(scores, dict):
         return ("dataset", "scores", criterion), scores[criterion]

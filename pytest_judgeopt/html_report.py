@@ -32,9 +32,11 @@ from .text import (
     dollars,
     estimate,
     evaluation_table,
+    humans_lines,
     instruction_changes,
     interference_table,
     interval,
+    number,
     optimization_table,
     probes_table,
     study_table,
@@ -261,6 +263,7 @@ def evaluation_section(ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
     for r in results:
         if r["reasons"]:
             out.append(f'<p class="fail">{escape(r["criterion"])}: {escape("; ".join(r["reasons"]))}</p>')
+    out += [agreement_details(r) for r in results if r.get("confusion") or r.get("humans")]
     out.append('<div class="charts">')
     for r in results:
         mine = [row for row in rows if row["criterion"] == r["criterion"]]
@@ -276,6 +279,34 @@ def evaluation_section(ev: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
                                                       [[r["criterion"], r["instruction_source"], r["instruction"]]
                                                        for r in results], cls="text"))
     out.append("</section>")
+    return "".join(out)
+
+
+def agreement_details(r: Mapping[str, Any]) -> str:
+    """A label metric's confusion matrix (rows the humans' label, columns the judge's), and the annotators' own
+    agreement beside the judge's, with the alternative annotator test per annotator."""
+    out = [f'<div class="agreement"><h3>{escape(r["criterion"])}: {escape(r["method"])}</h3>']
+    found = r.get("confusion")
+    if found:
+        labels = [str(label) for label in found["labels"]]
+        rows = [[f"human {label}", *(str(c) for c in row)] for label, row in zip(labels, found["matrix"], strict=True)]
+        out.append('<p class="muted">Confusion matrix: rows the humans\' label, columns the judge\'s.</p>'
+                   + plain_table(["", *(f"judge {label}" for label in labels)], rows, cls="confusion"))
+    humans = r.get("humans")
+    if humans:
+        out += [f"<p>{escape(line)}</p>" for line in humans_lines(r) if not line.startswith(f"{r['criterion']}: annotator ")]
+        per = humans["per_annotator"]
+        if per:
+            rows = [[str(a["annotator"]), str(a["items"]), number(a["human"]), number(a["judge"]),
+                     "-" if a["judge_rate"] is None else f"{a['judge_rate']:.2f}",
+                     "-" if a["human_rate"] is None else f"{a['human_rate']:.2f}",
+                     "-" if a["p_adjusted"] is None else f"{a['p_adjusted']:.3g}",
+                     "-" if a["won"] is None else ("wins" if a["won"] else "does not win"),
+                     a["test_reason"] or a["reason"] or ""] for a in per]
+            out.append(plain_table(["annotator", "items", f"annotator vs others ({humans['method']})",
+                                    "judge vs the same", "judge aligns (rho_f)", "annotator aligns (rho_h)",
+                                    "adjusted p", "alt-test", "note"], rows, cls="annotators"))
+    out.append("</div>")
     return "".join(out)
 
 

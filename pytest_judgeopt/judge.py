@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .agreement import CONFUSION_METRICS, confusion, higher_is_better, threshold_reasons
 from .aio import gather_or_cancel
 from .call_errors import CallError
 from .data import Record
@@ -25,6 +26,7 @@ from .structured import judgment_schema, longest_reply, response_format, violati
 from .weighting import score_span, weighted_score
 
 if TYPE_CHECKING:
+    from .annotators import Humans
     from .stats import Agreement
 
 DEFAULT_SYSTEM = ("You are a careful, strict evaluator. You rate a text against the criteria you are given "
@@ -332,6 +334,7 @@ class CriterionResult:
     instruction_source: str = "spec"
     gate: str = "point"
     documents: int | None = None  # documents judged; None without dataset.group
+    humans: Humans | None = None  # dataset.annotators: their own agreement, and the alternative annotator test
 
     @property
     def rho(self) -> float | None:
@@ -365,9 +368,20 @@ class CriterionResult:
                 "confidence": a.confidence, "pairs": a.n, "groups": a.groups, "groups_skipped": a.groups_skipped,
                 "units": a.units, "interval_reason": a.interval_reason, "documents": self.documents,
                 "undefined_reason": a.reason, "n": self.n, "min_rho": self.criterion.min_rho,
+                "max_error": self.criterion.max_error, "humans_margin": self.criterion.humans_margin,
+                "higher_is_better": higher_is_better(a.method),
                 "parse_failures": dict(sorted(self.failures.items())), "passed": self.passed, "reasons": self.reasons,
-                "gate": self.gate, "report_only": self.criterion.min_rho is None,
-                "scoring": self.scoring, "mass_outside_scale": self.mass_outside_scale}
+                "gate": self.gate, "report_only": self.criterion.report_only,
+                "scoring": self.scoring, "mass_outside_scale": self.mass_outside_scale, "confusion": self.confusion,
+                "humans": None if self.humans is None else self.humans.to_json()}
+
+    @property
+    def confusion(self) -> dict[str, Any] | None:
+        """Humans' labels by the judge's, for the metrics that compare labels (None for the others)."""
+        if self.agreement.method not in CONFUSION_METRICS:
+            return None
+        pairs = scored(self.judgments)
+        return confusion([s for s, _ in pairs], [j.human for _, j in pairs], self.criterion.scale, self.criterion.integer)
 
     @property
     def scoring(self) -> dict[str, int]:
@@ -383,7 +397,8 @@ class CriterionResult:
 
 
 def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split: str, shape: str, instruction: str,
-           instruction_source: str = "spec") -> CriterionResult:
+           instruction_source: str = "spec",
+           ratings: Mapping[str, Sequence[float | None] | None] | None = None) -> CriterionResult:
     """Agreement on the judgments that parsed, and the verdict against the spec's thresholds."""
     from .stats import (
         agreement,  # scipy: imported when a judge has run, not when specs are collected
@@ -393,17 +408,32 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
     ok = scored(judgments)
     groups = [j.group for _, j in ok] if spec.dataset.group else None
     measured = agreement(corr.method, [score for score, _ in ok], [j.human for _, j in ok], groups=groups, level=corr.level,
-                         confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed)
+                         confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed,
+                         options=corr.options.for_scale(criterion.scale))
     failures = Counter(j.failure for j in judgments if j.failure)
     documents = len({j.group for j in judgments})
     reasons = verdict_reasons(corr, criterion, measured, failures, len(judgments), documents)
     missing = [j.record_id for j in judgments if j.failure == "call_replay_miss"]
     if missing:  # the cause, ahead of what it caused (failed judgments, an undefined rho)
         reasons.insert(0, f"{spec.name}::{criterion.name}: {replay_missing(spec, missing)}")
+    humans = None
+    if ratings is not None:  # dataset.annotators: the humans' own agreement, the alternative annotator test
+        from . import annotators
+
+        rated = [(score, j, r) for score, j in ok if (r := ratings.get(j.record_id))]
+        humans = annotators.measure(corr.method, corr.gate, [s for s, _, _ in rated], [r for _, _, r in rated],
+                                    groups=[j.group for _, j, _ in rated] if spec.dataset.group else None,
+                                    aggregate_by=spec.dataset.aggregate, options=corr.options.for_scale(criterion.scale),
+                                    confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed,
+                                    epsilon=corr.epsilon, alpha=corr.alpha, min_items=corr.min_items)
+    if ratings is not None or criterion.humans_margin is not None or corr.gate == "alt_test":
+        from .annotators import reasons as human_reasons
+
+        reasons += human_reasons(humans, criterion.humans_margin, corr.gate)
     return CriterionResult(criterion=criterion, spec_name=spec.name, split=split, shape=shape, judgments=judgments,
                            agreement=measured, failures=failures, passed=passes(criterion, reasons, failures),
                            reasons=reasons, instruction=instruction, instruction_source=instruction_source,
-                           gate=corr.gate, documents=documents if spec.dataset.group else None)
+                           gate=corr.gate, documents=documents if spec.dataset.group else None, humans=humans)
 
 
 def replay_missing(spec: Spec, record_ids: Sequence[str], what: str = "answers") -> str:
@@ -420,7 +450,7 @@ def replay_missing(spec: Spec, record_ids: Sequence[str], what: str = "answers")
 def passes(criterion: Criterion, reasons: Sequence[str], failures: Counter[str]) -> bool:
     """No reason to fail; or a report-only criterion (``min_rho: null``), whose reasons are only reported,
     unless its answers are missing altogether (replay mode), which is no measurement at all."""
-    if criterion.min_rho is None:
+    if criterion.report_only:
         return not failures.get("call_replay_miss", 0)
     return not reasons
 
@@ -445,16 +475,9 @@ def verdict_reasons(corr: Correlation, criterion: Criterion, measured: Agreement
                            "(correlation.max_skipped_groups)")
     if measured.value is None:
         reasons.append(f"{measured.method} is undefined: {measured.reason}")
-    elif criterion.min_rho is not None:
-        if corr.gate == "lower_bound":
-            if measured.low is None:
-                reasons.append(f"the lower-bound gate needs an interval and there is none: {measured.interval_reason}")
-            elif measured.low < criterion.min_rho:
-                reasons.append(f"the interval's lower end {measured.low:.3f} is below min_rho {criterion.min_rho:.2f} "
-                               f"by {criterion.min_rho - measured.low:.3f}")
-        elif measured.value < criterion.min_rho:
-            reasons.append(f"{measured.method} {measured.value:.3f} is below min_rho {criterion.min_rho:.2f} "
-                           f"by {criterion.min_rho - measured.value:.3f}")
+    else:
+        reasons += threshold_reasons(measured.method, corr.gate, measured.value, measured.low, measured.high,
+                                     criterion.min_rho, criterion.max_error, measured.interval_reason)
     return reasons
 
 

@@ -202,7 +202,9 @@ class Session:
                 each_key = self._evaluation_key(loaded, instructions, names, split=split, shape=each, model=model)
                 self._evaluations[each_key] = {
                     name: assess(spec, spec.criteria[name], judged[each].judgments[name], split=split, shape=each,
-                                 instruction=instructions[name], instruction_source=sources[name]) for name in names}
+                                 instruction=instructions[name], instruction_source=sources[name],
+                                 ratings={r.id: r.ratings.get(name) for r in records} if spec.dataset.annotators else None)
+                    for name in names}
                 self._usages[each_key] = judged[each].usage
                 self._logprobs_missing[each_key] = judged[each].logprobs_missing
                 self._note_missing_logprobs(model, judged[each])

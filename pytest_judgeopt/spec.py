@@ -18,15 +18,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import metric_spec
+from .agreement import BUILTIN_METRICS as BUILTIN_METRICS
+from .agreement import CORRELATIONS, MetricOptions
 from .problems import Path_, dotted, problem
 from .problems import SpecError as SpecError  # the errors of a spec are raised and caught by that name
 from .problems import SpecWarning as SpecWarning
-from .spec_schema import schema_problems
+from .spec_schema import line_number, schema_problems
 from .yaml_lines import read_yaml
 
 MAX_SPEC_BYTES = 1_000_000
-# the agreement metrics stats.py computes natively; named here, where specs are checked against them
-BUILTIN_METRICS = ("spearman", "kendall", "pearson")
 
 # Model settings that say where and how to connect, not what to answer: left out of the
 # answer cache's key (a committed cache replays against any endpoint) and out of reports.
@@ -90,6 +91,14 @@ class Criterion:
     # ends written as integers ([1, 5]) make an integer scale: its structured schema allows 1, 2, ..., 5;
     # ends written with a decimal point ([0.0, 1.0]) make a continuous one
     integer: bool = True
+    max_error: float | None = None  # the threshold of an error metric (mae, rmse): lower is better
+    humans_margin: float | None = None  # `min_rho: humans` (0.0) or `{humans: m}`: the annotators' agreement + m
+    alt_test: bool = False  # correlation.gate: alt_test gates the item whatever its threshold
+
+    @property
+    def report_only(self) -> bool:
+        """No gate at all (`min_rho: null`, `max_error: null`, no alt_test): the item reports and never fails."""
+        return self.min_rho is None and self.max_error is None and self.humans_margin is None and not self.alt_test
 
 
 @dataclass(frozen=True)
@@ -99,9 +108,11 @@ class DatasetSpec:
     id: str
     group: str | None
     inputs: dict[str, str]
-    scores: str | dict[str, str]
+    scores: str | dict[str, str] | None  # None: the annotators' aggregate is the human score
     delimiter: str | None = None
     skip_missing: bool = False
+    annotators: str | None = None  # a field of {criterion: [score per annotator]} (annotators.py)
+    aggregate: str = "mean"  # mean, median or majority of the annotators' scores
 
     @property
     def path(self) -> Path:
@@ -137,6 +148,17 @@ class Correlation:
     # A skipped document's judgments count for nothing, as failed judgments do: the same 10% allowance
     # as judge.max_parse_failure_rate's default.
     max_skipped_groups: float = 0.1
+    positive: float | None = None  # f1's positive class; None: the scale's highest value
+    weights: str = "quadratic"  # weighted_kappa: quadratic or linear
+    alpha_level: str = "ordinal"  # krippendorff_alpha: ordinal, interval or nominal
+    # gate: alt_test (annotators.py): the cost-benefit margin, the FDR level, the documents each annotator needs
+    epsilon: float = 0.1
+    alpha: float = 0.05
+    min_items: int = 30
+
+    @property
+    def options(self) -> MetricOptions:
+        return MetricOptions(self.positive, self.weights, self.alpha_level)
 
 
 @dataclass(frozen=True)
@@ -252,6 +274,8 @@ def load_spec(path: str | Path, metrics: tuple[str, ...] = BUILTIN_METRICS) -> S
     splits: dict[Path_, tuple[str, str]] = {}
     data, lines = read_yaml(path, splits)
     problems = schema_problems(path, data, lines, splits)
+    problems += [problem(path, lines.get(at), dotted(at), what, fix) for at, what, fix in metric_spec.missing_gates(data)]
+    problems.sort(key=line_number)
     if not problems:
         problems = rule_problems(path, data, lines, metrics)
     if problems:
@@ -279,20 +303,27 @@ def rule_problems(path: Path, data: dict[str, Any], lines: dict[Path_, int], met
     elif split["test"] <= 0:
         out.append(problem(path, lines.get(("split", "test"), lines.get(("split",))), "split.test",
                            "the test split is empty, and the regression items evaluate on it", "give test a fraction above 0"))
-    method = data.get("correlation", {}).get("method", "spearman")
+    method = metric_spec.section(data).get("method", "spearman")
     if method not in metrics:
         guess = difflib.get_close_matches(method, metrics, n=1)
-        out.append(problem(path, lines.get(("correlation", "method")), "correlation.method", f"unknown metric '{method}'",
+        method_at = metric_spec.method_key(data)
+        out.append(problem(path, lines.get(method_at), dotted(method_at), f"unknown metric '{method}'",
                            f"did you mean '{guess[0]}'?" if guess else f"use one of: {', '.join(metrics)}"))
+    out.extend(problem(path, lines.get(at, lines.get(at[:-1])), dotted(at), what, fix)
+               for at, what, fix in metric_spec.problems(data))
     if split.get("by") == "group" and "group" not in data["dataset"]:
         out.append(problem(path, lines.get(("split", "by")), "split.by",
                            "split by group needs to know the groups", "set `dataset.group` to the field naming the "
                            "source document, or write `by: record`"))
-    level = data.get("correlation", {}).get("level", "pooled")
+    level = metric_spec.section(data).get("level", "pooled")
     if level == "group" and "group" not in data["dataset"]:
         out.append(problem(path, lines.get(("correlation", "level")), "correlation.level",
                            "level: group needs to know the groups", "set `dataset.group` to the field naming the source document"))
-    scores = data["dataset"]["scores"]
+    scores = data["dataset"].get("scores")
+    if scores is None and "annotators" not in data["dataset"]:
+        out.append(problem(path, lines.get(("dataset",)), "dataset", "missing key 'scores'",
+                           "add `scores:` with the field holding {criterion: score}, or `annotators:` with the field "
+                           "holding each annotator's scores"))
     if isinstance(scores, dict):
         for name in data["criteria"]:
             if name not in scores:
@@ -438,13 +469,17 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
             name=name,
             instruction=body["instruction"].strip(),
             scale=(float(body["scale"][0]), float(body["scale"][1])),
-            min_rho=body.get("min_rho"),
+            min_rho=threshold(body),
             max_parse_failure_rate=body.get("max_parse_failure_rate", judge.max_parse_failure_rate),
             line=lines.get(("criteria", name), 1),
             integer=all(isinstance(end, int) and not isinstance(end, bool) for end in body["scale"]),
+            max_error=body.get("max_error"),
+            humans_margin=metric_spec.humans_margin(body.get(metric_spec.threshold_key(body) or "min_rho")),
+            alt_test=metric_spec.section(data).get("gate") == "alt_test",
         )
         for name, body in data["criteria"].items()
     }
+    fit = [problem(path, lines.get(at), dotted(at), what, fix) for at, what, fix in metric_spec.fit_warnings(data)]
     ds = data["dataset"]
     written = [ds["path"]] if isinstance(ds["path"], str) else ds["path"]
     paths = tuple(dict.fromkeys(found for entry in written for found in data_files(path.parent, entry)))
@@ -460,27 +495,43 @@ def build(path: Path, data: dict[str, Any], lines: dict[Path_, int]) -> Spec:
             id=ds.get("id", "id"),
             group=ds.get("group"),
             inputs=dict(ds["inputs"]),
-            scores=ds["scores"],
+            scores=ds.get("scores"),
             delimiter=ds.get("delimiter"),
             skip_missing=ds.get("skip_missing", False),
+            annotators=ds.get("annotators"),
+            aggregate=ds.get("aggregate", "mean"),
         ),
         split=Split(**data.get("split", {})),
-        correlation=Correlation(**data.get("correlation", {})),
+        correlation=Correlation(**metric_spec.section(data)),
         judge=judge,
         # one criterion merged is the separate prompt: call it that, so no run reports "(merged)" for it
         inference=data.get("inference", "separate") if len(criteria) > 1 else "separate",
         interference=None if interference is False or len(criteria) < 2 else Interference(**interference),
         criteria=criteria,
-        optimize=build_optimize(path, data.get("optimize", {})),
+        optimize=build_optimize(path, data.get("optimize", {}), metric_spec.section(data).get("method", "spearman")),
         lines=lines,
         cache=CacheSettings(**data.get("cache", {})),
         raw=data,
         baseline=Baseline(**data.get("baseline", {})),
-        warnings=tuple(filter(None, [unused_inputs(path, data, lines)])),  # reached only with unused_inputs: warn
+        warnings=tuple(filter(None, [unused_inputs(path, data, lines), *fit])),  # unused_inputs: reached only with warn
     )
 
 
-def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
+def threshold(body: dict[str, Any]) -> float | None:
+    """The higher-is-better threshold as a number (`min_rho`, or its alias `min_agreement`); None for none,
+    for `max_error` and for `humans` (resolved once the annotators' agreement is measured)."""
+    key = metric_spec.threshold_key(body)
+    value = body.get(key) if key in ("min_rho", metric_spec.THRESHOLD_ALIAS) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def default_gate_metric(method: str) -> str:
+    """The optimizer gates on spearman, as before, unless the items measure with one of the label or error
+    metrics: then on that metric, so a rewrite is kept for what the items test."""
+    return method if method in BUILTIN_METRICS and method not in CORRELATIONS else "spearman"
+
+
+def build_optimize(path: Path, data: dict[str, Any], method: str = "spearman") -> Optimize:
     mode = data.get("mode", Optimize.mode)
     gate = data.get("gate", {})
     diagnostics = data.get("diagnostics", {})
@@ -488,7 +539,7 @@ def build_optimize(path: Path, data: dict[str, Any]) -> Optimize:
         mode=mode,
         **{k: data[k] for k in ("steps", "batch_size", "seed", "temperature", "max_instruction_chars", "max_tokens", "study_runs")
            if k in data},
-        gate=Gate(metric=gate.get("metric", "spearman"), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0),
+        gate=Gate(metric=gate.get("metric", default_gate_metric(method)), rule=gate.get("rule"), tolerance=gate.get("tolerance", 0.0),
                   cases=gate.get("cases", False)),
         prompts={role: (path.parent / file).resolve() for role, file in data.get("prompts", {}).items()},
         diagnostics=diagnostics.get("enabled", False),

@@ -124,6 +124,10 @@ def explain(path: Path, error: Any, lines: dict[Path_, int],
         inner = [e for e in error.context if e.relative_path or e.validator not in ("type", "const")]
         if inner:
             return [text for e in inner for text in explain(path, e, lines, splits)]
+        if at and at[-1] in ("min_rho", "min_agreement"):
+            return [problem(path, line, where, f"expected a number or null, got {type_name(value)} ({short(value)})",
+                            "write a number or null here, or `humans` (the annotators' own agreement, "
+                            "`{humans: -0.05}` with a margin)")]
         return [problem(path, line, where, f"unexpected {type_name(value)} ({short(value)})", one_of_fix(at))]
     return [problem(path, line, where, error.message, "see the spec format in the README or the JSON Schema")]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-from .spec import BUILTIN_METRICS
+from .agreement import BUILTIN_METRICS, CORRELATIONS, DEFAULT_OPTIONS, METRICS, MetricOptions
 
 LEVELS = ("pooled", "group")
 
@@ -70,6 +70,14 @@ class PairedDifference:
 
 # --------------------------------------------------------------------------
 # validation
+
+
+@dataclass(frozen=True)
+class _Metric:
+    """A metric's name with the settings it is computed with (f1's positive class, the kappa's weights)."""
+
+    name: str
+    options: MetricOptions = DEFAULT_OPTIONS
 
 
 def _check_choice(method: str, level: str) -> None:
@@ -129,15 +137,11 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-def _constant_reason(judge: np.ndarray, human: np.ndarray) -> str | None:
-    """Name the constant side, since a constant judge and constant humans need different fixes."""
-    import numpy as np
-    reasons = [
-        f"{name} scores are constant (all {values[0]:g})"
-        for name, values in (("judge", judge), ("human", human))
-        if np.all(values == values[0])
-    ]
-    return "; ".join(reasons) or None
+def _undefined(m: _Metric, judge: np.ndarray, human: np.ndarray) -> str | None:
+    """Why the metric has no value on these pairs (agreement.py says per metric), naming the side to fix."""
+    from .agreement import undefined_reason
+
+    return undefined_reason(m.name if m.name in METRICS else "spearman", judge, human, m.options)
 
 
 @contextmanager
@@ -160,49 +164,49 @@ def register_metric(name: str, function: Callable[[np.ndarray, np.ndarray], floa
     CUSTOM[name] = function
 
 
-def _scalar(method: str, judge: np.ndarray, human: np.ndarray) -> float:
-    """scipy value, or NaN for numerically degenerate input."""
-    from scipy import stats
+def _scalar(m: _Metric, judge: np.ndarray, human: np.ndarray) -> float:
+    """The metric's value (agreement.py, a hook's function), or NaN for numerically degenerate input."""
+    from .agreement import value
+
     with _quiet():
-        if method in CUSTOM:
-            value = CUSTOM[method](judge, human)
-            return float("nan") if value is None else float(value)
-        scalar = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}[method]
-        return float(scalar(judge, human).statistic)
+        if m.name in CUSTOM:
+            found = CUSTOM[m.name](judge, human)
+            return float("nan") if found is None else float(found)
+        return value(m.name, judge, human, m.options)
 
 
-def _pooled(method: str, judge: np.ndarray, human: np.ndarray) -> tuple[float | None, str | None]:
+def _pooled(m: _Metric, judge: np.ndarray, human: np.ndarray) -> tuple[float | None, str | None]:
     if len(judge) < MIN_PAIRS:
         return None, f"only {_plural(len(judge), 'pair')} (need at least {MIN_PAIRS})"
-    reason = _constant_reason(judge, human)
+    reason = _undefined(m, judge, human)
     if reason:
         return None, reason
-    value = _scalar(method, judge, human)
-    return (value, None) if math.isfinite(value) else (None, f"{method} correlation is undefined")
+    value = _scalar(m, judge, human)
+    return (value, None) if math.isfinite(value) else (None, f"{m.name} is undefined on these scores")
 
 
-def _qualifies(judge: np.ndarray, human: np.ndarray) -> bool:
-    """A group counts only if a within-group correlation can exist at all."""
-    return len(judge) >= MIN_GROUP_PAIRS and _constant_reason(judge, human) is None
+def _qualifies(m: _Metric, judge: np.ndarray, human: np.ndarray) -> bool:
+    """A group counts only if a within-group value can exist at all."""
+    return len(judge) >= MIN_GROUP_PAIRS and _undefined(m, judge, human) is None
 
 
 def _group_values(
-    method: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
+    m: _Metric, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
 ) -> np.ndarray:
     """Per-group correlation, NaN for groups that are too small or constant (skipped)."""
     import numpy as np
     values = np.full(len(members), np.nan)
     for k, rows in enumerate(members):
-        if _qualifies(judge[rows], human[rows]):
-            values[k] = _scalar(method, judge[rows], human[rows])
+        if _qualifies(m, judge[rows], human[rows]):
+            values[k] = _scalar(m, judge[rows], human[rows])
     return values
 
 
 def _grouped(
-    method: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
+    m: _Metric, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]
 ) -> tuple[float | None, int, int, str | None]:
     import numpy as np
-    values = _group_values(method, judge, human, members)
+    values = _group_values(m, judge, human, members)
     used = int(np.isfinite(values).sum())
     skipped = len(members) - used
     if used == 0:
@@ -214,16 +218,16 @@ def _grouped(
 
 
 def _correlation(
-    method: str,
+    m: _Metric,
     level: str,
     judge: np.ndarray,
     human: np.ndarray,
     members: list[np.ndarray] | None,
 ) -> tuple[float | None, int, int, str | None]:
     if len(judge) < MIN_PAIRS or level == "pooled" or members is None:
-        value, reason = _pooled(method, judge, human)
+        value, reason = _pooled(m, judge, human)
         return value, 0, 0, reason
-    return _grouped(method, judge, human, members)
+    return _grouped(m, judge, human, members)
 
 
 def correlation(
@@ -233,21 +237,23 @@ def correlation(
     *,
     groups: Sequence[str] | None = None,
     level: str = "pooled",
+    options: MetricOptions | None = None,
 ) -> tuple[float | None, int, int, str | None]:
-    """Judge-human correlation; returns (value, groups_used, groups_skipped, reason).
+    """Judge-human agreement by any metric; returns (value, groups_used, groups_skipped, reason).
 
     ``level='group'`` is G-Eval's summary-level protocol: the mean of per-document
-    correlations, skipping documents where either side is constant.
+    values, skipping documents where the metric is undefined (constant scores for a correlation).
     """
     j, h, members = _prepare(method, level, judge, human, groups)
-    return _correlation(method, level, j, h, members)
+    return _correlation(_Metric(method, options or DEFAULT_OPTIONS), level, j, h, members)
 
 
 # --------------------------------------------------------------------------
 # intervals: a delete-one-document jackknife with a t quantile
 
 
-def _units(level: str, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray] | None) -> list[np.ndarray]:
+def _units(m: _Metric, level: str, judge: np.ndarray, human: np.ndarray,
+           members: list[np.ndarray] | None) -> list[np.ndarray]:
     """The independent units an interval rests on: documents (only those with their own correlation at
     level group), or single samples when there are no groups."""
     import numpy as np
@@ -255,7 +261,7 @@ def _units(level: str, judge: np.ndarray, human: np.ndarray, members: list[np.nd
     if members is None:
         return [np.array([i], dtype=np.intp) for i in range(len(judge))]
     if level == "group":
-        return [rows for rows in members if _qualifies(judge[rows], human[rows])]
+        return [rows for rows in members if _qualifies(m, judge[rows], human[rows])]
     return members
 
 
@@ -275,13 +281,13 @@ def _blocks(units: int, seed: int) -> np.ndarray:
 Replicate = Callable[["np.ndarray"], float]  # the statistic on the units marked True
 
 
-def _statistic(method: str, level: str, judge: np.ndarray, human: np.ndarray,
+def _statistic(m: _Metric, level: str, judge: np.ndarray, human: np.ndarray,
                units: list[np.ndarray]) -> Replicate:
     """The estimate recomputed on a subset of the units (whole documents, or samples)."""
     import numpy as np
 
     if level == "group":
-        per_unit = _group_values(method, judge, human, units)
+        per_unit = _group_values(m, judge, human, units)
 
         def mean_of_kept(keep: np.ndarray) -> float:
             values = per_unit[keep]
@@ -295,21 +301,28 @@ def _statistic(method: str, level: str, judge: np.ndarray, human: np.ndarray,
 
     def pooled_over_kept(keep: np.ndarray) -> float:
         rows = keep[unit_of_row]
-        value, _ = _pooled(method, judge[rows], human[rows])
+        value, _ = _pooled(m, judge[rows], human[rows])
         return math.nan if value is None else value
 
     return pooled_over_kept
 
 
 def _fisher(method: str, level: str) -> bool:
-    """Built-in correlations pooled over samples are bounded by +-1 and skewed near the bounds: their
-    interval is made on Fisher's z scale. A per-document mean is made on its own scale (the t-interval over
-    the per-document values), and so is a metric added by a hook, whose range is unknown."""
-    return level == "pooled" and method in BUILTIN_METRICS
+    """Correlations pooled over samples are bounded by +-1 and skewed near the bounds: their interval is
+    made on Fisher's z scale. A per-document mean is made on its own scale (the t-interval over the
+    per-document values), and so are the other metrics (kappa, alpha, accuracy, errors), whose sampling
+    distribution is not a correlation's, and a metric added by a hook, whose range is unknown."""
+    return level == "pooled" and method in CORRELATIONS
+
+
+def _range(method: str) -> tuple[float | None, float | None]:
+    """Where the metric's values live (an interval is clipped to it); unknown for a hook's metric."""
+    found = METRICS.get(method)
+    return (None, None) if found is None else (found.low, found.high)
 
 
 def _jackknife(estimate: float, replicate: Replicate, units: int, confidence: float, seed: int, *,
-               fisher: bool, bound: float | None) -> tuple[float | None, float | None, str | None]:
+               fisher: bool, bounds: tuple[float | None, float | None]) -> tuple[float | None, float | None, str | None]:
     """Delete-one-unit jackknife: the standard error from the estimates without each unit (or block of
     units), the interval estimate +- t(k-1) * se, so that a few documents give a wide interval, as they
     should. For a mean of per-document values this is exactly the t-interval over those values.
@@ -338,44 +351,67 @@ def _jackknife(estimate: float, replicate: Replicate, units: int, confidence: fl
     low, high = center - t * se, center + t * se
     if fisher:  # an estimate of exactly +-1 was clipped to stay finite on the z scale: it stays inside
         low, high = min(math.tanh(low), estimate), max(math.tanh(high), estimate)
-    if bound is not None:
-        low, high = max(low, -bound), min(high, bound)
+    if bounds[0] is not None:
+        low = max(low, bounds[0])
+    if bounds[1] is not None:
+        high = min(high, bounds[1])
     return float(low), float(high), None
 
 
-def _interval(method: str, level: str, estimate: float, j: np.ndarray, h: np.ndarray,
+def _interval(m: _Metric, level: str, estimate: float, j: np.ndarray, h: np.ndarray,
               members: list[np.ndarray] | None, *, confidence: float, min_groups: int, seed: int,
               difference_of: np.ndarray | None = None) -> tuple[float | None, float | None, int, str | None]:
     """(low, high, units, reason): the interval, the documents (or samples) it rests on, and why it is
     missing when it is. ``difference_of`` is judge a's scores when the estimate is corr(b) - corr(a)."""
     if difference_of is None:
-        units = _units(level, j, h, members)
+        units = _units(m, level, j, h, members)
         counted = len(units)
     else:  # each judge's estimate over its own documents, as the point estimate; counted where both have one
-        units = _units("pooled", j, h, members)
+        units = _units(m, "pooled", j, h, members)
         counted = len(units) if level == "pooled" else sum(
-            _qualifies(j[rows], h[rows]) and _qualifies(difference_of[rows], h[rows]) for rows in units)
+            _qualifies(m, j[rows], h[rows]) and _qualifies(m, difference_of[rows], h[rows]) for rows in units)
     if counted < min_groups:
         word = "samples" if members is None else "documents"
         return None, None, counted, (f"too few {word}: {counted} (an interval needs at least {min_groups}; "
                                      "correlation.min_groups)")
-    replicate = _statistic(method, level, j, h, units)
-    bound = 1.0 if method in BUILTIN_METRICS else None
+    replicate = _statistic(m, level, j, h, units)
+    bounds = _range(m.name)
     if difference_of is not None:
-        of_a = _statistic(method, level, difference_of, h, units)
+        of_a = _statistic(m, level, difference_of, h, units)
         of_b = replicate
 
         def replicate(keep: np.ndarray) -> float:
             return of_b(keep) - of_a(keep)
 
-        bound = None if bound is None else 2.0
-    fisher = difference_of is None and _fisher(method, level)
-    low, high, reason = _jackknife(estimate, replicate, len(units), confidence, seed, fisher=fisher, bound=bound)
+        width = None if bounds[0] is None or bounds[1] is None else bounds[1] - bounds[0]
+        bounds = (None, None) if width is None else (-width, width)
+    fisher = difference_of is None and _fisher(m.name, level)
+    low, high, reason = _jackknife(estimate, replicate, len(units), confidence, seed, fisher=fisher, bounds=bounds)
     return low, high, counted, reason
 
 
-def _pairs_in_used_groups(judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]) -> int:
-    return sum(len(rows) for rows in members if _qualifies(judge[rows], human[rows]))
+def document_interval(estimate: float, replicate: Replicate, unit_count: int, *, confidence: float, min_groups: int,
+                      seed: int, bounds: tuple[float | None, float | None] = (None, None),
+                      grouped: bool = True) -> tuple[float | None, float | None, str | None]:
+    """The same delete-one-document jackknife as every other interval, for a statistic another module defines
+    (the annotators' leave-one-out agreement): ``replicate(keep)`` recomputes it on the documents (samples
+    without groups) marked True. Below ``min_groups`` units there is no interval, with that reason."""
+    if unit_count < min_groups:
+        word = "documents" if grouped else "samples"
+        return None, None, (f"too few {word}: {unit_count} (an interval needs at least {min_groups}; "
+                            "correlation.min_groups)")
+    return _jackknife(estimate, replicate, unit_count, confidence, seed, fisher=False, bounds=bounds)
+
+
+def metric_value(method: str, judge: Sequence[float], human: Sequence[float],
+                 options: MetricOptions | None = None) -> tuple[float | None, str | None]:
+    """One metric on paired scores, pooled: (value, reason), the value None with the reason when undefined."""
+    j, h = _as_scores("judge", judge), _as_scores("human", human)
+    return _pooled(_Metric(method, options or DEFAULT_OPTIONS), j, h)
+
+
+def _pairs_in_used_groups(m: _Metric, judge: np.ndarray, human: np.ndarray, members: list[np.ndarray]) -> int:
+    return sum(len(rows) for rows in members if _qualifies(m, judge[rows], human[rows]))
 
 
 def agreement(
@@ -388,6 +424,7 @@ def agreement(
     confidence: float = 0.95,
     min_groups: int = MIN_GROUPS,
     seed: int = 0,
+    options: MetricOptions | None = None,
 ) -> Agreement:
     """Point estimate plus an interval that leaves out whole documents (a delete-one-document jackknife).
 
@@ -396,14 +433,15 @@ def agreement(
     without groups) there is no interval, with that reason in ``interval_reason``.
     """
     j, h, members = _prepare(method, level, judge, human, groups)
-    value, used, skipped, reason = _correlation(method, level, j, h, members)
+    m = _Metric(method, options or DEFAULT_OPTIONS)
+    value, used, skipped, reason = _correlation(m, level, j, h, members)
     low = high = None
     units = 0
     interval_reason = None
     if value is not None:
-        low, high, units, interval_reason = _interval(method, level, value, j, h, members, confidence=confidence,
+        low, high, units, interval_reason = _interval(m, level, value, j, h, members, confidence=confidence,
                                                       min_groups=min_groups, seed=seed)
-    n = len(j) if level == "pooled" or members is None else _pairs_in_used_groups(j, h, members)
+    n = len(j) if level == "pooled" or members is None else _pairs_in_used_groups(m, j, h, members)
     return Agreement(method, level, value, low, high, confidence, n, used, skipped, reason, units, interval_reason)
 
 
@@ -418,18 +456,20 @@ def paired_difference(
     confidence: float = 0.95,
     min_groups: int = MIN_GROUPS,
     seed: int = 0,
+    options: MetricOptions | None = None,
 ) -> PairedDifference:
     """Interval of corr(b) - corr(a), each jackknife replicate leaving the same document out of both,
     so the noise the two judges share cancels."""
     ja, h, members = _prepare(method, level, judge_a, human, groups)
     jb, _, _ = _prepare(method, level, judge_b, human, groups)
-    a, _, _, reason_a = _correlation(method, level, ja, h, members)
-    b, _, _, reason_b = _correlation(method, level, jb, h, members)
+    m = _Metric(method, options or DEFAULT_OPTIONS)
+    a, _, _, reason_a = _correlation(m, level, ja, h, members)
+    b, _, _, reason_b = _correlation(m, level, jb, h, members)
     if a is None or b is None:
         named = (("judge_a", reason_a), ("judge_b", reason_b))
         reasons = [f"{name}: {reason}" for name, reason in named if reason]
         return PairedDifference(a, b, None, None, None, confidence, len(h), "; ".join(reasons))
-    low, high, units, interval_reason = _interval(method, level, b - a, jb, h, members, confidence=confidence,
+    low, high, units, interval_reason = _interval(m, level, b - a, jb, h, members, confidence=confidence,
                                                   min_groups=min_groups, seed=seed, difference_of=ja)
     return PairedDifference(a, b, b - a, low, high, confidence, len(h), None, units, interval_reason)
 
@@ -491,7 +531,7 @@ def mean_change(
     def pooled_mean(keep: np.ndarray) -> float:
         return float(sums[keep].sum() / counts[keep].sum())
 
-    low, high, reason = _jackknife(value, pooled_mean, units, confidence, seed, fisher=False, bound=None)
+    low, high, reason = _jackknife(value, pooled_mean, units, confidence, seed, fisher=False, bounds=(None, None))
     return MeanChange(value, low, high, confidence, len(change), used, reason)
 
 

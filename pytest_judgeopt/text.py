@@ -119,6 +119,13 @@ def evaluation_notes(r: Mapping[str, Any]) -> list[str]:
         would = "; ".join(r["reasons"])
         return [f"{name}: reports only (min_rho: null), so this item never fails"
                 + (f"; a gate would fail it: {would}" if would and r["passed"] else "")]
+    if r["passed"] and r.get("gate", "point") == "point" and r["value"] is not None and r.get("max_error") is not None:
+        if r["high"] is None:
+            return [f"{name}: passes on the estimate; there is no interval ({r.get('interval_reason')})"]
+        if r["high"] > r["max_error"]:
+            return [f"{name}: passes on the estimate; the interval {interval(r['low'], r['high'])} does not exclude "
+                    f"max_error {number(r['max_error'], 2)}"]
+        return []
     if not r["passed"] or r.get("gate", "point") != "point" or r["value"] is None or r["min_rho"] is None:
         return []
     if r["low"] is None:
@@ -137,16 +144,75 @@ def evaluation_table(ev: Mapping[str, Any]) -> Table:
     gated = sum(not r.get("report_only") for r in results)
     table = Table(f"{ev['spec']} ({ev['split']} split, {ev['records']} samples, {ev['shape']} prompts, {ev['model']}): "
                   f"{passed}/{gated} criteria pass" + (f", {len(results) - gated} report only" if gated < len(results) else ""),
-                  [("criterion", "left"), ("metric", "right"), ("rho", "right"), ("interval", "right"), ("min", "right"),
+                  [("criterion", "left"), ("metric", "right"), ("value", "right"), ("interval", "right"), ("min", "right"),
                    ("n", "right"), ("judged", "right"), ("failed", "right"), ("docs", "right"), ("verdict", "left")])
     for r in results:
         verdict, kind = evaluation_verdict(r)
         table.rows.append([r["criterion"], r["method"], number(r["value"]), interval(r["low"], r["high"]),
-                           number(r["min_rho"], 2), str(r["pairs"]), str(r["n"]), str(sum(r["parse_failures"].values())),
+                           threshold_cell(r), str(r["pairs"]), str(r["n"]), str(sum(r["parse_failures"].values())),
                            documents_cell(r), verdict])
         table.verdicts.append(kind)
     table.after += [Line(note, "item") for r in results for note in evaluation_notes(r)]
+    table.after += [Line(line, "item") for r in results for line in confusion_lines(r) + humans_lines(r)]
     return table
+
+
+def threshold_cell(r: Mapping[str, Any]) -> str:
+    """min_rho, or the largest error allowed (``<= 0.80``: lower is better), or the humans' bar."""
+    if r.get("max_error") is not None:
+        return f"<= {number(r['max_error'], 2)}"
+    humans = r.get("humans")
+    if r["min_rho"] is None and humans is not None and r.get("humans_margin") is not None:
+        return "humans" if humans["human"] is None else number(humans["human"] + r["humans_margin"], 2)
+    if r["min_rho"] is None and r.get("gate") == "alt_test":
+        return "alt_test"
+    return number(r["min_rho"], 2)
+
+
+def confusion_lines(r: Mapping[str, Any]) -> list[str]:
+    """The confusion matrix in one line: per human label, the judge's labels' counts."""
+    found = r.get("confusion")
+    if not found:
+        return []
+    rows = "; ".join(f"{label}: [{', '.join(str(c) for c in row)}]" for label, row in zip(found["labels"], found["matrix"],
+                                                                                            strict=True))
+    labels = ", ".join(str(label) for label in found["labels"])
+    return [f"{r['criterion']}: confusion, rows human, columns judge ({labels}): {rows}"]
+
+
+def humans_lines(r: Mapping[str, Any]) -> list[str]:
+    """The annotators' own leave-one-out agreement beside the judge's with the same references, and the
+    alternative annotator test per annotator."""
+    humans = r.get("humans")
+    if not humans:
+        return []
+    name, method = r["criterion"], humans["method"]
+    if humans["human"] is None:
+        out = [f"{name}: the humans' leave-one-out {method} is undefined ({humans['reason']})"]
+    else:
+        out = [f"{name}: humans' leave-one-out {method} {number(humans['human'])} "
+               f"{interval(humans['human_low'], humans['human_high'])} ({humans['annotators']} annotators, "
+               f"{humans['items']} items, {humans['units']} documents, each annotator against the {humans['aggregate']} "
+               f"of the others); the judge against the same references {number(humans['judge'])} "
+               f"{interval(humans['judge_low'], humans['judge_high'])}"]
+    test = humans.get("alt_test")
+    if test:
+        head = (f"{name}: alternative annotator test (epsilon {test['epsilon']:g}, {test['scoring']} alignment, "
+                f"Benjamini-Yekutieli at {test['alpha']:g}): ")
+        if test["winning_rate"] is None:
+            out.append(head + f"not possible: {test['reason']}")
+        else:
+            out.append(head + f"winning rate {test['winning_rate']:.2f} ({'pass' if test['passed'] else 'FAIL'}, needs 0.5), "
+                       f"advantage probability {number(test['advantage'])}")
+        units = "documents" if r.get("documents") is not None else "items"
+        for a in humans["per_annotator"]:
+            if a["p_adjusted"] is not None:
+                out.append(f"{name}: annotator {a['annotator']}: the judge represents the others at least as well on "
+                           f"{a['judge_rate']:.0%} of {a['units']} {units}, the annotator on {a['human_rate']:.0%}; adjusted p "
+                           f"{a['p_adjusted']:.3g}: " + ("judge wins" if a["won"] else "judge does not win"))
+            elif a["test_reason"]:
+                out.append(f"{name}: annotator {a['annotator']}: {a['test_reason']}")
+    return out
 
 
 def instruction_sources(ev: Mapping[str, Any]) -> str | None:
@@ -457,6 +523,8 @@ def criterion_failure(result: CriterionResult) -> str:
     lines = [f"{result.spec_name}::{result.criterion.name} failed on the {result.split} split ({result.shape} prompts):"]
     lines += [f"  - {reason}" for reason in result.reasons]
     lines.append(f"  measured: {measured_line(result)}")
+    shown = result.to_json()
+    lines += [f"  {line}" for line in confusion_lines(shown) + humans_lines(shown)]
     if result.failures:
         kinds = ", ".join(f"{k} {v}" for k, v in result.failures.most_common())
         lines.append(f"  failed judgments: {result.failed_count}/{result.n} ({kinds})")
@@ -482,7 +550,9 @@ def measured_line(result: CriterionResult) -> str:
     has_interval = a.low is not None and a.high is not None
     shown = f" {interval(a.low, a.high)}" if has_interval else ""
     confidence = f"{a.confidence:.0%} CI" if has_interval else "no interval"  # a CI level without a CI says nothing
-    threshold = f", min_rho {number(result.criterion.min_rho, 2)}" if result.criterion.min_rho is not None else ""
+    threshold = (f", min_rho {number(result.criterion.min_rho, 2)}" if result.criterion.min_rho is not None else
+                 f", max_error {number(result.criterion.max_error, 2)} (lower is better)"
+                 if result.criterion.max_error is not None else "")
     documents = ""
     if result.documents is not None:
         skipped = result.documents - a.groups

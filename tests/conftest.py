@@ -205,7 +205,8 @@ def human_from_prompt(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]
 # Heavy modules the in-process pytester runs use, imported once here: pytester restores
 # sys.modules after each inner run, numpy cannot be imported twice in one process, and
 # hypothesis' pytest plugin would re-import (and assert-rewrite) it in every inner run, seconds each.
-for _module in ("hypothesis", "numpy", "scipy.stats"):
+# scikit-learn and krippendorff (agreement.py) hold compiled parts too: loaded once, like numpy.
+for _module in ("hypothesis", "numpy", "scipy.stats", "sklearn.metrics", "krippendorff"):
     importlib.import_module(_module)
 import_litellm()
 

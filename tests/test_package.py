@@ -15,7 +15,7 @@ import pytest
 import pytest_judgeopt
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("litellm", "scipy", "rich")
+HEAVY = ("litellm", "scipy", "rich", "sklearn", "krippendorff")
 
 
 def imported_after(code: str) -> dict[str, list[str]]:

@@ -126,7 +126,7 @@ def test_terminal_summary_answers_can_i_trust_this_judge(pytester: pytest.Pytest
 
     agreement = section(result, "judge agreement")
     assert agreement[0] == "toy (test split, 18 samples, separate prompts, openai/fake-judge): 2/2 criteria pass"
-    assert re.match(r"\s+criterion\s+metric\s+rho\s+interval\s+min\s+n\s+judged\s+failed\s+docs\s+verdict$", agreement[1])
+    assert re.match(r"\s+criterion\s+metric\s+value\s+interval\s+min\s+n\s+judged\s+failed\s+docs\s+verdict$", agreement[1])
     rows = [line for line in agreement if re.match(r"\s+(coherence|fluency)\s+spearman", line)]
     assert len(rows) == 2 and all(re.search(r"1\.000\s+\[1\.000, 1\.000\]\s+0\.50\s+18\s+18\s+0\s+6\s+pass$", r)
                                   for r in rows)

@@ -466,10 +466,13 @@ dataset:
   id: uid
   group: doc
   inputs: {source: src, summary: summ}
-  scores: {coherence: coh, fluency: flu}
+  scores: {coherence: coh, fluency: flu, relevance: rel}
+  annotators: ratings
+  aggregate: median
 split: {train: 0.3, val: 0.2, test: 0.5, seed: 7, by: group}
 correlation: {method: kendall, level: group, gate: lower_bound, confidence: 0.9, min_groups: 10,
-              max_skipped_groups: 0.2}
+              max_skipped_groups: 0.2, positive: 3, weights: linear, alpha_level: interval, epsilon: 0.2,
+              alpha: 0.1, min_items: 40}
 judge:
   system: You are strict.
   template: "{inputs}\\n{criteria}\\n{format}\\n{summary}"
@@ -515,6 +518,17 @@ criteria:
     instruction: Is it fluent?
     scale: [0, 3]
     min_rho: null
+  relevance:
+    instruction: Is it relevant?
+    scale: [1, 5]
+    min_rho: {humans: -0.05}
+"""
+# the keys that are another spelling of a key FULL uses (a spec writes one of the two)
+ALIASES = """\
+agreement: {agreement: mae}
+criteria:
+  coherence: {instruction: Coherent, scale: [1, 5], max_error: 0.8}
+  fluency: {instruction: Fluent, scale: [1, 5], min_agreement: {humans: 0}}
 """
 
 
@@ -557,7 +571,10 @@ def test_shipped_schema_is_a_valid_draft_2020_12_schema() -> None:
 
 def test_full_spec_uses_every_schema_key_and_validates_directly(tmp_path: Path) -> None:
     data = yaml.safe_load(FULL)
-    missing = schema_keys(schema()) - data_keys(data)
+    covered = data_keys(data) | data_keys(yaml.safe_load(ALIASES))
+    covered |= {("agreement", *k[1:]) for k in covered if k[0] == "correlation"}  # one section, two names
+    covered |= {("correlation", *k[1:]) for k in covered if k[0] == "agreement"}
+    missing = schema_keys(schema()) - covered
     assert ("criteria", "*", "min_rho") in schema_keys(schema()) and ("interference", "max_drop") in schema_keys(schema())
     assert not missing, f"the full spec no longer covers schema keys {sorted(missing)}"
     errors = list(jsonschema.Draft202012Validator(schema()).iter_errors(data))
@@ -566,11 +583,14 @@ def test_full_spec_uses_every_schema_key_and_validates_directly(tmp_path: Path) 
     for file in data["optimize"]["prompts"].values():
         (tmp_path / file).write_text("Improve the instruction.\n")
     spec = load_spec(write(tmp_path, FULL))
-    assert spec.correlation == Correlation("kendall", "group", "lower_bound", 0.9, 10, 0.2)
+    assert spec.correlation == Correlation("kendall", "group", "lower_bound", 0.9, 10, 0.2, 3, "linear", "interval", 0.2,
+                                           0.1, 40)
+    assert spec.criteria["relevance"].humans_margin == -0.05 and spec.criteria["relevance"].min_rho is None
+    assert (spec.dataset.annotators, spec.dataset.aggregate) == ("ratings", "median")
     assert spec.judge.logprobs is True and spec.judge.structured is False
     assert spec.inference == "merged" and spec.interference == Interference(0.05, 0.9, "pass")
     assert (spec.baseline.max_drop, spec.baseline.inconclusive) == (0.03, "fail")
-    assert spec.dataset.id == "uid" and spec.dataset.scores == {"coherence": "coh", "fluency": "flu"}
+    assert spec.dataset.id == "uid" and spec.dataset.scores == {"coherence": "coh", "fluency": "flu", "relevance": "rel"}
     assert spec.model_for("gradient") == Model("openai/gpt-4o", (("temperature", 0.7),))
     assert spec.cache.by_endpoint is True
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from pytest_judgeopt.agreement import CORRELATIONS
 from pytest_judgeopt.stats import (
-    BUILTIN_METRICS,
     LEVELS,
     Agreement,
     PairedDifference,
@@ -54,7 +54,7 @@ def documents(count: int, size: int) -> list[str]:
     return [f"doc{i // size}" for i in range(count * size)]
 
 
-@pytest.mark.parametrize("method", BUILTIN_METRICS)
+@pytest.mark.parametrize("method", CORRELATIONS)
 def test_matches_hand_computed_values(method: str) -> None:
     value, used, skipped, reason = correlation(method, JUDGE, HUMAN)
     assert value == pytest.approx(BY_HAND[method])
@@ -71,7 +71,7 @@ def test_matches_scipy(method: str, scipy_fn) -> None:
     assert value == pytest.approx(scipy_fn(judge, human).statistic)
 
 
-@pytest.mark.parametrize("method", BUILTIN_METRICS)
+@pytest.mark.parametrize("method", CORRELATIONS)
 def test_group_level_is_mean_over_varying_groups(method: str) -> None:
     value, used, skipped, reason = correlation(
         method, TOY_JUDGE, TOY_HUMAN, groups=TOY_GROUPS, level="group"
@@ -93,7 +93,7 @@ def test_pooled_ignores_groups_for_the_point_estimate() -> None:
     assert (used, skipped) == (0, 0)
 
 
-@pytest.mark.parametrize("method", BUILTIN_METRICS)
+@pytest.mark.parametrize("method", CORRELATIONS)
 @pytest.mark.parametrize("level", LEVELS)
 def test_interval_contains_point_estimate(method: str, level: str) -> None:
     judge, human = noisy(240, 1.0, seed=1)
@@ -234,7 +234,7 @@ def test_cluster_interval_is_wider_than_pair_interval_when_documents_differ() ->
     assert clusters.high - clusters.low > pairs.high - pairs.low
 
 
-@pytest.mark.parametrize("method", BUILTIN_METRICS)
+@pytest.mark.parametrize("method", CORRELATIONS)
 def test_paired_difference_of_identical_judges_is_exactly_zero(method: str) -> None:
     judge, human = noisy(120, 1.0, seed=10)
     result = paired_difference(method, judge, judge, human, groups=documents(15, 8))
@@ -295,14 +295,14 @@ def test_paired_difference_undefined_names_the_judge() -> None:
         ),
     ],
 )
-@pytest.mark.parametrize("method", BUILTIN_METRICS)
+@pytest.mark.parametrize("method", CORRELATIONS)
 def test_undefined_pooled(method: str, judge, human, reason: str) -> None:
     assert correlation(method, judge, human) == (None, 0, 0, reason)
     result = agreement(method, judge, human)
     assert (result.value, result.low, result.high, result.reason) == (None, None, None, reason)
 
 
-@pytest.mark.parametrize("method", BUILTIN_METRICS)
+@pytest.mark.parametrize("method", CORRELATIONS)
 def test_undefined_when_all_groups_constant(method: str) -> None:
     judge = [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 5.0]
     human = [2.0, 2.0, 2.0, 1.0, 2.0, 3.0, 4.0]
@@ -372,7 +372,7 @@ real_scores = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(
     data=st.data(),
-    method=st.sampled_from(BUILTIN_METRICS),
+    method=st.sampled_from(CORRELATIONS),
     level=st.sampled_from(LEVELS),
     values=st.one_of(scores, real_scores),
 )

@@ -32,6 +32,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from ..agreement import MetricOptions, higher_is_better
 from ..judge import Judged, Judgment
 from ..spec import Gate, Spec
 from .protocol import Stages
@@ -88,9 +89,11 @@ class Measured:
         return cls(dict(value), {c: int(n[0]) for c, n in counts.items()}, {c: int(n[1]) for c, n in counts.items()})
 
 
-def measure_judgments(judgments: Mapping[str, Sequence[Judgment]], metric: str) -> Measured:
+def measure_judgments(judgments: Mapping[str, Sequence[Judgment]], metric: str,
+                      options: Mapping[str, MetricOptions] | None = None) -> Measured:
     """The gate metric on the judgments that parsed, and how many failed: agreement alone would reward a
-    rewrite that fails on the hard samples."""
+    rewrite that fails on the hard samples. ``options``: per criterion, the metric's settings (f1's positive
+    class on the criterion's scale, the kappa's weights), as the items use them."""
     from ..stats import correlation, mae
 
     value: dict[str, float | None] = {}
@@ -102,13 +105,19 @@ def measure_judgments(judgments: Mapping[str, Sequence[Judgment]], metric: str) 
         elif metric == "mae":
             value[c] = mae(scores, humans) if pairs else None
         else:
-            value[c] = correlation(metric, scores, humans)[0] if len(pairs) >= 3 else None
+            chosen = (options or {}).get(c)
+            value[c] = correlation(metric, scores, humans, options=chosen)[0] if len(pairs) >= 3 else None
     return Measured(value, {c: sum(j.score is None for j in js) for c, js in judgments.items()},
                     {c: len(js) for c, js in judgments.items()})
 
 
-def measure(judged: Judged, metric: str) -> Measured:
-    return measure_judgments(judged.judgments, metric)
+def measure(judged: Judged, metric: str, options: Mapping[str, MetricOptions] | None = None) -> Measured:
+    return measure_judgments(judged.judgments, metric, options)
+
+
+def metric_options(spec: Spec) -> dict[str, MetricOptions]:
+    """Each criterion's metric settings, resolved on its scale (f1's positive class: the scale's top)."""
+    return {c: spec.correlation.options.for_scale(crit.scale) for c, crit in spec.criteria.items()}
 
 
 def gate_values(judged: Judged, metric: str) -> dict[str, float | None]:
@@ -134,10 +143,10 @@ class GateContext:
 
 
 def score(value: float | None, metric: str) -> float:
-    """Higher is better; an undefined value is the worst."""
+    """Higher is better; an undefined value is the worst. An error metric (mae, rmse) counts negated."""
     if value is None:
         return float("-inf")
-    return -value if metric == "mae" else value
+    return value if higher_is_better(metric) else -value
 
 
 def shown(value: float | None) -> str:
@@ -164,7 +173,7 @@ def agreement_drop(ctx: GateContext, before: Measured, after: Measured, c: str) 
     if b is None and a is None:
         return None  # nothing measurable to lose; a rewrite of c itself still needs a gain
     if score(a, metric) < score(b, metric) - ctx.gate.tolerance:
-        verb = "would worsen" if metric == "mae" else "would fall"
+        verb = "would fall" if higher_is_better(metric) else "would worsen"
         return f"{c} val {metric} {verb} from {shown(b)} to {shown(a)} (tolerance {ctx.gate.tolerance:g})"
     return None
 
@@ -223,7 +232,7 @@ def choose(ctx: GateContext, before: Measured, after: Measured, proposed: Sequen
             return reject_all(proposed, "no criterion's val agreement improved: "
                               + "; ".join(gain(ctx, before, after, c) or "" for c in proposed))
         return Decision(proposed, {})
-    floor = -1.0 if ctx.gate.metric != "mae" else -10.0  # mean rule: an undefined criterion counts as the worst value
+    floor = -1.0 if higher_is_better(ctx.gate.metric) else -10.0  # mean rule: an undefined criterion counts as the worst value
     mean_before = statistics.fmean(max(score(before.value.get(c), ctx.gate.metric), floor) for c in ctx.criteria)
     mean_after = statistics.fmean(max(score(after.value.get(c), ctx.gate.metric), floor) for c in ctx.criteria)
     if mean_after >= mean_before:

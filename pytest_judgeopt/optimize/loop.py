@@ -26,7 +26,7 @@ from ..llm import LLM
 from ..spec import Model, Spec
 from .budget import Allowance, BudgetExceeded
 from .errors import ReplayIncomplete
-from .gate import Decision, GateContext, Measured, choose, combination, confirm, measure
+from .gate import Decision, GateContext, Measured, choose, combination, confirm, measure, metric_options
 from .modes import ROLES, Mode, planned_calls
 from .results import StepRecord
 from .roles import Seen
@@ -157,7 +157,8 @@ class Optimization:
         if state is None:
             initial = {c: crit.instruction for c, crit in self.spec.criteria.items()}
             try:
-                first = measure(self.llm.run(self.judge(self.gate_set, initial, "gate")), self.spec.optimize.gate.metric)
+                first = measure(self.llm.run(self.judge(self.gate_set, initial, "gate")), self.spec.optimize.gate.metric,
+                                metric_options(self.spec))
             except BudgetExceeded:
                 state = State(self.key, self.mode.name, initial, dict(initial), dict.fromkeys(initial),
                               random.Random(self.seed).getstate(), stopped="budget", finished=True)
@@ -210,7 +211,7 @@ class Optimization:
             gate_judged, diagnostics = await together(
                 self.judge(self.gate_set, candidate, "gate", criteria=self.mode.judge.gate_criteria(proposed)),
                 step.diagnose(grads, proposals) if self.spec.optimize.diagnostics else _nothing())
-            after = in_force.updated(measure(gate_judged, metric))  # the criteria judged again
+            after = in_force.updated(measure(gate_judged, metric, metric_options(self.spec)))  # the criteria judged again
         elif self.spec.optimize.diagnostics:
             diagnostics = await step.diagnose(grads, proposals)
         ctx = GateContext.of(self.spec)
@@ -254,7 +255,8 @@ class Optimization:
         if known is None:
             self._check_budget()
             chosen = {c: candidate[c] if c in decision.keep else current[c] for c in current}
-            known = in_force.updated(measure(await self.judge(self.gate_set, chosen, "gate"), self.spec.optimize.gate.metric))
+            known = in_force.updated(measure(await self.judge(self.gate_set, chosen, "gate"), self.spec.optimize.gate.metric,
+                                                  metric_options(self.spec)))
         return confirm(ctx, in_force, known, decision, again), known, again
 
     async def case_gate(self, current: Mapping[str, str], candidate: Mapping[str, str], keep: list[str],
