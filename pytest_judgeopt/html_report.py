@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
+from .optimize_text import instruction_changes, optimization_table, study_table, usage_text
 from .text import (
     COMPARISON_TITLES,
     LINE_STYLES,
@@ -33,14 +34,10 @@ from .text import (
     estimate,
     evaluation_table,
     humans_lines,
-    instruction_changes,
     interference_table,
     interval,
     number,
-    optimization_table,
     probes_table,
-    study_table,
-    usage_text,
 )
 
 JITTER = 0.18  # in score units: spreads tied integer scores without moving a point past the next score

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .optimize_text import instruction_changes, optimization_heading, optimization_table, study_table, usage_text
 from .replies import Usage
 from .text import (
     Line,
@@ -24,16 +25,11 @@ from .text import (
     cases_table,
     comparison_table,
     evaluation_table,
-    instruction_changes,
     instruction_sources,
     interference_table,
-    optimization_heading,
-    optimization_table,
     probes_table,
     relative,
     render,
-    study_table,
-    usage_text,
 )
 
 SCHEMA_VERSION = 2  # of results.json; schemas/results.schema.json describes it (2: comparisons, data_hash, scoring)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pytest_judgeopt.judge import Judgment, assess
 from pytest_judgeopt.optimize.modes import get_mode, plan_text, planned_calls
+from pytest_judgeopt.optimize_text import instruction_diff, study_table
 from pytest_judgeopt.spec import Model, Spec, load_spec
-from pytest_judgeopt.text import criterion_failure, instruction_diff, measured_line, render, study_table
+from pytest_judgeopt.text import criterion_failure, measured_line, render
 from tests.conftest import spec_text
 
 
