@@ -16,7 +16,7 @@ import pytest_judgeopt
 PACKAGE = Path(pytest_judgeopt.__file__).resolve().parent
 NAME = "pytest_judgeopt"
 PYTEST_LAYER = {"plugin", "options", "run_state", "items", "hooks", "defaults"}
-PRESENTATION = {"report", "html_report", "progress", "text"}
+PRESENTATION = {"report", "html_report", "progress", "text", "optimize_text"}
 PYTEST_PACKAGES = {"pytest", "_pytest", "pluggy", "xdist"}
 
 
