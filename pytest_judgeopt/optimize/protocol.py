@@ -63,25 +63,20 @@ class JudgeShape(Protocol):
     @property
     def calls(self) -> Calls:
         """Judging the train batch."""
-        ...
 
     @property
     def gate_calls(self) -> Calls:
         """Judging the val split with the candidate instructions."""
-        ...
 
     @property
     def combination_calls(self) -> Calls | None:
         """Judging val again when the gate keeps only some rewrites and they share one prompt (None: never)."""
-        ...
 
     def gate_criteria(self, proposed: Sequence[str]) -> list[str] | None:
         """The criteria the gate judges again (None: all of them, in one call per sample)."""
-        ...
 
     def own_reply(self, seen: Seen, criterion: str) -> str:
         """What an S stage may quote of the judge's reply: nothing about another criterion."""
-        ...
 
 
 class Stage(Protocol):
@@ -94,36 +89,29 @@ class Stage(Protocol):
 class LossStage(Stage, Protocol):
     async def critiques(self, step: StepContext, seen: Seen) -> Texts:
         """The loss model's critique of how the judge scored one sample."""
-        ...
 
     def critique_of(self, critiques: Texts, criterion: str) -> str | None:
         """The critique a per-criterion gradient call is given."""
-        ...
 
     def joint_critique(self, critiques: Texts, criteria: Sequence[str]) -> str:
         """The critiques as one combined gradient call quotes them."""
-        ...
 
 
 class GradientStage(Stage, Protocol):
     async def gradients(self, step: StepContext, seen: Seen, critiques: Texts) -> Texts:
         """The gradient model's feedback on the instructions, from one sample's critiques."""
-        ...
 
     def notes_on(self, grads: Sequence[Texts], criterion: str) -> list[tuple[int, str]]:
         """The feedback bearing on one criterion, with the number of the text it is about."""
-        ...
 
     def all_notes(self, grads: Sequence[Texts], criteria: Sequence[str]) -> list[str]:
         """Every note, labelled, as one combined optimizer call quotes them."""
-        ...
 
 
 class OptimizerStage(Stage, Protocol):
     async def rewrite(self, step: StepContext, seen: Sequence[Seen],
                       grads: Sequence[Texts]) -> tuple[Texts, dict[str, str]]:
         """New instructions (None where there is none to try), and why each missing one is missing."""
-        ...
 
 
 class Stages(Protocol):
