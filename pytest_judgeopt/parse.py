@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 __all__ = ["FAILURE_KINDS", "NUMBER", "ParsedScore", "json_objects", "number_value", "parse_merged", "parse_score"]
 
-FAILURE_KINDS: tuple[str, ...] = ("empty", "refusal", "no_score", "out_of_scale", "missing_criterion", "bad_json")
+FAILURE_KINDS: tuple[str, ...] = ("empty", "refusal", "no_score", "unmarked_number", "out_of_scale", "missing_criterion",
+                                  "bad_json")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,14 @@ _RANGE = re.compile(
 _BARE = re.compile(rf"[\s*\"'`\[(]*({_VALUE}){_OUT_OF}[\s*\"'`\]).!]*", re.IGNORECASE)
 _FRACTION = re.compile(rf"({_VALUE})\s*(?:/|out\s+of)\s*({_VALUE})", re.IGNORECASE)
 _STANDALONE = re.compile(_DIGITS)
+# A fenced block (optionally with a language tag) whose content is the score alone: "```\n4\n```".
+_FENCED = re.compile(r"```(?:[A-Za-z][\w+\-]*[ \t]*\n)?(.*?)```", re.DOTALL)
+# Where a number is presented as the score, and how to get one there, for unmarked_number's detail.
+_SCORE_FORMS = 'the score (the whole reply, "score: N", "N/5", a JSON field or a fenced block)'
+_SCORE_FIX = ('Fix: ask for the score as "score: N" (or a JSON object) in the instruction or the template, '
+              "or set judge.structured: true")
+_MERGED_FORMS = 'a criterion\'s score (a JSON object {criterion: score} or a line "criterion: N")'
+_MERGED_FIX = "Fix: ask for one JSON object holding every criterion's score, or set judge.structured: true"
 _REFUSAL = re.compile(  # \u2019: the typographic apostrophe models often write
     r"\bas an ai language model\b"
     r"|\bi(?:[\u2019']m| am) (?:unable|not able) to\b"
@@ -102,18 +111,23 @@ def parse_score(reply: str | None, scale: tuple[float, float], criterion: str | 
        which decides even when its value is unreadable, else a generic key (score/rating/grade/
        value), else its only numeric value; values may be numbers, numeric strings or
        ``{"score": n, ...}``;
-    2. the whole reply is one number ("4", "4.", "**4**", "four", "4/5");
+    2. the whole reply is one number ("4", "4.", "**4**", "four", "4/5"), else a fenced block
+       holding only one ("```\\n4\\n```" after some reasoning);
     3. a labelled number: "Final answer/score: n", then "<criterion>: n", then "Score/Rating: n"
        (separators ":", "=", "is", and "of" for score/rating: "a score of 4");
-    4. an "n/m" or "n out of m" form;
-    5. only when nothing above matched and the reply is neither a refusal nor JSON-like: the
-       reply's single number, provided it holds exactly one distinct number (so "3 sentences,
-       I give it 5" is ``no_score``).
+    4. an "n/m" or "n out of m" form.
 
-    Ranges echoed from the prompt ("1 to 5", "1-5", "5-point") are removed before steps 2-5.
+    Nothing else is a score: a number counts only where the reply presents it as one. When
+    nothing above matched, the reason is a refusal, JSON without a readable score, or JSON-like
+    text that does not parse; otherwise prose that merely contains numbers ("There are 2 factual
+    errors", "1. The summary is coherent.") is ``unmarked_number``, naming the numbers and the
+    fix, and prose without any is ``no_score``. Guessing which number of the prose was meant
+    would turn a count or a list marker into a plausible score.
+
+    Ranges echoed from the prompt ("1 to 5", "1-5", "5-point") are removed before steps 2-4.
     Different numbers at the same step are ``no_score`` (conflicting), never a pick. A score
     written over another denominator ("4/10" on [1, 5]) is ``out_of_scale``: no rescaling.
-    Number words zero..ten are read in steps 2-4 only.
+    Number words zero..ten are read in steps 2-4.
     """
     if reply is None or not reply.strip():
         return ParsedScore(None, "empty", "the reply is empty")
@@ -136,7 +150,9 @@ def parse_merged(reply: str | None, scales: dict[str, tuple[float, float]]) -> d
     The object used is the first one naming a criterion, also when the judge wrapped it
     (``{"scores": {...}, "reasoning": ...}``). Without any JSON object, labelled lines such as
     "coherence: 4\\nfluency: 3" are accepted; criteria absent from the object or the lines are
-    ``missing_criterion``.
+    ``missing_criterion``. As in ``parse_score``, a number counts only where the reply presents it
+    as a criterion's score: prose that merely contains numbers is ``unmarked_number`` for every
+    criterion, prose without any is ``bad_json``.
     """
     if reply is None or not reply.strip():
         return {name: ParsedScore(None, "empty", "the reply is empty") for name in scales}
@@ -153,6 +169,8 @@ def parse_merged(reply: str | None, scales: dict[str, tuple[float, float]]) -> d
         }
     if _REFUSAL.search(reply):
         failure = ParsedScore(None, "refusal", "the judge refused")
+    elif not _LOOKS_LIKE_JSON.search(reply) and (numbers := _prose_numbers(text)):
+        failure = _unmarked(numbers, _MERGED_FORMS, _MERGED_FIX)
     else:
         failure = ParsedScore(None, "bad_json", "no JSON object in the reply")
     return {name: failure for name in scales}
@@ -248,6 +266,7 @@ def _text_tiers(text: str, criterion: str | None) -> Iterator[list[_Candidate]]:
     """Steps 2-4 of parse_score, most explicit first."""
     bare = _bare(text)
     yield [] if bare is None else [bare]
+    yield [c for block in _FENCED.findall(text) if (c := _bare(block)) is not None]
     yield _candidates(_FINAL_LABEL, text)
     yield _criterion_candidates(text, criterion)
     yield _candidates(_GENERIC_LABEL, text)
@@ -283,7 +302,7 @@ def _show(candidate: _Candidate) -> str:
 def _last_resort(
     reply: str, text: str, objects: list[dict], scale: tuple[float, float], criterion: str | None
 ) -> ParsedScore:
-    """Step 5 of parse_score, and the reason when even that finds nothing."""
+    """Why nothing in the reply is a score (parse_score found no candidate at steps 1-4)."""
     if _REFUSAL.search(reply):
         return ParsedScore(None, "refusal", "the judge refused")
     if objects:
@@ -292,12 +311,22 @@ def _last_resort(
         return ParsedScore(None, "no_score", "the JSON object holds no readable score")
     if _LOOKS_LIKE_JSON.search(reply):
         return ParsedScore(None, "bad_json", "the reply looks like JSON but does not parse")
-    numbers = {_number(token) for token in _STANDALONE.findall(text)}
-    if len(numbers) == 1:
-        return _check(_Candidate(numbers.pop()), scale)
+    numbers = _prose_numbers(text)
     if numbers:
-        return ParsedScore(None, "no_score", f"{len(numbers)} different unlabelled numbers, none marked as the score")
+        return _unmarked(numbers, _SCORE_FORMS, _SCORE_FIX)
     return ParsedScore(None, "no_score", "no number in the reply")
+
+
+def _prose_numbers(text: str) -> list[float]:
+    """The distinct standalone numbers of a text (scale echoes already removed), in the order written."""
+    return list(dict.fromkeys(_number(token) for token in _STANDALONE.findall(text)))
+
+
+def _unmarked(numbers: list[float], forms: str, fix: str) -> ParsedScore:
+    """What was found, where a score would have been read, and the fix."""
+    shown = ", ".join(f"{n:g}" for n in numbers[:5]) + (", ..." if len(numbers) > 5 else "")
+    found = f"the number {shown} appears" if len(numbers) == 1 else f"the numbers {shown} appear"
+    return ParsedScore(None, "unmarked_number", f"{found} in prose, not presented as {forms}. {fix}")
 
 
 def _scores_object(objects: list[dict], criteria: Collection[str]) -> dict | None:

@@ -6,7 +6,7 @@ Two rules make the estimate the score's and nothing else's:
 
 - **The place.** The score is weighted where the parser read it: each number in the reply equal to
   the parsed score is changed in turn, and the one whose change the parsed score follows is the
-  score's. "On a 1-5 scale, I give 5" is weighted at its last "5", never at the "5" of "1-5", and
+  score's. "On a 1-5 scale, my score: 5" is weighted at its last "5", never at the "5" of "1-5", and
   this stays true whatever rules the parser learns.
 - **Every token of the number.** At each token of the number, every alternative the provider
   returned is another number (or no number): at the "4" of "4.5" the alternative "5" is 5, at its

@@ -85,21 +85,33 @@ SCORE_CASES = [
     ("Score: 4 out of 10", FIVE, None, "out_of_scale"),
     ("3/5 of the facts are right, and 4/5 overall.", FIVE, None, "no_score"),
     # scale echoes from the prompt are not scores
-    ("On a scale of 1 to 5, I give 4", FIVE, None, 4),
-    ("on a scale of 1 to 5, I rate it 4", FIVE, None, 4),
-    ("On a 1-5 scale this deserves a 2.", FIVE, None, 2),
-    ("Using the 5-point scale, I'd give it 3.", FIVE, None, 3),
+    ("On a scale of 1 to 5, I give 4 out of 5", FIVE, None, 4),
+    ("on a scale of 1 to 5, my rating: 4", FIVE, None, 4),
+    ("On a 1-5 scale this deserves 2/5.", FIVE, None, 2),
+    ("Using the 5-point scale, I'd give it a score of 3.", FIVE, None, 3),
+    ("On a scale of 1 to 5, I give 4", FIVE, None, "unmarked_number"),  # the prose's number, however alone
+    ("Using the 5-point scale, I'd give it 3.", FIVE, None, "unmarked_number"),
     ("Coherence (1-5): 3", FIVE, "coherence", 3),
     ("I'd say somewhere between 3 and 4.", FIVE, None, "no_score"),
     ("Score: 3-4", FIVE, None, "no_score"),
-    # a lone unlabelled number only when it is the reply's only number
-    ("This is a well-structured summary. I would give it a 4.", FIVE, None, 4),
-    ("As GPT-4 I would give this 3.", FIVE, None, 3),
-    ("The summary has 3 sentences and I give it 5", FIVE, None, "no_score"),
-    ("The summary has 12 sentences and I give it 4", FIVE, None, "no_score"),
+    # a fenced block holding only the score, after reasoning
+    ("The summary is clear.\n```\n4\n```", FIVE, None, 4),
+    ("Reasoning first.\n```text\n3\n```\nThat is my answer.", FIVE, None, 3),
+    ("It reads well: ```2```", FIVE, None, 2),
+    ("```\n4\n```\n```\n2\n```", FIVE, None, "no_score"),
+    ("```\n7\n```", FIVE, None, "out_of_scale"),
+    # prose that merely contains a number is no score, however few numbers it holds
+    ("There are 2 factual errors in the summary.", FIVE, None, "unmarked_number"),
+    ("1. The summary is coherent.", FIVE, None, "unmarked_number"),
+    ("This is a well-structured summary. I would give it a 4.", FIVE, None, "unmarked_number"),
+    ("As GPT-4 I would give this 3.", FIVE, None, "unmarked_number"),
+    ("The summary has 3 sentences and I give it 5", FIVE, None, "unmarked_number"),
+    ("The summary has 12 sentences and I give it 4", FIVE, None, "unmarked_number"),
+    ("This summary deserves a 9.", FIVE, None, "unmarked_number"),
+    ("The summary is good.\n\n4", FIVE, None, "unmarked_number"),
     ("Good summary, no errors.", FIVE, None, "no_score"),
-    ("This summary deserves a 9.", FIVE, None, "out_of_scale"),
     ("Version 1.2.3 of the text is fine.", FIVE, None, "no_score"),
+    ("On a scale of 1 to 5 it is fine.", FIVE, None, "no_score"),
     # empty and refusals
     ("", FIVE, None, "empty"),
     ("   \n\t", FIVE, None, "empty"),
@@ -130,11 +142,24 @@ def test_failure_details_explain() -> None:
     assert "4/10" in parse_score("4/10", FIVE).detail
 
 
+def test_an_unmarked_number_says_what_was_found_and_the_fix() -> None:
+    one = parse_score("There are 2 factual errors in the summary.", FIVE).detail
+    assert one.startswith("the number 2 appears in prose, not presented as the score")
+    assert 'Fix: ask for the score as "score: N"' in one and "judge.structured: true" in one
+    several = parse_score("The summary has 3 sentences and I give it 5", FIVE).detail
+    assert several.startswith("the numbers 3, 5 appear in prose")
+    assert parse_score("On a scale of 1 to 5, I give 4", FIVE).detail.startswith("the number 4 appears")  # no echo
+    merged = parse_merged("There are 2 factual errors.", TWO)["coherence"].detail
+    assert merged.startswith("the number 2 appears in prose, not presented as a criterion's score")
+    assert "judge.structured: true" in merged
+
+
 # One reply (and the criterion asked) per kind of failure the parser names.
 FAILING_REPLIES = {
     "empty": ("", None),
     "refusal": ("I'm sorry, I can't help with that.", None),
     "no_score": ("It reads well.", None),
+    "unmarked_number": ("There are 2 factual errors in the summary.", None),
     "out_of_scale": ("7", None),
     "missing_criterion": ('{"coherence": 4, "fluency": 2}', "relevance"),
     "bad_json": ('{"coherence" 4}', None),
@@ -185,6 +210,10 @@ MERGED_CASES = [
     ("Coherence: 4\nThe fluency is fine.", TWO, {"coherence": 4, "fluency": "missing_criterion"}),
     ('{"coherence": 4, "fluency": 3', TWO, {"coherence": 4, "fluency": 3}),
     ("The text reads well.", TWO, {"coherence": "bad_json", "fluency": "bad_json"}),
+    ("There are 2 factual errors in the summary.", TWO, {"coherence": "unmarked_number", "fluency": "unmarked_number"}),
+    ("1. The summary is coherent.", TWO, {"coherence": "unmarked_number", "fluency": "unmarked_number"}),
+    ("4", TWO, {"coherence": "unmarked_number", "fluency": "unmarked_number"}),
+    ('{"coherence" 4, "fluency" 3}', TWO, {"coherence": "bad_json", "fluency": "bad_json"}),
     ("", TWO, {"coherence": "empty", "fluency": "empty"}),
     (None, TWO, {"coherence": "empty", "fluency": "empty"}),
     ("I'm sorry, but I can't help with that.", TWO, {"coherence": "refusal", "fluency": "refusal"}),

@@ -62,8 +62,8 @@ def test_a_two_token_integer_weighs_its_second_token_against_ending_there() -> N
 
 
 def test_the_score_is_weighted_where_it_was_read_never_in_the_scale_text() -> None:
-    """"On a 1-5 scale, I give 5": the 5 of "1-5" is the scale, the last 5 is the score."""
-    tokens = [*sure("On", " a", " 1", "-"), [("5", lp(0.9)), ("4", lp(0.1))], *sure(" scale", ",", " I", " give"),
+    """"On a 1-5 scale, my score: 5": the 5 of "1-5" is the scale, the last 5 is the score."""
+    tokens = [*sure("On", " a", " 1", "-"), [("5", lp(0.9)), ("4", lp(0.1))], *sure(" scale", ",", " my", " score", ":"),
               [(" 5", lp(0.5)), (" 4", lp(0.3)), (" 3", lp(0.1)), (" I", lp(0.05))]]
     result = weigh(tokens, FIVE)
     assert result is not None
@@ -131,7 +131,8 @@ def test_a_superscript_digit_among_the_logprobs_of_a_real_reply_is_no_crash(pyte
     from tests.fake_llm import FakeLLMServer, Reply
 
     records = make_records()
-    reply = Reply("Note² 4", logprobs=[[("Note", 0.0)], [("²", 0.0)], [(" 4", lp(0.5)), (" ²", lp(0.3)), (" 5", lp(0.2))]])
+    reply = Reply("Note² Score: 4", logprobs=[[("Note", 0.0)], [("²", 0.0)], [(" Score", 0.0)], [(":", 0.0)],
+                                             [(" 4", lp(0.5)), (" ²", lp(0.3)), (" 5", lp(0.2))]])
     with FakeLLMServer(lambda body: reply) as server:
         (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (pytester.path / "toy.judge.yaml").write_text(
