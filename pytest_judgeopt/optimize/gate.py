@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..agreement import MetricOptions, higher_is_better
-from ..judge import Judged, Judgment
+from ..judge import Judged, Judgment, failed_replies, replies
 from ..spec import Gate, Spec
 from .protocol import Stages
 
@@ -60,7 +60,8 @@ def with_gate_rule(spec: Spec, mode: Stages) -> Spec:
 
 @dataclass(frozen=True)
 class Measured:
-    """One set of instructions on val, per criterion: the gate metric's value, and failed / judged judgments."""
+    """One set of instructions on val, per criterion: the gate metric's value, and failed / judged replies (one per
+    judgment unless judge.n > 1)."""
 
     value: dict[str, float | None]
     failed: dict[str, int] = field(default_factory=dict)
@@ -107,8 +108,9 @@ def measure_judgments(judgments: Mapping[str, Sequence[Judgment]], metric: str,
         else:
             chosen = (options or {}).get(c)
             value[c] = correlation(metric, scores, humans, options=chosen)[0] if len(pairs) >= 3 else None
-    return Measured(value, {c: sum(j.score is None for j in js) for c, js in judgments.items()},
-                    {c: len(js) for c, js in judgments.items()})
+    # judge.n > 1: every failed reply counts, of every reply asked, also where the other replies gave the score
+    return Measured(value, {c: sum(failed_replies(js).values()) for c, js in judgments.items()},
+                    {c: replies(js) for c, js in judgments.items()})
 
 
 def measure(judged: Judged, metric: str, options: Mapping[str, MetricOptions] | None = None) -> Measured:
