@@ -19,6 +19,13 @@ are ties as in real data. The true value of each estimate (pooled Spearman over 
 per-document Spearman at level group; a difference of two judges) is the same estimate on one draw of
 250,000 documents from the same world (its sampling error is below 0.001).
 
+Coverage is the share of the intervals given that hold the truth. A draw gets no interval when fewer than
+``min_groups`` of its documents are usable (at level group a document whose scores are constant on one
+side has no correlation of its own and is skipped): such a draw claims nothing, and the row under its
+coverage row checks that each was refused for that reason, said so, and (for one judge) failed its
+``lower_bound`` gate. The coverage row's name also gives the share of all draws covered, refusals counted
+as misses.
+
 The comparison rows measure the percentile document bootstrap the jackknife replaced (1000 resamples of
 whole documents, undefined resamples dropped, as ``stats.py`` did before issue 11), written here as the
 baseline, on the same draws.
@@ -27,6 +34,7 @@ baseline, on the same draws.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -49,6 +57,7 @@ sys.path.insert(0, str(HERE))
 import validity_compare  # noqa: E402  (sibling benchmark modules; the package path is set above)
 import validity_optimizer  # noqa: E402
 
+from pytest_judgeopt.compare import shared_documents  # noqa: E402
 from pytest_judgeopt.judge import Judgment, assess  # noqa: E402
 from pytest_judgeopt.spec import Spec, load_spec  # noqa: E402
 from pytest_judgeopt.stats import agreement, paired_difference  # noqa: E402
@@ -129,14 +138,18 @@ def per_document_spearman(judge: np.ndarray, human: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def truth(judges: tuple[Judge, ...], seed: int = 2 ** 31 - 1) -> dict[str, list[float]]:
-    """The estimands of each judge: pooled Spearman over samples, and the mean per-document Spearman over the
-    documents with varying scores (what level group averages)."""
+    """The estimands of each judge: pooled Spearman over samples; the mean per-document Spearman over the
+    documents with varying scores (what level group averages); and that mean over the documents where every
+    judge's and the humans' scores vary (what the paired difference at level group compares: the ::merged
+    check skips a document for both sides together, compare.shared_documents)."""
     from scipy.stats import spearmanr
 
     big = draw(np.random.default_rng(seed), TRUTH_DOCUMENTS, judges)
     pooled = [float(spearmanr(scores, big.human).statistic) for scores in big.judges]
-    group = [float(np.nanmean(per_document_spearman(scores, big.human))) for scores in big.judges]
-    return {"pooled": pooled, "group": group}
+    per_document = [per_document_spearman(scores, big.human) for scores in big.judges]
+    group = [float(np.nanmean(values)) for values in per_document]
+    shared = np.logical_and.reduce([np.isfinite(values) for values in per_document])
+    return {"pooled": pooled, "group": group, "group_shared": [float(values[shared].mean()) for values in per_document]}
 
 
 # --------------------------------------------------------------------------
@@ -192,59 +205,134 @@ def case(name: str, target: str, value: float | int, met: bool | None) -> dict[s
 
 
 def coverage_cases(spec: Spec, level: str, quick: bool) -> list[dict[str, Any]]:
-    """The agreement interval of one judge at 8, 12 and 30 documents, and the old bootstrap's at 8 and 12."""
+    """The agreement interval of one judge at 8, 12 and 30 documents, and the old bootstrap's at 8 and 12.
+
+    Coverage is the share of the intervals given that hold the truth (the usual definition: a draw given no
+    interval claims nothing that could be wrong). A draw gets none when fewer than min_groups of its
+    documents are usable (at level group, a document whose judge or human scores are constant has no
+    correlation of its own and is skipped): the refusal row under it checks that every such draw was refused
+    for that reason, said so, and failed its gate; the coverage row's name also gives the share of all
+    draws covered, counting refusals as misses."""
     corr = spec.correlation
     judge = (Judge(),)
     true = truth(judge)[level][0]
     label = "pooled" if level == "pooled" else "per-document level"
+    leveled = spec_at_level(spec, level)
     out = []
     for docs in DOCUMENTS:
-        hits = missing = boot_hits = boot_missing = 0
-        n = 0
+        tally = Tally()
+        boot_hits = boot_missing = 0
         for seed in seeds(quick):
             d = draw(np.random.default_rng(1_000_000 * docs + seed), docs, judge)
             a = agreement(corr.method, d.judges[0], d.human, groups=d.groups, level=level, confidence=corr.confidence,
                           min_groups=corr.min_groups, seed=seed)
-            hits += covered(a.low, a.high, true)
-            missing += a.low is None
+            tally.add(a.low, a.high, true, a.interval_reason, a.units, corr.min_groups,
+                      functools.partial(gate_refuses, leveled, d))
             if docs in (8, 12):
                 low, high = bootstrap_interval(d.judges[0], d.human, level, corr.confidence,
                                                np.random.default_rng(seed))
                 boot_hits += covered(low, high, true)
                 boot_missing += low is None
-            n += 1
-        rate = hits / n
         out.append(case(f"interval coverage, {label}, {docs} documents x {PER_DOC} (true {corr.method} {true:.3f}; "
-                        f"nominal {corr.confidence:.0%}; {n} seeds; {missing} without an interval)",
-                        f">= {COVERAGE_TARGET:.0%}", rate, rate >= COVERAGE_TARGET))
+                        f"nominal {corr.confidence:.0%}; {tally.described()})",
+                        f">= {COVERAGE_TARGET:.0%}", tally.rate, tally.rate >= COVERAGE_TARGET))
+        if tally.refused:
+            out.append(tally.refusal_row(f"{label}, {docs} documents", corr.min_groups, "and its lower_bound gate failed"))
         if docs in (8, 12):
             out.append(case(f"comparison: the percentile document bootstrap it replaced, {label}, {docs} documents "
-                            f"(the same draws; {BOOTSTRAP_RESAMPLES} resamples; {boot_missing} without an interval)",
-                            "none (baseline)", boot_hits / n, None))
+                            f"(the same draws; {BOOTSTRAP_RESAMPLES} resamples; {boot_missing} without an interval, "
+                            "counted as misses)", "none (baseline)", boot_hits / tally.draws, None))
     return out
 
 
+@dataclass
+class Tally:
+    """The intervals given and those covering the truth; the draws refused, and whether each refusal was the
+    min_groups rule's (fewer usable documents than min_groups, with that reason) with a failing verdict."""
+
+    draws: int = 0
+    given: int = 0
+    hits: int = 0
+    refused: int = 0
+    refused_rightly: int = 0
+
+    def add(self, low: float | None, high: float | None, true: float, reason: str | None, units: int,
+            min_groups: int, verdict_refuses: Callable[[], bool] | None) -> None:
+        self.draws += 1
+        if low is None or high is None:
+            self.refused += 1
+            rule = units < min_groups and (reason or "").startswith("too few documents")
+            self.refused_rightly += rule and (verdict_refuses is None or verdict_refuses())
+            return
+        self.given += 1
+        self.hits += low <= true <= high
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.given if self.given else 0.0
+
+    def described(self) -> str:
+        if not self.refused:
+            return f"{self.draws} seeds, an interval in each"
+        return (f"{self.draws} seeds; {self.given} intervals given, {self.refused} draws refused for fewer than "
+                f"min_groups usable documents; counting those as misses, {self.hits / self.draws:.1%} of all draws")
+
+    def refusal_row(self, where: str, min_groups: int, verdict: str) -> dict[str, Any]:
+        return case(f"the draws refused above ({where}, {self.refused} of {self.draws}): fewer than min_groups "
+                    f"({min_groups}) documents with varying scores, the reason said, {verdict}",
+                    "100% of refusals", self.refused_rightly / self.refused, self.refused_rightly == self.refused)
+
+
+def spec_at_level(spec: Spec, level: str) -> Spec:
+    """The spec with correlation.level set (the gate's verdict follows the spec's level)."""
+    if spec.correlation.level == level:
+        return spec
+    return dataclasses.replace(spec, correlation=dataclasses.replace(spec.correlation, level=level))
+
+
+def gate_refuses(spec: Spec, d: Draw) -> bool:
+    """The package's verdict on the draw (judge.assess, a lower_bound gate) fails saying too few documents."""
+    judgments = [Judgment(f"r{i}", g, "c", float(h), float(s), None, "", None)
+                 for i, (g, h, s) in enumerate(zip(d.groups, d.human, d.judges[0], strict=True))]
+    result = assess(spec, spec.criteria["c"], judgments, split="test", shape="separate", instruction="Rate it.")
+    return not result.passed and any("too few documents" in reason for reason in result.reasons)
+
+
+def shared(d: Draw, level: str) -> Draw:
+    """At level group, the documents the ::merged check compares the two judges on (compare.shared_documents:
+    where both judges and the humans vary); pooled, the whole draw."""
+    if level == "pooled":
+        return d
+    rows = [(float(a), float(b), float(h), g) for a, b, h, g in zip(d.judges[0], d.judges[1], d.human, d.groups,
+                                                                   strict=True)]
+    kept, _, _ = shared_documents(rows)
+    return Draw([r[3] for r in kept], np.array([r[2] for r in kept]), np.array([[r[0] for r in kept],
+                                                                                [r[1] for r in kept]]))
+
+
 def paired_cases(spec: Spec, level: str, quick: bool) -> list[dict[str, Any]]:
-    """The interval of the difference between two judges (b weaker than a, sharing noise) covers the true one."""
+    """The interval of the difference between two judges (b weaker than a, sharing noise) covers the true one,
+    on the documents the ::merged check compares them on; coverage counts the intervals given, as in
+    ``coverage_cases`` (the merged check's verdict on too few documents has its own row,
+    ``merged_refusal_case``)."""
     corr = spec.correlation
     judges = (Judge(0.6, 0.6), Judge(0.5, 0.45))
-    true_a, true_b = truth(judges)[level]
+    true_a, true_b = truth(judges)["pooled" if level == "pooled" else "group_shared"]
     true = true_b - true_a
     label = "pooled" if level == "pooled" else "per-document level"
     out = []
     for docs in DOCUMENTS:
-        hits = missing = n = 0
+        tally = Tally()
         for seed in seeds(quick):
-            d = draw(np.random.default_rng(2_000_000 * docs + seed), docs, judges)
+            d = shared(draw(np.random.default_rng(2_000_000 * docs + seed), docs, judges), level)
             p = paired_difference(corr.method, d.judges[0], d.judges[1], d.human, groups=d.groups, level=level,
                                   confidence=corr.confidence, min_groups=corr.min_groups, seed=seed)
-            hits += covered(p.low, p.high, true)
-            missing += p.low is None
-            n += 1
-        rate = hits / n
+            tally.add(p.low, p.high, true, p.interval_reason, p.units, corr.min_groups, None)
         out.append(case(f"paired-difference coverage, {label}, {docs} documents x {PER_DOC} (true difference "
-                        f"{true:+.3f}: {true_b:.3f} - {true_a:.3f}; {n} seeds; {missing} without an interval)",
-                        f">= {COVERAGE_TARGET:.0%}", rate, rate >= COVERAGE_TARGET))
+                        f"{true:+.3f}: {true_b:.3f} - {true_a:.3f}; {tally.described()})",
+                        f">= {COVERAGE_TARGET:.0%}", tally.rate, tally.rate >= COVERAGE_TARGET))
+        if tally.refused:
+            out.append(tally.refusal_row(f"paired, {label}, {docs} documents", corr.min_groups, "no interval given"))
     return out
 
 

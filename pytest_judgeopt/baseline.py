@@ -150,7 +150,8 @@ def baseline_spec(results_path: Path, predictions_path: Path, index: int, entry:
             judgments[row["criterion"]].append(Judgment(
                 record_id=str(row["record_id"]), group=str(row.get("group", row["record_id"])), criterion=row["criterion"],
                 human=float(row["human"]), score=None if row.get("judge") is None else float(row["judge"]),
-                failure=row.get("failure"), detail="", reply=row.get("reply"), **reply_counts(row)))
+                failure=row.get("failure"), detail="", reply=row.get("reply"), scoring=row.get("scoring"),
+                outside=None if row.get("outside") is None else float(row["outside"]), **reply_counts(row)))
     empty = [c for c, found in judgments.items() if not found]
     if empty:
         raise BaselineError(f"{predictions_path}: no judgments of {', '.join(empty)} for evaluations[{index}] of "

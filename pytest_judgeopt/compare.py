@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 POWER = 0.80  # of the sample size that would settle an inconclusive verdict
 VERDICTS = ("pass", "fail", "inconclusive", "undefined", "no baseline")
-DEFAULT_MAX_SKIPPED_GROUPS = 0.1  # until the spec carries correlation.max_skipped_groups
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,12 @@ class CriterionComparison:
     passed: bool
     reasons: tuple[str, ...]
     required_n: int | None
+    # each side's scoring: scores probability-weighted and parsed, and the mean probability mass outside the
+    # scale over its weighted scores (None: nothing weighted), as a criterion's own result says them
+    scoring_a: dict[str, int]
+    scoring_b: dict[str, int]
+    mass_outside_scale_a: float | None
+    mass_outside_scale_b: float | None
     replies_a: int | None = None  # the replies asked for, the failure counts' denominator (judged_a when judge.n is 1)
     replies_b: int | None = None
 
@@ -175,7 +180,9 @@ class CriterionComparison:
                 "failures_a": self.failures_a, "failures_b": self.failures_b, "replies_a": self.replies_a,
                 "replies_b": self.replies_b, "documents": self.documents,
                 "documents_skipped": self.documents_skipped, "verdict": self.verdict, "passed": self.passed,
-                "reasons": list(self.reasons), "required_n": self.required_n}
+                "reasons": list(self.reasons), "required_n": self.required_n, "scoring_a": self.scoring_a,
+                "scoring_b": self.scoring_b, "mass_outside_scale_a": self.mass_outside_scale_a,
+                "mass_outside_scale_b": self.mass_outside_scale_b}
 
 
 @dataclass
@@ -251,7 +258,7 @@ def compare(spec: Spec, a: Side, b: Side, *, kind: str, split: str, rules: Rules
 
 def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Judgment], judged_b: Sequence[Judgment],
                       *, seed: int) -> CriterionComparison:
-    from .judge import replies
+    from .judge import mass_outside_scale, replies, scoring_counts
     from .stats import correlation, paired_difference  # scipy: only once something was judged
 
     corr = spec.correlation
@@ -285,7 +292,10 @@ def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Ju
     return CriterionComparison(criterion=name, measured=measured, judged_a=len(judged_a), judged_b=len(judged_b),
                                failures_a=failures_a, failures_b=failures_b, documents=documents,
                                documents_skipped=skipped, verdict=kind, passed=passed, reasons=reasons,
-                               required_n=decided.required_n, replies_a=replies(judged_a), replies_b=replies(judged_b))
+                               required_n=decided.required_n, scoring_a=scoring_counts(judged_a),
+                               scoring_b=scoring_counts(judged_b), mass_outside_scale_a=mass_outside_scale(judged_a),
+                               mass_outside_scale_b=mass_outside_scale(judged_b),
+                               replies_a=replies(judged_a), replies_b=replies(judged_b))
 
 
 def oriented(method: str, measured: PairedDifference) -> PairedDifference:
@@ -351,7 +361,7 @@ def shared_documents(rows: list[tuple[float, float, float, str]]) -> tuple[list[
 def skipped_reasons(spec: Spec, skipped: int, documents: int, why: str) -> list[str]:
     """Documents skipped beyond ``correlation.max_skipped_groups``: a judge constant in many documents is not
     measured in them, so its agreement would rest on the documents where it happens to vary."""
-    allowed = float(getattr(spec.correlation, "max_skipped_groups", DEFAULT_MAX_SKIPPED_GROUPS))
+    allowed = spec.correlation.max_skipped_groups
     if not documents or skipped / documents <= allowed:
         return []
     return [f"{skipped} of {documents} documents skipped for both sides ({why}), above the allowed {allowed:.0%} "

@@ -47,7 +47,9 @@ class CriterionInterference:
 
     def __getattr__(self, name: str) -> Any:
         aliases = {"separate": "a", "merged": "b", "failures_separate": "failures_a", "failures_merged": "failures_b",
-                   "judged": "judged_a"}
+                   "judged": "judged_a", "scoring_separate": "scoring_a", "scoring_merged": "scoring_b",
+                   "mass_outside_scale_separate": "mass_outside_scale_a",
+                   "mass_outside_scale_merged": "mass_outside_scale_b"}
         return getattr(self.compared, aliases.get(name, name))
 
     def to_json(self) -> dict[str, Any]:
@@ -56,7 +58,9 @@ class CriterionInterference:
                 "n": c.n, "judged": c.judged_a, "failures_separate": c.failures_a, "failures_merged": c.failures_b,
                 "replies_separate": c.replies_a, "replies_merged": c.replies_b,
                 "documents": c.documents, "documents_skipped": c.documents_skipped, "verdict": c.verdict,
-                "passed": c.passed, "reasons": list(c.reasons), "required_n": c.required_n}
+                "passed": c.passed, "reasons": list(c.reasons), "required_n": c.required_n,
+                "scoring_separate": c.scoring_a, "scoring_merged": c.scoring_b,
+                "mass_outside_scale_separate": c.mass_outside_scale_a, "mass_outside_scale_merged": c.mass_outside_scale_b}
 
 
 @dataclass

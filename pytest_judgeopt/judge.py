@@ -417,15 +417,23 @@ class CriterionResult:
 
     @property
     def scoring(self) -> dict[str, int]:
-        """How many scores were probability-weighted and how many are the parsed ones."""
-        counts = Counter(j.scoring for j in self.judgments if j.scoring)
-        return {"weighted": counts["weighted"], "parsed": counts["parsed"]}
+        return scoring_counts(self.judgments)
 
     @property
     def mass_outside_scale(self) -> float | None:
-        """Over the weighted judgments, the mean probability the model put outside the scale at the score's tokens."""
-        outside = [j.outside for j in self.judgments if j.outside is not None]
-        return sum(outside) / len(outside) if outside else None
+        return mass_outside_scale(self.judgments)
+
+
+def scoring_counts(judgments: Iterable[Judgment]) -> dict[str, int]:
+    """How many scores were probability-weighted and how many are the parsed ones."""
+    counts = Counter(j.scoring for j in judgments if j.scoring)
+    return {"weighted": counts["weighted"], "parsed": counts["parsed"]}
+
+
+def mass_outside_scale(judgments: Iterable[Judgment]) -> float | None:
+    """Over the weighted judgments, the mean probability the model put outside the scale at the score's tokens."""
+    outside = [j.outside for j in judgments if j.outside is not None]
+    return sum(outside) / len(outside) if outside else None
 
 
 def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split: str, shape: str, instruction: str,

@@ -549,21 +549,3 @@ def mae(judge: Sequence[float], human: Sequence[float]) -> float:
         raise ValueError("mae of no pairs is undefined")
     return float(np.mean(np.abs(j - h)))
 
-
-def required_sample_size(
-    diff: float, low: float, high: float, n: int, confidence: float
-) -> int | None:
-    """Rough n at which an interval this wide would exclude zero (half-width ~ 1/sqrt(n)).
-
-    ``confidence`` is the level ``low``/``high`` were computed at; it enters only
-    through their width. Never less than ``n``: an interval that already excludes
-    zero needs no more samples.
-    """
-    if not 0 < confidence < 1:
-        raise ValueError("confidence must be between 0 and 1")
-    if n < 1 or high < low:
-        raise ValueError("need n >= 1 and low <= high")
-    if diff == 0:
-        return None
-    half_width = (high - low) / 2
-    return max(n, math.ceil(round(n * (half_width / abs(diff)) ** 2, 9)))

@@ -262,18 +262,21 @@ def missing_answers(c: Mapping[str, Any]) -> int:
 
 
 def interference_table(check: Mapping[str, Any]) -> Table:
-    """Per criterion: rho separate and merged, their difference with its interval, paired n, failed judgments
-    (separate/merged), verdict; under it what merging saves, the reasons, and the kinds of failed merged judgments."""
+    """Per criterion: rho separate and merged, their difference with its interval, paired n, documents skipped for
+    both shapes (level group; as in compare_table), failed judgments (separate/merged), verdict; under it what
+    merging saves, the reasons, and the kinds of failed merged judgments."""
     table = Table(interference_heading(check),
                   [("criterion", "left"), ("separate", "right"), ("merged", "right"), ("diff", "right"),
-                   ("interval", "right"), ("n", "right"), ("failed s/m", "right"), ("verdict", "left")])
+                   ("interval", "right"), ("n", "right"), ("skipped docs", "right"), ("failed s/m", "right"),
+                   ("verdict", "left")])
     for c in check["criteria"]:
         verdict, kind = comparison_verdict(c)
         failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
         if c.get("replies_merged") not in (None, c["judged"]):  # judge.n > 1: failed replies, each counted
             failed += f" of {c['replies_merged']} replies"
         table.rows.append([c["criterion"], number(c["separate"]), number(c["merged"]), number(c["diff"], sign=True),
-                           interval(c["low"], c["high"], sign=True), str(c["n"]), failed, verdict])
+                           interval(c["low"], c["high"], sign=True), str(c["n"]), str(c["documents_skipped"]),
+                           failed, verdict])
         table.verdicts.append(kind)
     table.after.append(Line(savings_line(check["usage"])))
     for c in check["criteria"]:

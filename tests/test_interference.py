@@ -6,6 +6,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,7 +79,7 @@ def test_merging_that_hurts_one_criterion_fails_and_names_it(pytester: pytest.Py
                                  "*toy.judge.yaml::merged FAILED*"])
     out = result.stdout.str()
     assert "toy::merged failed: merging the instructions into one prompt costs agreement on fluency" in out
-    assert re.search(r"fluency +1\.000 +-1\.000 +-2\.000 +\[-2\.000, -2\.000\] +24 +0/0 +FAIL", out)
+    assert re.search(r"fluency +1\.000 +-1\.000 +-2\.000 +\[-2\.000, -2\.000\] +24 +0 +0/0 +FAIL", out)
     assert re.search(r"coherence +1\.000 +1\.000 +\+0\.000 .* pass", out)
     assert "fluency: merging drops rho by 2.000 (1.000 -> -1.000), beyond max_drop 0.02; the 95% interval" in out
     assert "excludes zero" in out
@@ -150,13 +151,13 @@ def test_merged_replies_missing_a_criterion_are_counted(pytester: pytest.Pyteste
     assert "costs agreement on fluency" in out
     assert "fluency: 4/24 merged judgments failed (17%), above the allowed 10%; separate prompts failed 0/24" in out
     assert "fluency: failed merged judgments 4/24 (missing_criterion 4)" in out
-    assert re.search(r"fluency +1\.000 +1\.000 +\+0\.000 .* 20 +0/4 +FAIL", out)  # rho on the 20 pairs both scored
-    assert re.search(r"coherence .* 24 +0/0 +pass", out)
+    assert re.search(r"fluency +1\.000 +1\.000 +\+0\.000 .* 20 +0 +0/4 +FAIL", out)  # rho on the 20 pairs both scored
+    assert re.search(r"coherence .* 24 +0 +0/0 +pass", out)
 
     write(pytester, fake_llm, extra="judge: {max_parse_failure_rate: 0.2}\n")
     result = pytester.runpytest()
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*fluency*20*0/4*pass", "*fluency: failed merged judgments 4/24 (missing_criterion 4)"])
+    result.stdout.fnmatch_lines(["*fluency*20*0*0/4*pass", "*fluency: failed merged judgments 4/24 (missing_criterion 4)"])
 
 
 def test_no_merged_item_when_off_or_single_criterion(pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
@@ -294,3 +295,41 @@ def test_decide_explains_itself() -> None:
     undefined = decide(difference(None, reason="judge_b: judge scores are constant (all 3)"), rules)
     assert "judge_b: judge scores are constant (all 3)" in undefined.reason
     assert decide(difference(None, reason="judge_a: only 2 pairs"), rules, baseline_defined=False).kind == "no baseline"
+
+
+def test_the_table_shows_the_documents_skipped_for_both_shapes(tmp_path: Path) -> None:
+    """At level group a document where either shape is constant is left out of both: the table says how many, in a
+    column of its own (as the comparison table does), besides the reason line."""
+    from pytest_judgeopt.compare import Configuration, Side, compare
+    from pytest_judgeopt.interference import InterferenceResult, rules_of
+    from pytest_judgeopt.judge import Judgment
+    from pytest_judgeopt.replies import Usage
+    from pytest_judgeopt.spec import Interference, load_spec
+    from pytest_judgeopt.text import interference_table, render
+
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_records(criteria=("c", "d"))))
+    (tmp_path / "t.judge.yaml").write_text(spec_text(None, criteria=("c", "d"), extra="correlation: {level: group}\n"))
+    spec = load_spec(tmp_path / "t.judge.yaml")
+    ids = [(f"d{g}", f"d{g}-s{i}") for g in range(12) for i in range(4)]
+    human = {rid: float(1 + (g + i) % 4) for g in range(12) for i in range(4) for rid in [f"d{g}-s{i}"]}
+
+    def judged(constant_in_odd: bool) -> dict[str, list[Judgment]]:
+        return {c: [Judgment(rid, group, c, human[rid],
+                             3.0 if constant_in_odd and c == "c" and int(group[1:]) % 2 else human[rid], None, "", None)
+                    for group, rid in ids] for c in ("c", "d")}
+
+    sides = [Side(Configuration(label, {"c": "x", "d": "y"}, label, "m", "parsed"), judged(label == "merged"), Usage())
+             for label in ("separate", "merged")]
+    settings = Interference()
+    comparison = compare(spec, *sides, kind="merged", split="test", rules=rules_of(settings), records=len(ids))
+    check = InterferenceResult(comparison, settings, "m", {}, {}).to_json()
+    assert [(c["criterion"], c["documents"], c["documents_skipped"]) for c in check["criteria"]] == [
+        ("c", 12, 6), ("d", 12, 0)]
+    lines = render([interference_table(check)])
+    header = next(line for line in lines if line.strip().startswith("criterion"))
+    assert header.split() == ["criterion", "separate", "merged", "diff", "interval", "n", "skipped", "docs",
+                              "failed", "s/m", "verdict"]
+    c_row = next(line for line in lines if line.strip().startswith("c "))
+    d_row = next(line for line in lines if line.strip().startswith("d "))
+    assert re.search(r" 24 +6 +0/0 +FAIL$", c_row), c_row
+    assert re.search(r" 48 +0 +0/0 +pass$", d_row), d_row

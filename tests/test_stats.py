@@ -17,7 +17,6 @@ from pytest_judgeopt.stats import (
     correlation,
     mae,
     paired_difference,
-    required_sample_size,
 )
 
 # Five pairs with a tie on each side, worked by hand:
@@ -352,15 +351,6 @@ def test_mae() -> None:
     assert mae(JUDGE, HUMAN) == pytest.approx((0 + 1 + 0 + 1 + 1) / 5)
     with pytest.raises(ValueError):
         mae([], [])
-
-
-def test_required_sample_size() -> None:
-    # Half-width 0.2 against a difference of 0.1: the width must halve, so 4x the samples.
-    assert required_sample_size(0.1, -0.1, 0.3, 100, 0.95) == 400
-    assert required_sample_size(-0.05, -0.2, 0.1, 50, 0.95) == 450
-    assert required_sample_size(0.0, -0.1, 0.1, 100, 0.95) is None
-    # Already excludes zero: no more samples needed than we have.
-    assert required_sample_size(0.5, 0.4, 0.6, 100, 0.95) == 100
 
 
 scores = st.lists(st.integers(1, 5).map(float), min_size=0, max_size=30)

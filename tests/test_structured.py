@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from pytest_judgeopt.cache import Cache
@@ -23,6 +24,8 @@ from pytest_judgeopt.structured import (
 )
 from tests.conftest import make_records, server_model, spec_text
 from tests.fake_llm import FakeLLMServer, Reply, response_format_problem
+
+RESULTS_SCHEMA = Path(__file__).resolve().parents[1] / "pytest_judgeopt" / "schemas" / "results.schema.json"
 
 
 def criterion(name: str, scale: tuple[float, float], integer: bool = True) -> Criterion:
@@ -187,9 +190,9 @@ def tokens(*positions: Any) -> list[list[tuple[str, float]]]:
     return out
 
 
-def test_weighted_scores_from_served_logprobs_in_both_shapes(fake_llm: FakeLLMServer, project: Any, tmp_path: Path) -> None:
-    """Separate and merged replies are weighted by the same rule, each merged value at its own tokens, a
-    two-token value over both of its tokens, with the probability outside the scale reported."""
+def weighted_replies(body: dict[str, Any]) -> Reply:
+    """The same replies for every sample, with served logprobs: separate coherence puts 0.2 on "9" (outside the
+    scale), separate fluency is a two-token 2.5, merged fluency puts 0.3 on "x" (text)."""
     separate = {
         "coherence": Reply('{"coherence": 4}', tokens('{"', "coherence", '":', " ", [("4", .5), ("5", .3), ("9", .2)], "}")),
         "fluency": Reply("fluency: 2.5", tokens("fl", "uency", ":", [(" 2", .6), (" 3", .4)], ".", [("5", .5), ("0", .5)])),
@@ -197,14 +200,16 @@ def test_weighted_scores_from_served_logprobs_in_both_shapes(fake_llm: FakeLLMSe
     merged = Reply('{"coherence": 3, "fluency": 1}',
                    tokens('{"', "coherence", '":', " ", [("3", .8), ("2", .2)], ",", ' "', "fluency", '":', " ",
                           [("1", .7), ("x", .3)], "}"))
+    prompt = body["messages"][-1]["content"]
+    if "Criteria:" in prompt:
+        return merged
+    return separate["coherence" if "Criterion: coherence" in prompt else "fluency"]
 
-    def respond(body: dict[str, Any]) -> Reply:
-        prompt = body["messages"][-1]["content"]
-        if "Criteria:" in prompt:
-            return merged
-        return separate["coherence" if "Criterion: coherence" in prompt else "fluency"]
 
-    fake_llm.responder = respond
+def test_weighted_scores_from_served_logprobs_in_both_shapes(fake_llm: FakeLLMServer, project: Any, tmp_path: Path) -> None:
+    """Separate and merged replies are weighted by the same rule, each merged value at its own tokens, a
+    two-token value over both of its tokens, with the probability outside the scale reported."""
+    fake_llm.responder = weighted_replies
     spec = project(fake_llm, "{logprobs: true, structured: false}")
     session = session_for(tmp_path)
     try:
@@ -226,6 +231,34 @@ def test_weighted_scores_from_served_logprobs_in_both_shapes(fake_llm: FakeLLMSe
         assert result.scoring == {"weighted": result.n, "parsed": 0}
         assert result.to_json()["scoring"] == {"weighted": result.n, "parsed": 0}
     assert session.notes == []
+
+
+def test_results_json_says_each_shapes_scoring_and_mass_outside_the_scale_in_the_merged_check(
+        pytester: pytest.Pytester, fake_llm: FakeLLMServer) -> None:
+    """The ::merged check's entries (interference, and the merged comparison) carry per criterion how each shape
+    was scored and how much probability fell outside the scale, as a criterion's own result does."""
+    fake_llm.responder = weighted_replies
+    (pytester.path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_records()))
+    (pytester.path / "toy.judge.yaml").write_text(spec_text(server_model(fake_llm),
+                                                            extra="judge: {logprobs: true, structured: false}\n"))
+    pytester.runpytest("--judge-report=out", "-k", "merged")
+    results = json.loads((pytester.path / "out" / "results.json").read_text())
+    jsonschema.Draft202012Validator(json.loads(RESULTS_SCHEMA.read_text())).validate(results)
+    (check,) = results["interference"]
+    by_name = {c["criterion"]: c for c in check["criteria"]}
+    n = by_name["coherence"]["judged"]
+    assert n > 0
+    for c in by_name.values():
+        assert c["scoring_separate"] == c["scoring_merged"] == {"weighted": n, "parsed": 0}
+    assert by_name["coherence"]["mass_outside_scale_separate"] == pytest.approx(0.2)
+    assert by_name["coherence"]["mass_outside_scale_merged"] == pytest.approx(0.0, abs=1e-9)
+    assert by_name["fluency"]["mass_outside_scale_separate"] == pytest.approx(0.0, abs=1e-9)
+    assert by_name["fluency"]["mass_outside_scale_merged"] == pytest.approx(0.3)
+    (merged,) = [c for c in results["comparisons"] if c["kind"] == "merged"]
+    fluency = next(c for c in merged["criteria"] if c["criterion"] == "fluency")
+    assert fluency["scoring_b"] == {"weighted": n, "parsed": 0}
+    assert fluency["mass_outside_scale_b"] == pytest.approx(0.3)
+    assert fluency["mass_outside_scale_a"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_a_provider_without_logprobs_is_named_once_and_the_parsed_scores_are_counted(
