@@ -1,8 +1,6 @@
-"""Datasets of texts with human scores, and the splits that keep train, gate and test apart.
-
-Splits are made by group (the source document) so that no document is seen in two splits:
-the released code of the paper this tool follows split by sample and leaked 79 documents
-from train into test. Every row problem is reported with the data file's line and field.
+"""Datasets of texts with human scores: each record with its id, its group (the source document),
+its inputs and a human score per criterion. Every row problem is reported with the data file's line
+and field; `splits.py` divides the records into train, val and test.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import difflib
 import hashlib
 import json
 import math
-import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -71,16 +68,6 @@ class Dataset:
         total = self.skipped + len(self.records)
         return (f"{self.path.name}: {self.skipped} of {total} records have no human score for some criterion and were "
                 "skipped (dataset.skip_missing)")
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: tuple[Record, ...]
-    val: tuple[Record, ...]
-    test: tuple[Record, ...]
-
-    def ids(self) -> dict[str, list[str]]:
-        return {name: [r.id for r in getattr(self, name)] for name in ("train", "val", "test")}
 
 
 # -- field paths ------------------------------------------------------------------------------
@@ -533,63 +520,3 @@ def as_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def repeated_sources(spec: Spec, records: Iterable[Record], *, refusing: str = "") -> str | None:
-    """Without ``dataset.group`` each record is its own group. When an input repeats across records (the same
-    source text under several summaries), records of one source would fall into several splits: the test
-    split would not be held out from train, and its interval would take samples of one source as independent.
-    A spec that says ``split.by: record`` has chosen that on purpose. ``refusing`` names what will not run."""
-    if spec.dataset.group is not None or spec.split.by == "record":
-        return None
-    records = tuple(records)
-    for name, field in spec.dataset.inputs.items():
-        first: dict[str, str] = {}
-        sharing: dict[str, int] = {}
-        for record in records:
-            text = record.inputs.get(name)
-            if text is None:
-                continue
-            if text in first:
-                sharing[text] = sharing.get(text, 1) + 1
-            else:
-                first[text] = record.id
-        if sharing:
-            example = max(sharing, key=lambda text: sharing[text])
-            return problem(spec.path, spec.line_of("dataset"), "dataset.group",
-                           f"{refusing}no group is set, so each record is its own group, but input '{name}' repeats: "
-                           f"{sum(sharing.values())} of {len(records)} records share {len(sharing)} texts (record "
-                           f"'{first[example]}' and {sharing[example] - 1} more have the same one), so records of one "
-                           "source would fall into several splits and the test split would not be held out",
-                           f"set `dataset.group` to the field naming the source (its own field `{field}` will do), "
-                           "or `split.by: record` to split records on purpose")
-    return None
-
-
-def split_dataset(records: Iterable[Record], fractions: Any) -> Splits:
-    """Assign whole groups to train, val and test, seeded, so the three are disjoint by construction."""
-    records = tuple(records)
-    groups = sorted({r.group for r in records})
-    random.Random(fractions.seed).shuffle(groups)
-    n = len(groups)
-    n_train = round(fractions.train * n)
-    n_val = round(fractions.val * n)
-    overflow = n_train + n_val - (n - 1 if fractions.test > 0 else n)
-    if overflow > 0:  # rounding must never leave the test split without a group
-        cut = min(overflow, n_train)
-        n_train, n_val = n_train - cut, max(0, n_val - (overflow - cut))
-    where = {g: "train" for g in groups[:n_train]}
-    where.update({g: "val" for g in groups[n_train:n_train + n_val]})
-    parts: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
-    for record in records:
-        parts[where.get(record.group, "test")].append(record)
-    return Splits(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]))
-
-
-def sample_groups(records: tuple[Record, ...], groups: int | None, seed: int = 0) -> tuple[Record, ...]:
-    """Keep a seeded choice of `groups` groups, for quick runs that stay document-whole."""
-    names = sorted({r.group for r in records})
-    if groups is None or groups >= len(names):
-        return records
-    keep = set(random.Random(seed).sample(names, groups))
-    return tuple(r for r in records if r.group in keep)

@@ -17,7 +17,7 @@ from .aio import gather_or_cancel
 from .baseline import BaselineSpec
 from .cases import Case, CaseResult, judge_cases, load_cases
 from .compare import Comparison, Configuration, Rules, Side, compare, scoring_of
-from .data import Dataset, Loader, Splits, load_dataset, repeated_sources, sample_groups, split_dataset
+from .data import Dataset, Loader, load_dataset
 from .interference import InterferenceResult, rules_of
 from .judge import CriterionResult, Judged, assess, judge_records, judge_shapes, prediction_rows
 from .llm import LLM
@@ -26,6 +26,7 @@ from .probes import Probe, ProbeResult, Transform, assess_probe, changed_batches
 from .replies import Usage
 from .scoring import Scored, as_record, check_inputs, score_records
 from .spec import BUILTIN_METRICS, Interference, Model, Spec, SpecError, SpecWarning, load_spec
+from .splits import Splits, repeated_sources, sample_groups, split_dataset
 
 if TYPE_CHECKING:
     from .lockfile import Lock
@@ -553,8 +554,6 @@ class Session:
     def probe(self, path: str | Path, name: str) -> ProbeResult:
         """Run one of the spec's probes on the test split (the ``--judge-sample`` of it, or the probe's own
         ``sample``), memoized: the unchanged prompts are the items' own, so they come from the answer cache."""
-        from .data import sample_groups
-
         loaded = self.load(path)
         spec = loaded.spec
         by_name = {p.name: p for p in loaded.probes}

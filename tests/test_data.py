@@ -1,4 +1,4 @@
-"""data.py: reading records with human scores, every row problem at file:line:field, and group-whole splits."""
+"""data.py: reading records with human scores, every row problem at file:line:field."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ import csv
 import hashlib
 import io
 import json
-import random
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from pytest_judgeopt import data as data_module
-from pytest_judgeopt.data import Record, Splits, load_dataset, sample_groups, split_dataset
-from pytest_judgeopt.spec import Spec, SpecError, Split, load_spec
+from pytest_judgeopt.data import load_dataset
+from pytest_judgeopt.spec import Spec, SpecError, load_spec
 from pytest_judgeopt.spec_schema import line_number
 from tests.conftest import make_records, spec_text
 
@@ -462,128 +458,6 @@ def test_several_problems_in_one_row_are_all_reported(tmp_path: Path) -> None:
     spec, found = broken(tmp_path, lambda rows: (rows[0].pop("source"), rows[0]["scores"].update(coherence=9)))
     assert [p.split(": ", 2)[1] for p in found] == ["source", "scores.coherence"]
     assert all(p.startswith(f"{spec.dataset.path}:1: ") for p in found)
-
-
-# -- splits ---------------------------------------------------------------------------------------
-
-def grouped(sizes: list[int]) -> list[Record]:
-    return [Record(f"g{g}-{i}", f"g{g}", {}, {}, 0) for g, size in enumerate(sizes) for i in range(size)]
-
-
-def groups_of(records: tuple[Record, ...]) -> set[str]:
-    return {r.group for r in records}
-
-
-def test_split_is_deterministic_for_a_seed() -> None:
-    records = grouped([3, 1, 2, 4, 1, 2, 3, 2, 1, 5] * 3)
-    fractions = Split(0.2, 0.2, 0.6, seed=11)
-    assert split_dataset(records, fractions) == split_dataset(list(records), fractions)
-    shuffled = records[:]
-    random.Random(0).shuffle(shuffled)
-    again = split_dataset(shuffled, fractions)
-    assert {k: sorted(v) for k, v in again.ids().items()} == {k: sorted(v) for k, v in split_dataset(records, fractions).ids().items()}
-
-
-def test_different_seeds_give_different_splits() -> None:
-    records = grouped([2] * 30)
-    trains = {tuple(split_dataset(records, Split(0.3, 0.2, 0.5, seed=seed)).ids()["train"]) for seed in range(5)}
-    assert len(trains) == 5
-
-
-@pytest.mark.parametrize("sizes", [[1], [2, 3], [1] * 7, [4, 1, 1, 2, 5, 3, 1, 2, 2, 1]])
-def test_every_record_lands_in_exactly_one_split_and_no_group_in_two(sizes: list[int]) -> None:
-    records = grouped(sizes)
-    splits = split_dataset(records, Split(0.4, 0.3, 0.3, seed=2))
-    every = splits.train + splits.val + splits.test
-    assert Counter(r.id for r in every) == Counter(r.id for r in records)
-    parts = [groups_of(splits.train), groups_of(splits.val), groups_of(splits.test)]
-    assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
-
-
-@pytest.mark.parametrize("n", range(1, 13))
-@pytest.mark.parametrize("fractions", [Split(0.5, 0.49, 0.01), Split(0.99, 0.0, 0.01), Split(0.0, 0.99, 0.01),
-                                       Split(0.45, 0.45, 0.1)])
-def test_test_split_is_never_empty_when_its_fraction_is_positive(n: int, fractions: Split) -> None:
-    assert split_dataset(grouped([2] * n), fractions).test
-
-
-def test_split_sizes_follow_the_fractions_by_group() -> None:
-    splits = split_dataset(grouped([1, 5] * 10), Split(0.25, 0.25, 0.5, seed=3))
-    assert [len(groups_of(part)) for part in (splits.train, splits.val, splits.test)] == [5, 5, 10]
-
-
-def test_no_records_split_into_nothing() -> None:
-    assert split_dataset([], Split()) == Splits((), (), ())
-
-
-@settings(max_examples=150, deadline=None)
-@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=60),
-       weights=st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(1, 20)),
-       seed=st.integers(0, 2**32 - 1), shuffle_seed=st.integers(0, 1000))
-def test_split_properties(sizes: list[int], weights: tuple[int, int, int], seed: int, shuffle_seed: int) -> None:
-    total = sum(weights)
-    fractions = Split(weights[0] / total, weights[1] / total, weights[2] / total, seed)
-    records = grouped(sizes)
-    splits = split_dataset(records, fractions)
-    parts = {name: getattr(splits, name) for name in ("train", "val", "test")}
-    # complete: every record exactly once
-    assert Counter(r.id for part in parts.values() for r in part) == Counter(r.id for r in records)
-    # disjoint by group
-    names = {name: groups_of(part) for name, part in parts.items()}
-    assert sum(len(g) for g in names.values()) == len(sizes)
-    # whole groups: a group's records all sit together
-    for part in parts.values():
-        assert Counter(r.group for r in part) == {g: sizes[int(g[1:])] for g in groups_of(part)}
-    # the test split is never empty, and each split is its fraction of the groups up to rounding
-    assert parts["test"]
-    for name, fraction in (("train", fractions.train), ("val", fractions.val)):
-        assert abs(len(names[name]) - fraction * len(sizes)) <= 1.5
-    # deterministic, whatever the order of the records
-    shuffled = records[:]
-    random.Random(shuffle_seed).shuffle(shuffled)
-    again = split_dataset(shuffled, fractions)
-    assert {n: groups_of(getattr(again, n)) for n in parts} == names
-    assert split_dataset(records, fractions) == splits
-
-
-def test_split_of_a_loaded_dataset_uses_the_spec_fractions(tmp_path: Path) -> None:
-    spec = project(tmp_path, jsonl(make_records(n_groups=8, per_group=3)))
-    splits = split_dataset(load_dataset(spec).records, spec.split)  # 0.25 / 0.25 / 0.5 of 8 documents
-    assert [len(groups_of(p)) for p in (splits.train, splits.val, splits.test)] == [2, 2, 4]
-    assert all(len(p) == 3 * len(groups_of(p)) for p in (splits.train, splits.val, splits.test))
-
-
-def test_splits_ids() -> None:
-    a, b, c, d = grouped([1, 1, 1, 1])
-    ids = Splits((b, a), (), (d, c)).ids()
-    assert ids == {"train": ["g1-0", "g0-0"], "val": [], "test": ["g3-0", "g2-0"]}
-    assert list(ids) == ["train", "val", "test"]
-
-
-# -- sample_groups --------------------------------------------------------------------------------
-
-SIZES = [3, 1, 4, 1, 5, 2, 2, 3, 1, 4, 2]
-
-
-@pytest.mark.parametrize("n", [1, 2, 5, 10])
-def test_sample_groups_keeps_exactly_n_whole_groups(n: int) -> None:
-    records = tuple(grouped(SIZES))
-    kept = sample_groups(records, n, seed=4)
-    assert len(groups_of(kept)) == n
-    assert Counter(r.group for r in kept) == {g: SIZES[int(g[1:])] for g in groups_of(kept)}
-    assert [r for r in records if r in kept] == list(kept)  # original order kept
-
-
-def test_sample_groups_is_deterministic_and_seeded() -> None:
-    records = tuple(grouped(SIZES))
-    assert sample_groups(records, 3, seed=1) == sample_groups(records, 3, seed=1)
-    assert len({frozenset(groups_of(sample_groups(records, 3, seed=s))) for s in range(6)}) > 1
-
-
-@pytest.mark.parametrize("n", [None, len(SIZES), len(SIZES) + 5])
-def test_sample_groups_keeps_everything_when_not_limiting(n: int | None) -> None:
-    records = tuple(grouped(SIZES))
-    assert sample_groups(records, n, seed=9) == records
 
 
 def test_skip_missing_is_said_in_the_run_notes(tmp_path: Path) -> None:

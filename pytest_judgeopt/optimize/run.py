@@ -14,9 +14,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..compare import Comparison, Configuration, Rules, Side, compare, scoring_of
-from ..data import repeated_sources
 from ..replies import Usage
 from ..spec import Spec, SpecError
+from ..splits import repeated_sources
 from .budget import Allowance, Budget
 from .errors import OptimizationBusy, ReplayIncomplete
 from .gate import with_gate_rule
