@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..agreement import MetricOptions, higher_is_better
-from ..judge import Judged, Judgment
+from ..judge import Judged, Judgment, failed_replies, replies
 from ..spec import Gate, Spec
 from .protocol import Stages
 
@@ -73,7 +73,8 @@ def gate_level(spec: Spec) -> str:
 
 @dataclass(frozen=True)
 class Measured:
-    """One set of instructions on val, per criterion: the gate metric's value, and failed / judged judgments.
+    """One set of instructions on val, per criterion: the gate metric's value, and failed / judged replies (one per
+    judgment unless judge.n > 1).
 
     At level group, ``documents`` holds each document's own value (those that have one): the value is their
     mean, and two measurements are compared on the documents both have a value in (``shared_documents``).
@@ -136,8 +137,9 @@ def measure_judgments(judgments: Mapping[str, Sequence[Judgment]], metric: str,
             value[c] = mae(scores, humans) if pairs else None
         else:
             value[c] = correlation(metric, scores, humans, options=chosen)[0] if len(pairs) >= 3 else None
-    return Measured(value, {c: sum(j.score is None for j in js) for c, js in judgments.items()},
-                    {c: len(js) for c, js in judgments.items()}, documents)
+    # judge.n > 1: every failed reply counts, of every reply asked, also where the other replies gave the score
+    return Measured(value, {c: sum(failed_replies(js).values()) for c, js in judgments.items()},
+                    {c: replies(js) for c, js in judgments.items()}, documents)
 
 
 def measure(judged: Judged, metric: str, options: Mapping[str, MetricOptions] | None = None,

@@ -96,7 +96,7 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     sources = dict.fromkeys(names, "optimization")
     before = session.evaluate_instructions(loaded, initial, names, split="test", shape=shape, sources=sources)
     after = session.evaluate_instructions(loaded, final, names, split="test", shape=shape, sources=sources)
-    missing = sum(r.failures.get("call_replay_miss", 0) for r in (*before.values(), *after.values()))
+    missing = sum(j.failure == "call_replay_miss" for r in (*before.values(), *after.values()) for j in r.judgments)
     if missing:  # no lock from a test evaluation that did not happen
         raise ReplayIncomplete(spec, f"{missing} judgments of the test split")
     comparison = test_comparison(session, loaded, spec, before, after, initial, final, models["judge"].describe(),
