@@ -183,14 +183,16 @@ def example_note(rows: list[Row]) -> str:
               else f"{load['before_1min']:.1f} at the start")
     rhos = "; ".join(f"{r.measure.split(', ')[1].split(' ')[0]} {r.shown}" for r in rows[3:])
     text = (f"A fresh pytest process from start to exit (imports, collection, the judge pass with each sample's merged call "
-            f"next to its separate ones, bootstraps, the report), {d['cpu_s']:.0f} s of CPU in {rows[0].value:.0f} s: on "
+            f"next to its separate ones, the jackknife intervals, the report), {d['cpu_s']:.0f} s of CPU in {rows[0].value:.0f} s: on "
             f"{load['cores']} cores the 1-minute load average was {load['before_1min']:.1f} before and {during} during the "
-            "run, so other processes held part of the cores it had. Every reply is grammar-held JSON and every score is "
+            "run (the run's own two llama.cpp threads count in it: about 2 means the cores were its own, well above 2 "
+            "that other work shared them). Every reply is grammar-held JSON and every score is "
             f"probability-weighted; failed judgments: {d['failed_separate']} separate, {d['failed_merged']} merged. Test rho "
             f"(separate / merged): {rhos}. SmolLM2-135M is a weak judge: these correlations are near zero and the items "
             "fail on them, as they should.")
     if rows[0].met is False and rows[0].value is not None and rows[0].value > 240:
-        text += " The time target is missed on this run; see the load average for how busy the machine was."
+        text += (" The time target is missed on this run: nearly all of it is the model evaluating prompt tokens (the "
+                 "README's example section says what was measured and tried).")
     return text
 
 

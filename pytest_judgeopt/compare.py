@@ -419,7 +419,7 @@ def decide(measured: PairedDifference, rules: Rules, *, baseline_defined: bool =
         where = (f"{rules.change} changes {rho} by {measured.diff:+.3f} ({measured.a:.3f} -> {measured.b:.3f}), within "
                  f"max_drop {max_drop:g}")
     if measured.low is None or measured.high is None:
-        why = getattr(measured, "interval_reason", None) or "too few documents or too many degenerate resamples"
+        why = getattr(measured, "interval_reason", None) or "too few documents with varying scores"
         return Verdict("inconclusive", f"{where}, and no interval could be computed to tell it from noise ({why}); "
                                        "judge more samples")
     ci = f"the {measured.confidence:.0%} interval of the difference [{measured.low:+.3f}, {measured.high:+.3f}]"

@@ -14,7 +14,7 @@ its coherence. A probe changes one thing about the prompts of the test split (or
   the expected direction per criterion; it passes when the paired mean change has that sign and its
   interval excludes zero (a claim, so it needs the evidence).
 
-Every result carries the mean change with its interval (documents resampled whole), the number of
+Every result carries the mean change with its interval (each leaving out one whole document: a jackknife), the number of
 pairs, the failed judgments and the worst examples. Failed judgments are left out of the pairs and
 counted; above the criterion's allowed rate the probe fails, as an item does.
 """

@@ -358,7 +358,7 @@ def probes_table(probes: Sequence[Mapping[str, Any]]) -> Table:
     calls = sum(p["calls"] for p in probes)
     cached = sum(p["cache_hits"] for p in probes)
     table.after.append(Line(f"probe judgments: {calls} model calls made, {cached} from cache; intervals "
-                            f"{first['criteria'][0]['confidence']:.0%}, documents resampled whole"
+                            f"{first['criteria'][0]['confidence']:.0%}, each leaving out one whole document (jackknife)"
                             if first["criteria"] else f"probe judgments: {calls} model calls made, {cached} from cache"))
     return table
 

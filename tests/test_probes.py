@@ -290,7 +290,7 @@ cases:
         "toy probes (test split, separate prompts, openai/fake-judge): 2/2 hold",
         "*pad*coherence*mean change*-*+0.000 [+0.000, +0.000]*40*0/80*rise <= 0.25*pass*",
         "*retest*fluency*spearman with itself*1.000 [1.000, 1.000]*+0.000 [+0.000, +0.000]*40*0/80*>= 0.9*pass*",
-        "*probe judgments: * model calls made, * from cache; intervals 95%, documents resampled whole*"]])
+        "*probe judgments: * model calls made, * from cache; intervals 95%, each leaving out one whole document (jackknife)*"]])
     folder = pytester.path / "report"
     results = json.loads((folder / "results.json").read_text())
     schema = json.loads((Path(__file__).resolve().parents[1] / "pytest_judgeopt" / "schemas" / "results.schema.json")
