@@ -46,7 +46,6 @@ def one_step(ctx: Context, spec: Path, mode_name: str, concurrency: int, run: in
     from pytest_judgeopt.cache import Cache
     from pytest_judgeopt.judge import render_inputs
     from pytest_judgeopt.llm import LLM
-    from pytest_judgeopt.optimize.gate import measure
     from pytest_judgeopt.optimize.loop import Optimization, State, run_key
     from pytest_judgeopt.optimize.modes import get_mode, plan_text
     from pytest_judgeopt.optimize.roles import MODEL_ROLES
@@ -66,7 +65,7 @@ def one_step(ctx: Context, spec: Path, mode_name: str, concurrency: int, run: in
     initial = {c: criterion.instruction for c, criterion in the_spec.criteria.items()}
     first_gate = session.llm.run(optimization.judge(optimization.val, initial, "gate"))
     state = State(key, mode.name, initial, dict(initial), {}, random.Random(SEED).getstate())
-    state.set_measured(measure(first_gate, the_spec.optimize.gate.metric))
+    state.set_initial(optimization.measure(first_gate))
     hits_before = session.llm.total().cache_hits
     ctx.server.reset()
     with Stopwatch() as watch:

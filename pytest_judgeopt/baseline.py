@@ -131,6 +131,16 @@ def chosen_evaluations(path: Path, evaluations: list[Any]) -> list[tuple[int, di
     return sorted(best.values(), key=lambda pair: pair[0])
 
 
+def reply_counts(row: dict[str, Any]) -> dict[str, Any]:
+    """judge.n's replies and the kinds of those that failed, as an earlier run wrote them (rows written before
+    they were recorded count as one reply each)."""
+    replies, failed = row.get("replies"), row.get("failed_replies")
+    if not isinstance(replies, int) or isinstance(replies, bool) or replies < 1:
+        return {}
+    kinds = tuple(str(kind) for kind in failed) if isinstance(failed, list) else ()
+    return {"replies": replies, "failed_replies": kinds}
+
+
 def baseline_spec(results_path: Path, predictions_path: Path, index: int, entry: dict[str, Any],
                   rows: list[dict[str, Any]]) -> BaselineSpec:
     criteria = [r["criterion"] for r in entry["results"]]
@@ -141,7 +151,7 @@ def baseline_spec(results_path: Path, predictions_path: Path, index: int, entry:
                 record_id=str(row["record_id"]), group=str(row.get("group", row["record_id"])), criterion=row["criterion"],
                 human=float(row["human"]), score=None if row.get("judge") is None else float(row["judge"]),
                 failure=row.get("failure"), detail="", reply=row.get("reply"), scoring=row.get("scoring"),
-                outside=None if row.get("outside") is None else float(row["outside"])))
+                outside=None if row.get("outside") is None else float(row["outside"]), **reply_counts(row)))
     empty = [c for c, found in judgments.items() if not found]
     if empty:
         raise BaselineError(f"{predictions_path}: no judgments of {', '.join(empty)} for evaluations[{index}] of "

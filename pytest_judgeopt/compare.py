@@ -132,7 +132,7 @@ class CriterionComparison:
     measured: PairedDifference
     judged_a: int
     judged_b: int
-    failures_a: dict[str, int]
+    failures_a: dict[str, int]  # failed replies by kind (one per judgment unless judge.n > 1)
     failures_b: dict[str, int]
     documents: int | None
     documents_skipped: int
@@ -146,6 +146,8 @@ class CriterionComparison:
     scoring_b: dict[str, int]
     mass_outside_scale_a: float | None
     mass_outside_scale_b: float | None
+    replies_a: int | None = None  # the replies asked for, the failure counts' denominator (judged_a when judge.n is 1)
+    replies_b: int | None = None
 
     @property
     def a(self) -> float | None:
@@ -175,7 +177,8 @@ class CriterionComparison:
     def to_json(self) -> dict[str, Any]:
         return {"criterion": self.criterion, "a": self.a, "b": self.b, "diff": self.diff, "low": self.low,
                 "high": self.high, "n": self.n, "judged_a": self.judged_a, "judged_b": self.judged_b,
-                "failures_a": self.failures_a, "failures_b": self.failures_b, "documents": self.documents,
+                "failures_a": self.failures_a, "failures_b": self.failures_b, "replies_a": self.replies_a,
+                "replies_b": self.replies_b, "documents": self.documents,
                 "documents_skipped": self.documents_skipped, "verdict": self.verdict, "passed": self.passed,
                 "reasons": list(self.reasons), "required_n": self.required_n, "scoring_a": self.scoring_a,
                 "scoring_b": self.scoring_b, "mass_outside_scale_a": self.mass_outside_scale_a,
@@ -255,7 +258,7 @@ def compare(spec: Spec, a: Side, b: Side, *, kind: str, split: str, rules: Rules
 
 def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Judgment], judged_b: Sequence[Judgment],
                       *, seed: int) -> CriterionComparison:
-    from .judge import mass_outside_scale, scoring_counts
+    from .judge import mass_outside_scale, replies, scoring_counts
     from .stats import correlation, paired_difference  # scipy: only once something was judged
 
     corr = spec.correlation
@@ -291,7 +294,8 @@ def compare_criterion(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Ju
                                documents_skipped=skipped, verdict=kind, passed=passed, reasons=reasons,
                                required_n=decided.required_n, scoring_a=scoring_counts(judged_a),
                                scoring_b=scoring_counts(judged_b), mass_outside_scale_a=mass_outside_scale(judged_a),
-                               mass_outside_scale_b=mass_outside_scale(judged_b))
+                               mass_outside_scale_b=mass_outside_scale(judged_b),
+                               replies_a=replies(judged_a), replies_b=replies(judged_b))
 
 
 def oriented(method: str, measured: PairedDifference) -> PairedDifference:
@@ -365,19 +369,20 @@ def skipped_reasons(spec: Spec, skipped: int, documents: int, why: str) -> list[
 
 
 def failure_counts(judgments: Sequence[Judgment]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for j in judgments:
-        if j.failure:
-            counts[j.failure] = counts.get(j.failure, 0) + 1
-    return dict(sorted(counts.items()))
+    """Failed replies by kind: with judge.n > 1 each failed reply counts, also in a judgment others scored."""
+    from .judge import failed_replies
+
+    return dict(sorted(failed_replies(judgments).items()))
 
 
 def failure_reasons(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Judgment], judged_b: Sequence[Judgment], *,
                     baseline_defined: bool = True) -> list[str]:
     """Failed judgments on side b: over the criterion's allowed rate and more than a had (with no baseline to
     compare with, over the allowed rate is enough); answers missing from a replay cache are named as such."""
+    from .judge import replies
+
     out = []
-    n = len(judged_b)
+    n = replies(judged_b)
     failures = failure_counts(judged_b)
     missing = [j.record_id for j in judged_b if j.failure == "call_replay_miss"]
     if missing:
@@ -386,9 +391,13 @@ def failure_reasons(spec: Spec, rules: Rules, name: str, judged_a: Sequence[Judg
         out.append(replay_missing(spec, missing, f"{rules.b_noun} answers"))
     allowed = spec.criteria[name].max_parse_failure_rate
     failed, before = sum(failures.values()), sum(failure_counts(judged_a).values())
-    if n and failed / n > allowed and (failed > before or not baseline_defined):
-        out.append(f"{failed}/{n} {rules.b_noun} judgments failed ({failed / n:.0%}), above the allowed {allowed:.0%}; "
-                   f"{rules.a_noun} failed {before}/{len(judged_a)}")
+    # judge.n > 1: the rates are over replies, and a side that asked more replies is compared by its rate
+    asked_a = replies(judged_a)
+    rate_a = before / asked_a if asked_a else 0.0
+    what = "judgments" if n == len(judged_b) else "replies"
+    if n and failed / n > allowed and (failed / n > rate_a or not baseline_defined):
+        out.append(f"{failed}/{n} {rules.b_noun} {what} failed ({failed / n:.0%}), above the allowed {allowed:.0%}; "
+                   f"{rules.a_noun} failed {before}/{asked_a}")
     return out
 
 

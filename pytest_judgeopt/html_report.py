@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from .optimize_text import instruction_changes, optimization_table, study_table, usage_text
+from .optimize_text import instruction_changes, optimization_table, study_table, usage_text, val_words
 from .text import (
     COMPARISON_TITLES,
     LINE_STYLES,
@@ -354,8 +354,8 @@ def optimization_section(o: Mapping[str, Any], seconds: float | None = None) -> 
 def study_section(study: Mapping[str, Any]) -> str:
     return (f'<section class="study"><h2>{escape(study["spec"])}: mode study</h2>'
             f'<p class="muted">{study["runs"]} runs per mode, {study["steps"]} steps each, val split of '
-            f'{study["val_size"]} samples, test split of {study["test_size"]} samples ({escape(study["level"])} '
-            f'{escape(study["method"])}). Choose a mode on val; test is held out.</p>'
+            f'{study["val_size"]} samples, test split of {study["test_size"]} samples (test {escape(study["level"])} '
+            f'{escape(study["method"])}; {escape(val_words(study["val"]))}). Choose a mode on val; test is held out.</p>'
             + table(study_table(study)) + "</section>")
 
 

@@ -56,6 +56,7 @@ class CriterionInterference:
         c = self.compared
         return {"criterion": c.criterion, "separate": c.a, "merged": c.b, "diff": c.diff, "low": c.low, "high": c.high,
                 "n": c.n, "judged": c.judged_a, "failures_separate": c.failures_a, "failures_merged": c.failures_b,
+                "replies_separate": c.replies_a, "replies_merged": c.replies_b,
                 "documents": c.documents, "documents_skipped": c.documents_skipped, "verdict": c.verdict,
                 "passed": c.passed, "reasons": list(c.reasons), "required_n": c.required_n,
                 "scoring_separate": c.scoring_a, "scoring_merged": c.scoring_b,

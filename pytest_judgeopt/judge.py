@@ -99,6 +99,25 @@ class Judgment:
     scoring: str | None = None  # "weighted" (probability-weighted) or "parsed"; None for a failure
     outside: float | None = None  # weighted only: probability mass outside the scale at the score's tokens
     parsed: float | None = None  # the number the reply wrote (the score itself unless it is weighted)
+    replies: int = 1  # the replies asked for (judge.n): the failure rate counts each of them
+    failed_replies: tuple[str, ...] = ()  # the kind of each reply that failed, also when the others gave the score
+
+    @property
+    def reply_failures(self) -> tuple[str, ...]:
+        """The kind of every failed reply. With ``n > 1`` the score is the mean of the replies that parsed, so a
+        judgment with a score can still hold failed replies; one built without them fails as a whole."""
+        if self.failed_replies or self.failure is None:
+            return self.failed_replies
+        return (self.failure,) * self.replies
+
+
+def failed_replies(judgments: Iterable[Judgment]) -> Counter[str]:
+    """Failed replies by kind, over every reply of the judgments (the unit of ``max_parse_failure_rate``)."""
+    return Counter(kind for j in judgments for kind in j.reply_failures)
+
+
+def replies(judgments: Iterable[Judgment]) -> int:
+    return sum(j.replies for j in judgments)
 
 
 @dataclass
@@ -169,9 +188,11 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
         usage.requests += 1
         if isinstance(reply, CallError):
             usage.errors[reply.kind] += 1
-            for c in group:
+            for c in group:  # none of the n replies came: each counts as failed
                 answers[shape, record.id, c.name] = Judgment(record.id, record.group, c.name, record.human[c.name],
-                                                             None, f"call_{reply.kind}", str(reply), None)
+                                                             None, f"call_{reply.kind}", str(reply), None,
+                                                             replies=settings.n,
+                                                             failed_replies=(f"call_{reply.kind}",) * settings.n)
             continue
         if reply.cached:
             usage.cache_hits += 1
@@ -191,7 +212,7 @@ async def judge_shapes(llm: LLM, model: Model, spec: Spec, records: Sequence[Rec
             answers[shape, record.id, c.name] = Judgment(record.id, record.group, c.name, record.human[c.name],
                                                          score.value, score.parsed.failure, score.parsed.detail,
                                                          reply.choices[0].text, score.scoring, score.outside,
-                                                         score.parsed.score)
+                                                         score.parsed.score, len(reply.choices), score.failed)
     for shape in shapes:
         for record in records:
             for c in chosen:
@@ -234,6 +255,7 @@ class Score:
     parsed: ParsedScore
     weighted: float | None = None  # the probability-weighted score, where logprobs allowed one
     outside: float | None = None  # probability mass outside the scale at the score's tokens (weighted only)
+    failed: tuple[str, ...] = ()  # of the n replies, the kind of each that failed
 
     @property
     def value(self) -> float | None:
@@ -248,6 +270,9 @@ class Score:
 def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, logprobs: int,
             structured: bool = False) -> dict[str, Score]:
     """Parse each of the n choices and average the scores that parsed; all failing is a failure.
+
+    Each failed choice is kept in ``Score.failed`` (its kind), also when others parsed: four refusals
+    and one "5" are the score 5 with four failed replies, which the item's failure rate counts.
 
     With logprobs, each criterion's score is probability-weighted at its own tokens, in both shapes. A
     judgment is weighted only if every choice that parsed could be weighted; otherwise all of them use
@@ -268,15 +293,16 @@ def combine(choices: Sequence[Choice], group: Sequence[Criterion], shape: str, l
     for c in group:
         scored = [p[c.name] for p in per_choice]
         ok = [s for s in scored if s.parsed.ok]
+        failed = tuple(s.parsed.failure or "" for s in scored if not s.parsed.ok)
         if not ok:
-            out[c.name] = scored[0]
+            out[c.name] = Score(scored[0].parsed, failed=failed)
             continue
         mean = ParsedScore(sum(s.parsed.score or 0.0 for s in ok) / len(ok), None, ok[0].parsed.detail)
         if all(s.weighted is not None for s in ok):
             out[c.name] = Score(mean, sum(s.weighted or 0.0 for s in ok) / len(ok),
-                                sum(s.outside or 0.0 for s in ok) / len(ok))
+                                sum(s.outside or 0.0 for s in ok) / len(ok), failed)
         else:
-            out[c.name] = Score(mean)
+            out[c.name] = Score(mean, failed=failed)
     return out
 
 
@@ -327,7 +353,7 @@ class CriterionResult:
     shape: str
     judgments: list[Judgment]
     agreement: Agreement
-    failures: Counter[str]
+    failures: Counter[str]  # failed replies by kind (one per judgment unless judge.n > 1)
     passed: bool
     reasons: list[str]
     instruction: str
@@ -354,7 +380,13 @@ class CriterionResult:
 
     @property
     def failed_count(self) -> int:
+        """Failed replies: with ``n > 1`` a judgment's failed replies count even when the others gave its score."""
         return sum(self.failures.values())
+
+    @property
+    def replies(self) -> int:
+        """The replies asked for, the failure rate's denominator: ``n`` times the judgments."""
+        return replies(self.judgments)
 
     def worst(self, k: int = WORST_SHOWN) -> list[Judgment]:
         ranked = sorted(scored(self.judgments), key=lambda pair: (-abs(pair[0] - pair[1].human), pair[1].record_id))
@@ -367,7 +399,7 @@ class CriterionResult:
                 "method": a.method, "level": a.level, "value": a.value, "low": a.low, "high": a.high,
                 "confidence": a.confidence, "pairs": a.n, "groups": a.groups, "groups_skipped": a.groups_skipped,
                 "units": a.units, "interval_reason": a.interval_reason, "documents": self.documents,
-                "undefined_reason": a.reason, "n": self.n, "min_rho": self.criterion.min_rho,
+                "undefined_reason": a.reason, "n": self.n, "replies": self.replies, "min_rho": self.criterion.min_rho,
                 "max_error": self.criterion.max_error, "humans_margin": self.criterion.humans_margin,
                 "higher_is_better": higher_is_better(a.method),
                 "parse_failures": dict(sorted(self.failures.items())), "passed": self.passed, "reasons": self.reasons,
@@ -418,9 +450,9 @@ def assess(spec: Spec, criterion: Criterion, judgments: list[Judgment], *, split
     measured = agreement(corr.method, [score for score, _ in ok], [j.human for _, j in ok], groups=groups, level=corr.level,
                          confidence=corr.confidence, min_groups=corr.min_groups, seed=spec.split.seed,
                          options=corr.options.for_scale(criterion.scale))
-    failures = Counter(j.failure for j in judgments if j.failure)
+    failures = failed_replies(judgments)
     documents = len({j.group for j in judgments})
-    reasons = verdict_reasons(corr, criterion, measured, failures, len(judgments), documents)
+    reasons = verdict_reasons(corr, criterion, measured, failures, len(judgments), documents, replies(judgments))
     missing = [j.record_id for j in judgments if j.failure == "call_replay_miss"]
     if missing:  # the cause, ahead of what it caused (failed judgments, an undefined rho)
         reasons.insert(0, f"{spec.name}::{criterion.name}: {replay_missing(spec, missing)}")
@@ -464,16 +496,19 @@ def passes(criterion: Criterion, reasons: Sequence[str], failures: Counter[str])
 
 
 def verdict_reasons(corr: Correlation, criterion: Criterion, measured: Agreement, failures: Counter[str], n: int,
-                    documents: int = 0) -> list[str]:
-    """Every reason the item fails; for a report-only criterion, every reason it would fail."""
+                    documents: int = 0, replies: int | None = None) -> list[str]:
+    """Every reason the item fails; for a report-only criterion, every reason it would fail. ``failures`` counts
+    failed replies, of ``replies`` (``n`` judgments of one reply each when not given)."""
     from .stats import MIN_GROUP_PAIRS
 
     reasons = []
     if n == 0:
         return ["no samples to judge in this split"]
     failed = sum(failures.values())
-    if failed / n > criterion.max_parse_failure_rate:
-        reasons.append(f"{failed}/{n} judgments failed ({failed / n:.0%}), above the allowed "
+    asked = n if replies is None else replies
+    if asked and failed / asked > criterion.max_parse_failure_rate:
+        what = "judgments" if asked == n else f"replies of {n} judgments"  # judge.n > 1: each failed reply counts
+        reasons.append(f"{failed}/{asked} {what} failed ({failed / asked:.0%}), above the allowed "
                        f"{criterion.max_parse_failure_rate:.0%}")
     if measured.level == "group" and documents:
         skipped = documents - measured.groups
@@ -493,5 +528,6 @@ def prediction_rows(results: Iterable[CriterionResult]) -> list[dict[str, Any]]:
     """Every judgment of some criterion results as plain rows (predictions.jsonl, the HTML scatter plots):
     kept with the evaluation they belong to, so pytest-xdist workers ship them with it."""
     return [{"criterion": j.criterion, "record_id": j.record_id, "group": j.group, "human": j.human, "judge": j.score,
-             "failure": j.failure, "reply": j.reply, "scoring": j.scoring, "outside": j.outside}
+             "failure": j.failure, "reply": j.reply, "scoring": j.scoring, "outside": j.outside,
+             "replies": j.replies, "failed_replies": list(j.reply_failures)}
             for result in results for j in result.judgments]

@@ -110,7 +110,7 @@ def lock_content(spec: Spec, result: Mapping[str, Any], data_digest: str) -> dic
             "instruction": outcome["final"],
             "initial_instruction": outcome["initial"],
             "accepted_steps": outcome["accepted_steps"],
-            "val": {"before": outcome["val_before"], "after": outcome["val_after"]},
+            "val": {"before": outcome["val_before"], "after": outcome["val_after"], **result["val"]},
             "test": {"before": outcome["test_before"], "after": outcome["test_after"], "difference": outcome["test_diff"]},
             "diagnostics": {"specificity": outcome["specificity"], "adherence": outcome["adherence"]},
         }

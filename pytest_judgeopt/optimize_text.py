@@ -28,7 +28,15 @@ def optimization_heading(o: Mapping[str, Any], root: Path | None = None) -> str:
     shape = (f"; val with {shapes['optimized']} prompts, test with {shapes['test']} prompts (the items' shape)"
              if shapes["optimized"] != shapes["test"] else f"; {shapes['test']} prompts")
     return (f"{o['spec']}: mode {o['mode']}, {o['steps_run']} steps, seed {o['seed']} "
-            f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){shape}{stopped}{resumed}{reused}{where}")
+            f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}){shape}; {val_words(o['val'])}"
+            f"{stopped}{resumed}{reused}{where}")
+
+
+def val_words(val: Mapping[str, str]) -> str:
+    """What the val numbers are: the gate's metric at its level (at group level, compared on shared documents)."""
+    if val["level"] == "group":
+        return f"val {val['metric']} at level group (mean over documents; before and after on the documents both have)"
+    return f"val {val['metric']} pooled"
 
 
 def optimization_table(o: Mapping[str, Any], root: Path | None = None) -> Table:
@@ -102,8 +110,9 @@ def study_table(study: Mapping[str, Any]) -> Table:
     """The paper's table: per mode and criterion, val agreement before and after (the selection numbers, to choose
     a mode by), test before and after over runs (held out), and what it cost."""
     table = Table(f"{study['spec']}: {study['runs']} runs per mode, {study['steps']} steps each, val split of "
-                  f"{study['val_size']} samples, test split of {study['test_size']} samples ({study['level']} "
-                  f"{study['method']}; val in each mode's prompt shape, test with {study['test_shape']} prompts)",
+                  f"{study['val_size']} samples, test split of {study['test_size']} samples (test {study['level']} "
+                  f"{study['method']}; {val_words(study['val'])}; val in each mode's prompt shape, test with "
+                  f"{study['test_shape']} prompts)",
                   [("mode", "left"), ("criterion", "left"), ("val before", "right"), ("val after (mean ± sd)", "right"),
                    ("test before (held out)", "right"), ("test after (held out)", "right"), ("improved steps", "right"),
                    ("specificity", "right"), ("calls/run made", "right"), ("cached", "right"), ("cost/run", "right")])

@@ -248,6 +248,20 @@ def correlation(
     return _correlation(_Metric(method, options or DEFAULT_OPTIONS), level, j, h, members)
 
 
+def document_values(method: str, judge: Sequence[float], human: Sequence[float], groups: Sequence[str], *,
+                    options: MetricOptions | None = None) -> dict[str, float]:
+    """Each document's own value of the metric, for the documents that have one (``MIN_GROUP_PAIRS`` pairs, the
+    metric defined): what ``level='group'`` averages, by document, so that two judges can be compared on the
+    documents where both have a value (the optimizer's gate, as compare.py does for two sides)."""
+    import numpy as np
+
+    j, h, members = _prepare(method, "group", judge, human, groups)
+    assert members is not None
+    values = _group_values(_Metric(method, options or DEFAULT_OPTIONS), j, h, members)
+    labels = list(dict.fromkeys(groups))  # _members' order: first seen
+    return {label: float(v) for label, v in zip(labels, values, strict=True) if np.isfinite(v)}
+
+
 # --------------------------------------------------------------------------
 # intervals: a delete-one-document jackknife with a t quantile
 

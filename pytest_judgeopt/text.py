@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,12 +148,18 @@ def evaluation_table(ev: Mapping[str, Any]) -> Table:
     for r in results:
         verdict, kind = evaluation_verdict(r)
         table.rows.append([r["criterion"], r["method"], number(r["value"]), interval(r["low"], r["high"]),
-                           threshold_cell(r), str(r["pairs"]), str(r["n"]), str(sum(r["parse_failures"].values())),
+                           threshold_cell(r), str(r["pairs"]), str(r["n"]), failed_cell(r["parse_failures"], r["n"], r.get("replies")),
                            documents_cell(r), verdict])
         table.verdicts.append(kind)
     table.after += [Line(note, "item") for r in results for note in evaluation_notes(r)]
     table.after += [Line(line, "item") for r in results for line in confusion_lines(r) + humans_lines(r)]
     return table
+
+
+def failed_cell(failures: Mapping[str, int], judged: int, replies: int | None) -> str:
+    """Failed judgments; with ``judge.n > 1``, failed replies of all replies asked ("12/40"), each counted."""
+    failed = sum(failures.values())
+    return str(failed) if replies is None or replies == judged else f"{failed}/{replies}"
 
 
 def threshold_cell(r: Mapping[str, Any]) -> str:
@@ -248,6 +255,12 @@ def savings_line(usage: Mapping[str, Mapping[str, int]]) -> str:
             f"{m['completion_tokens']:,} completion tokens instead of {s['completion_tokens']:,}")
 
 
+def missing_answers(c: Mapping[str, Any]) -> int:
+    """Merged answers a replay cache lacked: with judge.n > 1 each missing answer counts its n replies as failed."""
+    replies, judged = c.get("replies_merged") or c["judged"], c["judged"]
+    return c["failures_merged"].get("call_replay_miss", 0) * judged // replies if replies else 0
+
+
 def interference_table(check: Mapping[str, Any]) -> Table:
     """Per criterion: rho separate and merged, their difference with its interval, paired n, documents skipped for
     both shapes (level group; as in compare_table), failed judgments (separate/merged), verdict; under it what
@@ -259,6 +272,8 @@ def interference_table(check: Mapping[str, Any]) -> Table:
     for c in check["criteria"]:
         verdict, kind = comparison_verdict(c)
         failed = f"{sum(c['failures_separate'].values())}/{sum(c['failures_merged'].values())}"
+        if c.get("replies_merged") not in (None, c["judged"]):  # judge.n > 1: failed replies, each counted
+            failed += f" of {c['replies_merged']} replies"
         table.rows.append([c["criterion"], number(c["separate"]), number(c["merged"]), number(c["diff"], sign=True),
                            interval(c["low"], c["high"], sign=True), str(c["n"]), str(c["documents_skipped"]),
                            failed, verdict])
@@ -268,8 +283,10 @@ def interference_table(check: Mapping[str, Any]) -> Table:
         table.after += [Line(f"{c['criterion']}: {reason}", "item") for reason in c["reasons"]]
         if c["failures_merged"]:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(c["failures_merged"].items(), key=lambda kv: -kv[1]))
-            table.after.append(Line(f"{c['criterion']}: failed merged judgments {sum(c['failures_merged'].values())}/"
-                                    f"{c['judged']} ({kinds})", "item"))
+            asked = c.get("replies_merged") or c["judged"]
+            what = "judgments" if asked == c["judged"] else "replies"
+            table.after.append(Line(f"{c['criterion']}: failed merged {what} {sum(c['failures_merged'].values())}/"
+                                    f"{asked} ({kinds})", "item"))
     return table
 
 
@@ -410,7 +427,8 @@ def criterion_failure(result: CriterionResult) -> str:
     lines += [f"  {line}" for line in confusion_lines(shown) + humans_lines(shown)]
     if result.failures:
         kinds = ", ".join(f"{k} {v}" for k, v in result.failures.most_common())
-        lines.append(f"  failed judgments: {result.failed_count}/{result.n} ({kinds})")
+        what = ("judgments", result.n) if result.replies == result.n else ("replies", result.replies)
+        lines.append(f"  failed {what[0]}: {result.failed_count}/{what[1]} ({kinds})")
     worst = result.worst()
     if worst:
         lines.append("  largest disagreements:")
@@ -422,6 +440,13 @@ def criterion_failure(result: CriterionResult) -> str:
         lines.append("  failed judgments, for example:")
         for j in failed:
             lines.append(f"    {j.record_id}: {j.failure}: {j.detail[:100]}; the reply: {json.dumps((j.reply or '')[:80])}")
+    partly = [j for j in result.judgments if j.failure is None and j.reply_failures][:WORST_SHOWN]
+    if partly:  # judge.n > 1: scored from the replies that parsed, the others counted as failed
+        lines.append("  judgments scored from some of their replies, for example:")
+        for j in partly:
+            kinds = ", ".join(f"{k} {v}" for k, v in Counter(j.reply_failures).most_common())
+            lines.append(f"    {j.record_id}: {len(j.reply_failures)}/{j.replies} replies failed ({kinds}); "
+                         f"the score {j.score:g} is the mean of the others")
     return "\n".join(lines)
 
 
@@ -442,8 +467,9 @@ def measured_line(result: CriterionResult) -> str:
         documents = (f" in {a.groups} documents ({skipped} skipped)" if a.level == "group"
                      else f" of {a.units if has_interval else result.documents} documents")
     no_interval = f": {a.interval_reason}" if a.interval_reason else ""
-    return (f"{a.method} {value}{shown} ({a.level}, {confidence}{no_interval}, {a.n} pairs{documents}{threshold}, "
-            f"failed {result.failed_count}/{result.n})")
+    failed = (f"failed {result.failed_count}/{result.n}" if result.replies == result.n else
+              f"failed {result.failed_count}/{result.replies} replies")
+    return f"{a.method} {value}{shown} ({a.level}, {confidence}{no_interval}, {a.n} pairs{documents}{threshold}, {failed})"
 
 
 def interference_failure(check: Mapping[str, Any]) -> str:
@@ -460,7 +486,7 @@ def interference_failure(check: Mapping[str, Any]) -> str:
          "interference.inconclusive: pass)"] if undecided else [])
     headline = f"merging the instructions into one prompt {' and '.join(parts)}"
     # in replay mode, answers missing from the cache are the cause: no agreement was lost, none was measured
-    missing = max((c["failures_merged"].get("call_replay_miss", 0) for c in check["criteria"]), default=0)
+    missing = max((missing_answers(c) for c in check["criteria"]), default=0)
     if missing:
         from .answers import answers_path
 

@@ -7,7 +7,9 @@ judgments, the combination kept, and the list of checks another check extends.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,9 @@ from pytest_judgeopt.optimize.gate import (
     choose,
     combination,
     confirm,
+    gate_level,
     measure_judgments,
+    shared_documents,
 )
 from pytest_judgeopt.spec import Gate
 
@@ -153,3 +157,70 @@ def test_a_new_check_is_one_function_in_the_list(monkeypatch: pytest.MonkeyPatch
     before, after = m({"coherence": 0.3, "fluency": 0.5}), m({"coherence": 0.6, "fluency": 0.52})
     decision = choose(ctx("no_regression"), before, after, ["coherence"])
     assert decision.keep == [] and decision.reasons["coherence"] == f"{REJECTED}: fluency must stay put"
+
+
+# ---------------------------------------------------------------------------------------------
+# the level: the gate measures as the items do (correlation.level), on the documents both have a value in
+
+
+def doc_judgments(scores: Mapping[str, list[float | None]], humans: Mapping[str, list[float]]) -> list[Judgment]:
+    """One criterion's judgments, document by document (``scores[doc][i]`` against ``humans[doc][i]``)."""
+    return [Judgment(f"{doc}-s{i}", doc, "coherence", h, s, None if s is not None else "refusal", "", None)
+            for doc in scores for i, (s, h) in enumerate(zip(scores[doc], humans[doc], strict=True))]
+
+
+HUMANS = {"d0": [1.0, 4.0, 2.0], "d1": [3.0, 1.0, 4.0], "d5": [1.0, 4.0, 2.0], "d6": [3.0, 1.0, 4.0],
+          "d14": [4.0, 2.0, 5.0]}
+# right in every document's order, each document in a band of its own: per document 1.0, pooled 0.454
+IN_BANDS = {"d0": [1.0, 3.0, 2.0], "d1": [4.0, 3.0, 5.0], "d5": [3.0, 5.0, 4.0], "d6": [2.0, 1.0, 3.0],
+            "d14": [2.0, 1.0, 3.0]}
+# the human scores with each document's two lowest swapped: per document 0.5, pooled 0.495
+SWAPPED = {"d0": [2.0, 4.0, 1.0], "d1": [1.0, 3.0, 4.0], "d5": [2.0, 4.0, 1.0], "d6": [1.0, 3.0, 4.0],
+           "d14": [2.0, 4.0, 5.0]}
+
+
+def test_the_gate_measures_at_the_items_level_and_pooled_and_per_document_can_decide_differently() -> None:
+    """Issue 11, found 13: the gate used pooled rho even where the items average per-document values. Here the
+    rewrite gains pooled (0.454 -> 0.495) and loses per document (1.000 -> 0.500)."""
+    before, after = doc_judgments(IN_BANDS, HUMANS), doc_judgments(SWAPPED, HUMANS)
+    pooled = [measure_judgments({"coherence": js}, "spearman") for js in (before, after)]
+    grouped = [measure_judgments({"coherence": js}, "spearman", level="group") for js in (before, after)]
+    assert [x.value["coherence"] for x in pooled] == [pytest.approx(0.454, abs=1e-3), pytest.approx(0.495, abs=1e-3)]
+    assert [x.value["coherence"] for x in grouped] == [pytest.approx(1.0), pytest.approx(0.5)]
+    assert grouped[0].documents["coherence"] == pytest.approx(dict.fromkeys(HUMANS, 1.0))
+    one = ["coherence"]
+    context = GateContext(Gate(metric="spearman", rule="per_criterion"), {"coherence": 0.1}, one)
+    assert choose(context, *pooled, one).keep == one
+    rejected = choose(context, *grouped, one)
+    assert rejected.keep == [] and "would fall from 1.000 to 0.500" in rejected.reasons["coherence"]
+
+
+def test_documents_are_skipped_for_before_and_after_together() -> None:
+    """A rewrite that turns the judge constant in the documents where it was wrong would, on its own documents,
+    score 1.0 against 0.2 and be kept; on the documents both have a value in it gains nothing."""
+    wrong = {"d0": [3.0, 1.0, 2.0], "d1": [2.0, 3.0, 1.0]}  # reversed: the humans say d0 1, 4, 2 and d1 3, 1, 4
+    before = doc_judgments({**IN_BANDS, **wrong}, HUMANS)
+    after = doc_judgments({**IN_BANDS, "d0": [3.0] * 3, "d1": [3.0] * 3}, HUMANS)
+    b, a = (measure_judgments({"coherence": js}, "spearman", level="group") for js in (before, after))
+    assert b.value["coherence"] == pytest.approx((3 * 1.0 - 2 * 1.0) / 5)
+    assert a.value["coherence"] == pytest.approx(1.0) and set(a.documents["coherence"]) == {"d5", "d6", "d14"}
+    shared_b, shared_a = shared_documents(b, a)
+    assert shared_b.value["coherence"] == shared_a.value["coherence"] == pytest.approx(1.0)
+    context = GateContext(Gate(metric="spearman", rule="per_criterion"), {"coherence": 0.1}, ["coherence"])
+    decision = choose(context, b, a, ["coherence"])
+    assert decision.keep == [] and "does not improve (1.000 -> 1.000)" in decision.reasons["coherence"]
+    # no document in common: no evidence either way
+    none_b, none_a = shared_documents(Measured({"coherence": 1.0}, documents={"coherence": {"d0": 1.0}}),
+                                      Measured({"coherence": 1.0}, documents={"coherence": {"d1": 1.0}}))
+    assert none_b.value["coherence"] is None and none_a.value["coherence"] is None
+
+
+def test_the_level_is_the_items_where_there_are_documents(tmp_path: Path) -> None:
+    from pytest_judgeopt.spec import load_spec
+    from tests.conftest import make_records, spec_text
+
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_records()))
+    (tmp_path / "g.judge.yaml").write_text(spec_text(None, extra="correlation: {level: group}\n"))
+    (tmp_path / "p.judge.yaml").write_text(spec_text(None))
+    assert gate_level(load_spec(tmp_path / "g.judge.yaml")) == "group"
+    assert gate_level(load_spec(tmp_path / "p.judge.yaml")) == "pooled"

@@ -83,7 +83,10 @@ def test_the_study_table_shows_calls_made_and_from_the_cache_apart() -> None:
            "improved_steps": 1.0, "specificity": None, "calls": 40.0, "calls_made": 0.0, "calls_cached": 40.0,
            "reused_runs": 2, "cost": None}
     lines = render([study_table({"spec": "toy", "runs": 2, "steps": 1, "val_size": 9, "test_size": 18,
-                                 "test_shape": "separate", "method": "spearman", "level": "pooled", "rows": [row]})])
+                                 "test_shape": "separate", "method": "spearman", "level": "pooled",
+                                 "val": {"metric": "spearman", "level": "group"}, "rows": [row]})])
+    assert "(test pooled spearman; val spearman at level group (mean over documents; before and after on the documents " \
+           "both have); val in each mode's prompt shape, test with separate prompts)" in lines[0]
     assert lines[1].split() == ["mode", "criterion", "val", "before", "val", "after", "(mean", "±", "sd)", "test",
                                 "before", "(held", "out)", "test", "after", "(held", "out)", "improved", "steps",
                                 "specificity", "calls/run", "made", "cached", "cost/run"]

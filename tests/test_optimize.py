@@ -950,7 +950,8 @@ def test_sss_keeps_no_rewrite_that_reverses_another_criterion_and_the_harmed_ite
                                  "*toy.judge.yaml::fluency PASSED*"])
     lock = read_yaml(pytester.path / LOCK)
     assert {c: lock["criteria"][c]["instruction"] for c in CRITERIA} == INITIAL
-    assert lock["criteria"]["fluency"]["val"] == pytest.approx({"before": 1.0, "after": 1.0})
+    assert lock["criteria"]["fluency"]["val"] == {"before": pytest.approx(1.0), "after": pytest.approx(1.0),
+                                                  "metric": "spearman", "level": "pooled"}
     out = result.stdout.str()
     assert "fluency val spearman would fall from 1.000 to -1.000" in out  # why coherence's rewrite was rejected
 
@@ -1102,6 +1103,49 @@ def test_the_mode_study_shows_val_numbers_and_marks_test_as_held_out(pytester: p
     row = re.search(r"^\s+SSS\s+coherence\s.*$", out, re.M).group(0).split()
     assert row[2:4] == [f"{noisy:.3f}", "1.000"], row  # val before (the initial noise) and after (the human score)
     assert "choose a mode on val" in out
+
+
+SWAP_LOWEST = "Compare the texts of one article"  # coherence's rewrite: gains pooled, loses per document
+
+
+def in_document_order(record: dict[str, Any], criterion: str) -> list[dict[str, Any]]:
+    return sorted((r for r in BIG if r["group"] == record["group"]), key=lambda r: (human(r, criterion), r["id"]))
+
+
+def banded(record: dict[str, Any], criterion: str) -> float:
+    """Right in each document's order (per document 1.0), each document in a band of its own (pooled poor)."""
+    rank = [r["id"] for r in in_document_order(record, criterion)].index(record["id"])
+    return 1.0 + rank + 2 * (int(record["group"][1:]) % 2)
+
+
+def lowest_two_swapped(record: dict[str, Any], criterion: str) -> float:
+    """The human scores with each document's two lowest swapped: better pooled than ``banded``, worse within."""
+    order = in_document_order(record, criterion)
+    rank = [r["id"] for r in order].index(record["id"])
+    return human(order[{0: 1, 1: 0}.get(rank, rank)], criterion)
+
+
+@pytest.mark.parametrize(("level", "kept"), [("group", []), ("pooled", ["coherence"])])
+def test_the_gate_measures_at_the_items_level(tmp_path: Path, fake_llm: FakeLLMServer, level: str,
+                                              kept: list[str]) -> None:
+    """Issue 11, found 13: the gate used pooled rho when the items average per-document values. On val the rewrite
+    gains pooled (0.454 -> 0.495) and halves the per-document value (1.000 -> 0.500): the level decides."""
+    world = World(BIG, joint=lambda r, c, asked: (human(r, c) if c == "fluency" else lowest_two_swapped(r, c)
+                                                 if asked[c] == SWAP_LOWEST else banded(r, c)),
+                  proposals={"coherence": SWAP_LOWEST, "fluency": None})
+    result, _, _ = optimize_once(tmp_path, fake_llm, world, "ST", extra=f"correlation: {{level: {level}, min_groups: 6}}\n")
+    (step,) = result.history
+    assert step.accepted == kept
+    before, after = (1.0, 0.5) if level == "group" else (0.454, 0.495)
+    assert (step.val_before["coherence"], step.val_after["coherence"]) == (pytest.approx(before, abs=1e-3),
+                                                                           pytest.approx(after, abs=1e-3))
+    if level == "group":
+        assert "coherence val spearman would fall from 1.000 to 0.500" in step.rejected_reasons["coherence"]
+    assert result.to_json()["val"] == {"metric": "spearman", "level": level}
+    lock = read_yaml(tmp_path / LOCK)
+    assert lock["criteria"]["coherence"]["val"] == {"before": pytest.approx(before, abs=1e-3),
+                                                    "after": pytest.approx(after if kept else before, abs=1e-3),
+                                                    "metric": "spearman", "level": level}
 
 
 CASE_TEXT = "Sentences out of order, the end before the start."

@@ -70,8 +70,9 @@ def test_results_json_matches_its_schema_exactly_is_stable_and_holds_no_secret(p
     n = ev["records"]
     assert len([r for r in rows if r["source"] == "evaluation"]) == len(CRITERIA) * n
     assert len([r for r in rows if r["source"] == "interference"]) == len(CRITERIA) * n
-    assert {tuple(sorted(r)) for r in rows} == {("criterion", "failure", "group", "human", "index", "judge", "outside",
-                                                 "path", "record_id", "reply", "scoring", "shape", "source", "spec", "split")}
+    assert {tuple(sorted(r)) for r in rows} == {("criterion", "failed_replies", "failure", "group", "human", "index", "judge",
+                                                 "outside", "path", "record_id", "replies", "reply", "scoring", "shape",
+                                                 "source", "spec", "split")}
     assert all(r["split"] == "test" and r["reply"] for r in rows)
     test_ids = set(ev["split_ids"]["test"])
     assert {r["record_id"] for r in rows} <= test_ids

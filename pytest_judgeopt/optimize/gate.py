@@ -14,6 +14,10 @@ Harm is a list of checks (``CHECKS``), each asked about every criterion: agreeme
 that makes the judge answer only on easy samples raises the agreement of what is left). Another
 check is one more function in that list.
 
+The gate measures as the items do (``gate_level``): pooled, or at ``correlation.level: group`` the mean of each
+document's own value, two measurements compared on the documents both have a value in (``shared_documents``,
+as compare.py pairs two sides): a rewrite must not gain by turning constant in the documents it got wrong.
+
 One tie rule for per_criterion and no_regression: a rewrite is kept only on a gain, a val value
 strictly better than before; equal values, or undefined ones before and after (no evidence), keep
 the instruction in force. An undefined value is the worst: defined after undefined is a gain,
@@ -33,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..agreement import MetricOptions, higher_is_better
-from ..judge import Judged, Judgment
+from ..judge import Judged, Judgment, failed_replies, replies
 from ..spec import Gate, Spec
 from .protocol import Stages
 
@@ -58,13 +62,28 @@ def with_gate_rule(spec: Spec, mode: Stages) -> Spec:
 # what the gate measures
 
 
+LEVELS = ("pooled", "group")
+
+
+def gate_level(spec: Spec) -> str:
+    """The level the gate measures at: the items' (``correlation.level``) where there are documents to average
+    over (``dataset.group``), else pooled."""
+    return spec.correlation.level if spec.dataset.group else "pooled"
+
+
 @dataclass(frozen=True)
 class Measured:
-    """One set of instructions on val, per criterion: the gate metric's value, and failed / judged judgments."""
+    """One set of instructions on val, per criterion: the gate metric's value, and failed / judged replies (one per
+    judgment unless judge.n > 1).
+
+    At level group, ``documents`` holds each document's own value (those that have one): the value is their
+    mean, and two measurements are compared on the documents both have a value in (``shared_documents``).
+    """
 
     value: dict[str, float | None]
     failed: dict[str, int] = field(default_factory=dict)
     judged: dict[str, int] = field(default_factory=dict)
+    documents: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def rate(self, criterion: str) -> float:
         judged = self.judged.get(criterion, 0)
@@ -76,43 +95,70 @@ class Measured:
     def updated(self, other: Measured, only: Sequence[str] | None = None) -> Measured:
         """These values with ``other``'s where it measured (``only`` those criteria, when given)."""
         names = [c for c in other.value if only is None or c in only]
+        documents = {c: v for c, v in self.documents.items() if c not in names}
+        documents.update({c: other.documents[c] for c in names if c in other.documents})
         return Measured({**self.value, **{c: other.value[c] for c in names}},
                         {**self.failed, **{c: other.failed.get(c, 0) for c in names}},
-                        {**self.judged, **{c: other.judged.get(c, 0) for c in names}})
+                        {**self.judged, **{c: other.judged.get(c, 0) for c in names}}, documents)
 
     def failure_counts(self) -> dict[str, list[int]]:
         """The checkpoint's and the step record's form: criterion -> [failed, judged]."""
         return {c: [self.failed.get(c, 0), self.judged.get(c, 0)] for c in self.value}
 
     @classmethod
-    def from_counts(cls, value: Mapping[str, float | None], counts: Mapping[str, Sequence[int]]) -> Measured:
-        return cls(dict(value), {c: int(n[0]) for c, n in counts.items()}, {c: int(n[1]) for c, n in counts.items()})
+    def from_counts(cls, value: Mapping[str, float | None], counts: Mapping[str, Sequence[int]],
+                    documents: Mapping[str, Mapping[str, float]] | None = None) -> Measured:
+        return cls(dict(value), {c: int(n[0]) for c, n in counts.items()}, {c: int(n[1]) for c, n in counts.items()},
+                   {c: dict(d) for c, d in (documents or {}).items()})
 
 
 def measure_judgments(judgments: Mapping[str, Sequence[Judgment]], metric: str,
-                      options: Mapping[str, MetricOptions] | None = None) -> Measured:
+                      options: Mapping[str, MetricOptions] | None = None, level: str = "pooled") -> Measured:
     """The gate metric on the judgments that parsed, and how many failed: agreement alone would reward a
     rewrite that fails on the hard samples. ``options``: per criterion, the metric's settings (f1's positive
-    class on the criterion's scale, the kappa's weights), as the items use them."""
-    from ..stats import correlation, mae
+    class on the criterion's scale, the kappa's weights), as the items use them. ``level``: as the items
+    measure (``gate_level``): pooled over the samples, or the mean of each document's own value."""
+    from ..stats import correlation, document_values, mae
 
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
     value: dict[str, float | None] = {}
+    documents: dict[str, dict[str, float]] = {}
     for c, js in judgments.items():
-        pairs = [(j.score, j.human) for j in js if j.score is not None]
-        scores, humans = [s for s, _ in pairs], [h for _, h in pairs]
+        pairs = [(j.score, j.human, j.group) for j in js if j.score is not None]
+        scores, humans = [s for s, _, _ in pairs], [h for _, h, _ in pairs]
+        chosen = (options or {}).get(c)
         if metric == "none":
             value[c] = None
+        elif level == "group":
+            documents[c] = document_values(metric, scores, humans, [g for _, _, g in pairs], options=chosen)
+            value[c] = statistics.fmean(documents[c].values()) if documents[c] else None
         elif metric == "mae":
             value[c] = mae(scores, humans) if pairs else None
         else:
-            chosen = (options or {}).get(c)
             value[c] = correlation(metric, scores, humans, options=chosen)[0] if len(pairs) >= 3 else None
-    return Measured(value, {c: sum(j.score is None for j in js) for c, js in judgments.items()},
-                    {c: len(js) for c, js in judgments.items()})
+    # judge.n > 1: every failed reply counts, of every reply asked, also where the other replies gave the score
+    return Measured(value, {c: sum(failed_replies(js).values()) for c, js in judgments.items()},
+                    {c: replies(js) for c, js in judgments.items()}, documents)
 
 
-def measure(judged: Judged, metric: str, options: Mapping[str, MetricOptions] | None = None) -> Measured:
-    return measure_judgments(judged.judgments, metric, options)
+def measure(judged: Judged, metric: str, options: Mapping[str, MetricOptions] | None = None,
+            level: str = "pooled") -> Measured:
+    return measure_judgments(judged.judgments, metric, options, level)
+
+
+def shared_documents(before: Measured, after: Measured) -> tuple[Measured, Measured]:
+    """At level group, both measurements on the documents where both have a value of their own (as compare.py
+    measures two sides): a rewrite that makes the judge constant in the documents where it is wrong would
+    otherwise be measured only where it is right, and gain by being skipped. Criteria without per-document
+    values (level pooled) keep theirs; with no document in common both are undefined (no evidence)."""
+    b_value, a_value = dict(before.value), dict(after.value)
+    for c in before.documents.keys() & after.documents.keys():
+        b_docs, a_docs = before.documents[c], after.documents[c]
+        shared = [d for d in b_docs if d in a_docs]
+        b_value[c] = statistics.fmean(b_docs[d] for d in shared) if shared else None
+        a_value[c] = statistics.fmean(a_docs[d] for d in shared) if shared else None
+    return replace(before, value=b_value), replace(after, value=a_value)
 
 
 def metric_options(spec: Spec) -> dict[str, MetricOptions]:
@@ -120,8 +166,8 @@ def metric_options(spec: Spec) -> dict[str, MetricOptions]:
     return {c: spec.correlation.options.for_scale(crit.scale) for c, crit in spec.criteria.items()}
 
 
-def gate_values(judged: Judged, metric: str) -> dict[str, float | None]:
-    return measure(judged, metric).value
+def gate_values(judged: Judged, metric: str, level: str = "pooled") -> dict[str, float | None]:
+    return measure(judged, metric, level=level).value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,10 +259,12 @@ class Decision:
 
 def choose(ctx: GateContext, before: Measured, after: Measured, proposed: Sequence[str]) -> Decision:
     """The spec's rule on the candidate as judged. per_criterion: each rewrite on its own criterion (a gain, and
-    no harm to it); no_regression and mean: the proposals as one change, all or nothing."""
+    no harm to it); no_regression and mean: the proposals as one change, all or nothing. At level group both
+    are measured on the documents both have a value in."""
     proposed = list(proposed)
     if not proposed or ctx.gate.metric == "none":
         return Decision(proposed, {})
+    before, after = shared_documents(before, after)
     if ctx.gate.rule == "per_criterion":
         reasons = {}
         for c in proposed:
@@ -259,6 +307,7 @@ def confirm(ctx: GateContext, before: Measured, kept: Measured, decision: Decisi
     """Keep the combination only if the rule still keeps all of it and no criterion is harmed."""
     if not decision.keep or ctx.gate.metric == "none":
         return decision
+    before, kept = shared_documents(before, kept)
     again = choose(ctx, before, kept, decision.keep)
     harmed = harms(ctx, before, kept, ctx.criteria)
     problems = list(dict.fromkeys([*(r.removeprefix(f"{REJECTED}: ") for r in again.reasons.values()),

@@ -26,13 +26,24 @@ from ..llm import LLM
 from ..spec import Model, Spec
 from .budget import Allowance, BudgetExceeded
 from .errors import ReplayIncomplete
-from .gate import Decision, GateContext, Measured, choose, combination, confirm, measure, metric_options
+from .gate import (
+    Decision,
+    GateContext,
+    Measured,
+    choose,
+    combination,
+    confirm,
+    gate_level,
+    measure,
+    metric_options,
+    shared_documents,
+)
 from .modes import ROLES, Mode, planned_calls
 from .results import StepRecord
 from .roles import Seen
 from .step import Step, together
 
-CHECKPOINT_VERSION = 2  # 2: the gate counts failed judgments and judges the combination it keeps
+CHECKPOINT_VERSION = 3  # 2: the gate counts failed judgments and judges the combination it keeps; 3: at the items' level
 
 
 @dataclass
@@ -47,14 +58,36 @@ class State:
     finished: bool = False
     stopped: str | None = None
     val_failed: dict[str, list[int]] = field(default_factory=dict)  # criterion -> [failed, judged] on val
+    # at level group: criterion -> document -> its own value on val, of the instructions in force
+    val_documents: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the initial instructions as the gate first measured them (values, failures, documents)
+    initial_val: dict[str, float | None] = field(default_factory=dict)
+    initial_failed: dict[str, list[int]] = field(default_factory=dict)
+    initial_documents: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def measured(self) -> Measured:
         """The instructions in force as the gate last measured them on val."""
-        return Measured.from_counts(self.val, self.val_failed)
+        return Measured.from_counts(self.val, self.val_failed, self.val_documents)
+
+    @property
+    def initial_measured(self) -> Measured:
+        return Measured.from_counts(self.initial_val, self.initial_failed, self.initial_documents)
 
     def set_measured(self, measured: Measured) -> None:
         self.val, self.val_failed = dict(measured.value), measured.failure_counts()
+        self.val_documents = {c: dict(d) for c, d in measured.documents.items()}
+
+    def set_initial(self, measured: Measured) -> None:
+        self.set_measured(measured)
+        self.initial_val, self.initial_failed = dict(self.val), measured.failure_counts()
+        self.initial_documents = {c: dict(d) for c, d in measured.documents.items()}
+
+    def val_outcome(self) -> tuple[dict[str, float | None], dict[str, float | None]]:
+        """Val before (the initial instructions) and after (those in force), per criterion, compared as the gate
+        compares: at level group on the documents both have a value in."""
+        before, after = shared_documents(self.initial_measured, self.measured)
+        return before.value, after.value
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -69,7 +102,8 @@ class State:
         rng = (data["rng"][0], tuple(data["rng"][1]), data["rng"][2])
         history = [StepRecord(**h) for h in data["history"]]
         return cls(data["run_key"], data["mode"], data["initial"], data["instructions"], data["val"], rng, history,
-                   data["finished"], data["stopped"], data["val_failed"])
+                   data["finished"], data["stopped"], data["val_failed"], data["val_documents"], data["initial_val"],
+                   data["initial_failed"], data["initial_documents"])
 
 
 def run_key(spec: Spec, data_digest: str, mode: Mode, models: Mapping[str, Model], sample: int | None, seed: int,
@@ -134,6 +168,10 @@ class Optimization:
     def save_state(self, state: State) -> None:
         write_atomic(self.checkpoint, json.dumps(state.to_json(), indent=1, sort_keys=True))
 
+    def measure(self, judged: Judged) -> Measured:
+        """The gate's measurement of val judgments: the gate metric, at the items' level (``gate_level``)."""
+        return measure(judged, self.spec.optimize.gate.metric, metric_options(self.spec), gate_level(self.spec))
+
     async def judge(self, records: Sequence[Record], instructions: Mapping[str, str], role: str,
                     criteria: Sequence[str] | None = None) -> Judged:
         judged = await judge_records(self.llm, self.models["judge"], self.spec, records, instructions,
@@ -157,15 +195,15 @@ class Optimization:
         if state is None:
             initial = {c: crit.instruction for c, crit in self.spec.criteria.items()}
             try:
-                first = measure(self.llm.run(self.judge(self.gate_set, initial, "gate")), self.spec.optimize.gate.metric,
-                                metric_options(self.spec))
+                first = self.measure(self.llm.run(self.judge(self.gate_set, initial, "gate")))
             except BudgetExceeded:
                 state = State(self.key, self.mode.name, initial, dict(initial), dict.fromkeys(initial),
-                              random.Random(self.seed).getstate(), stopped="budget", finished=True)
+                              random.Random(self.seed).getstate(), stopped="budget", finished=True,
+                              initial_val=dict.fromkeys(initial))
                 self.save_state(state)
                 return state, 0
             state = State(self.key, self.mode.name, initial, dict(initial), {}, random.Random(self.seed).getstate())
-            state.set_measured(first)
+            state.set_initial(first)
             self.save_state(state)
         while not state.finished and len(state.history) < self.steps:
             try:
@@ -202,7 +240,6 @@ class Optimization:
         proposals, reasons = await step.rewrite(seen, grads)
         proposed = [c for c in criteria if proposals.get(c)]
         candidate = {c: proposals.get(c) or state.instructions[c] for c in criteria}
-        metric = self.spec.optimize.gate.metric
         in_force = state.measured
         after = in_force
         diagnostics: dict[str, dict[str, float | None]] = {}
@@ -211,7 +248,7 @@ class Optimization:
             gate_judged, diagnostics = await together(
                 self.judge(self.gate_set, candidate, "gate", criteria=self.mode.judge.gate_criteria(proposed)),
                 step.diagnose(grads, proposals) if self.spec.optimize.diagnostics else _nothing())
-            after = in_force.updated(measure(gate_judged, metric, metric_options(self.spec)))  # the criteria judged again
+            after = in_force.updated(self.measure(gate_judged))  # the criteria judged again
         elif self.spec.optimize.diagnostics:
             diagnostics = await step.diagnose(grads, proposals)
         ctx = GateContext.of(self.spec)
@@ -228,8 +265,9 @@ class Optimization:
                                                               state.instructions)
                     judged_again = judged_again or again
         reasons.update(decision.reasons)
+        compared = shared_documents(in_force, after)  # the values the rule compared (level group: shared documents)
         record = StepRecord(number, [r.id for r in batch], {c: proposals.get(c) for c in criteria}, reasons,
-                            dict(in_force.value), dict(after.value), decision.keep,
+                            dict(compared[0].value), dict(compared[1].value), decision.keep,
                             {role: self._requests(role) - before[role] for role in ROLES if self._requests(role) - before[role]},
                             diagnostics, dict(step.failures), None if kept is None else dict(kept.value), judged_again,
                             {"before": in_force.failure_counts(), "after": after.failure_counts(),
@@ -255,8 +293,7 @@ class Optimization:
         if known is None:
             self._check_budget()
             chosen = {c: candidate[c] if c in decision.keep else current[c] for c in current}
-            known = in_force.updated(measure(await self.judge(self.gate_set, chosen, "gate"), self.spec.optimize.gate.metric,
-                                                  metric_options(self.spec)))
+            known = in_force.updated(self.measure(await self.judge(self.gate_set, chosen, "gate")))
         return confirm(ctx, in_force, known, decision, again), known, again
 
     async def case_gate(self, current: Mapping[str, str], candidate: Mapping[str, str], keep: list[str],

@@ -82,6 +82,9 @@ class OptimizationResult:
     reused: bool = False
     # the prompt shape of the loop's judgments (train, val) and of the test numbers (the items' shape)
     shapes: dict[str, str] = field(default_factory=lambda: {"optimized": "separate", "test": "separate"})
+    # what the val numbers are: the gate's metric at the items' level (pooled, or the mean of per-document values
+    # on the documents both compared instructions have one in)
+    val_measure: dict[str, str] = field(default_factory=lambda: {"metric": "spearman", "level": "pooled"})
     comparison: Comparison | None = None  # initial against final instructions on test (compare.py)
     lock_path: Path | None = None  # set by the caller that writes the lock file
     lock_note: str | None = None
@@ -121,7 +124,8 @@ class OptimizationResult:
         return {"spec": self.spec.name, "mode": self.mode.name, "seed": self.seed, "steps_run": self.steps_run,
                 "stopped": self.stopped, "resumed_from": self.resumed_from, "reused": self.reused,
                 "planned_calls_per_step": self.planned, "usage": self.usage, "models": self.models,
-                "split_sizes": self.split_sizes, "shapes": self.shapes, "lock_refused": self.lock_refused,
+                "split_sizes": self.split_sizes, "shapes": self.shapes, "val": dict(self.val_measure),
+                "lock_refused": self.lock_refused,
                 "criteria": {c: o.to_json() for c, o in self.outcomes.items()},
                 "history": [asdict(h) for h in self.history],
                 "comparison": None if self.comparison is None else self.comparison.to_json()}

@@ -19,7 +19,7 @@ from ..spec import Spec, SpecError
 from ..splits import repeated_sources
 from .budget import Allowance, Budget
 from .errors import OptimizationBusy, ReplayIncomplete
-from .gate import with_gate_rule
+from .gate import gate_level, with_gate_rule
 from .loop import Optimization, run_key
 from .modes import estimate_cost, get_mode, most_calls, plan_text
 from .protocol import JudgingSession, L
@@ -96,15 +96,16 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
     sources = dict.fromkeys(names, "optimization")
     before = session.evaluate_instructions(loaded, initial, names, split="test", shape=shape, sources=sources)
     after = session.evaluate_instructions(loaded, final, names, split="test", shape=shape, sources=sources)
-    missing = sum(r.failures.get("call_replay_miss", 0) for r in (*before.values(), *after.values()))
+    missing = sum(j.failure == "call_replay_miss" for r in (*before.values(), *after.values()) for j in r.judgments)
     if missing:  # no lock from a test evaluation that did not happen
         raise ReplayIncomplete(spec, f"{missing} judgments of the test split")
     comparison = test_comparison(session, loaded, spec, before, after, initial, final, models["judge"].describe(),
                                  shape=shape, seed=seed)
     outcomes = {}
+    val_before, val_after = state.val_outcome()
     for c in names:
         outcomes[c] = CriterionOutcome(c, initial[c], final[c], [h.step for h in state.history if c in h.accepted],
-                                       state.history[0].val_before[c] if state.history else state.val[c], state.val[c],
+                                       val_before.get(c), val_after.get(c),
                                        before[c].agreement, after[c].agreement, comparison.criteria[c].measured,
                                        mean_diagnostic(state.history, c, "specificity"),
                                        mean_diagnostic(state.history, c, "adherence"))
@@ -114,7 +115,8 @@ def optimize_spec(session: JudgingSession[L], loaded: L, mode_name: str | None =
                               state.history, planned, usage, {r: m.describe() for r, m in models.items()},
                               {"train": len(train), "val": len(val), "test": len(session.records(loaded, "test"))},
                               reused=resumed_from == len(state.history) and resumed_from > 0, comparison=comparison,
-                              shapes={"optimized": mode.judge.shape, "test": shape})
+                              shapes={"optimized": mode.judge.shape, "test": shape},
+                              val_measure={"metric": spec.optimize.gate.metric, "level": gate_level(spec)})
 
 
 def test_comparison(session: JudgingSession[L], loaded: L, spec: Spec, before: Mapping[str, CriterionResult],

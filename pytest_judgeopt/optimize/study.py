@@ -10,6 +10,7 @@ from typing import Any
 
 from ..spec import OPTIMIZE_MODES
 from .budget import Budget
+from .gate import gate_level
 from .protocol import JudgingSession, L
 from .results import OptimizationResult
 from .run import optimize_spec
@@ -27,11 +28,12 @@ class Study:
     level: str
     rows: list[dict[str, Any]]
     results: list[OptimizationResult]
+    val: dict[str, str]  # the gate's metric and level: what the val numbers are
 
     def to_json(self) -> dict[str, Any]:
         return {"spec": self.spec_name, "runs": self.runs, "steps": self.steps, "val_size": self.val_size,
                 "test_size": self.test_size, "test_shape": self.test_shape, "method": self.method, "level": self.level,
-                "rows": self.rows}
+                "val": dict(self.val), "rows": self.rows}
 
 
 def spread(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -79,4 +81,4 @@ def run_study(session: JudgingSession[L], path: str | Path, *, modes: Sequence[s
             })
     return Study(spec.name, runs, steps or spec.optimize.steps, len(session.records(loaded, "val")),
                  len(session.records(loaded, "test")), spec.inference, spec.correlation.method, spec.correlation.level,
-                 rows, results)
+                 rows, results, {"metric": spec.optimize.gate.metric, "level": gate_level(spec)})
