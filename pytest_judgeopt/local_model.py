@@ -188,12 +188,8 @@ def load() -> Any:
         except ImportError:
             raise LocalModelUnavailable(INSTALL_HINT) from None
         n = threads()
-        # no flash attention: at these lengths (hundreds of tokens of context, tens of new tokens a call) its
-        # CPU kernel was the slower one here: 50 tokens appended to 650 took 184-225 ms without it and
-        # 251-376 ms with it (2 threads, quiet machine); the main job's first 80 calls replayed, 59-63 s
-        # against 62-64 s (load 3)
         llama = Llama(model_path=str(fast_weights(gguf_path())), n_ctx=CONTEXT_TOKENS, n_threads=n, n_threads_batch=n,
-                      flash_attn=False, verbose=False)
+                      flash_attn=True, verbose=False)
         eos = llama.token_eos()
         _formatter = Jinja2ChatFormatter(template=llama.metadata["tokenizer.chat_template"],
                                          eos_token=llama._model.token_get_text(eos), bos_token="", stop_token_ids=[eos])
