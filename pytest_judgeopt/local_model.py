@@ -138,11 +138,42 @@ def fast_weights(source: Path) -> Path:
 
 
 def threads() -> int:
-    """The cores not already busy (at least one): on a shared machine two threads that wait on each other's
-    busy core run slower than one."""
+    """The cores not busy with other work right now (at least one): on a shared machine two threads that
+    wait on each other's busy core run slower than one.
+
+    Measured over a fifth of a second from the kernel's idle counters, while this process sleeps, where
+    the system has them (Linux); elsewhere from the 1-minute load average, which lags by a minute: a
+    machine that just finished other work would read as busy and get one thread for the whole run."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+    idle = idle_cores(IDLE_WINDOW_S)
+    if idle is None:
+        idle = cores - (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    return max(1, min(cores, round(idle)))
+
+
+IDLE_WINDOW_S = 0.2
+
+
+def idle_cores(window: float) -> float | None:
+    """How many cores were idle over ``window`` seconds (from /proc/stat's idle and iowait ticks), or None
+    where the kernel does not say."""
+    import time
+
+    def ticks() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (fields[3] + fields[4], sum(fields[:8])) if len(fields) >= 8 else None
+
+    before = ticks()
+    time.sleep(window)
+    after = ticks()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    return share * (os.cpu_count() or 1)
 
 
 def load() -> Any:
