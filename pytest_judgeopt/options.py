@@ -24,16 +24,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"expected a positive number of seconds, got {value:g}")
-    return value
-
-
 def optimize_mode(text: str) -> str:
     from .spec import OPTIMIZE_MODES, mode_problem
 
@@ -114,7 +104,7 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--judge-cache-ttl", "judge_cache_ttl", duration, None,
      "expire shared-cache entries after this long: seconds, or 90m, 12h, 7d (default: never)."),
     ("--judge-concurrency", "judge_concurrency", positive_int, 8, "model calls in flight at once (default 8)."),
-    ("--judge-timeout", "judge_timeout", positive_float, 60.0, "seconds before one model call times out (default 60)."),
+    ("--judge-timeout", "judge_timeout", duration, 60.0, "seconds (or 90s, 2m) before one model call times out (default 60)."),
     ("--judge-retries", "judge_retries", positive_int, 4, "retries of a failed model call (default 4)."),
     ("--judge-sample", "judge_sample", positive_int, None,
      "judge only N groups (documents) of each split, chosen by the split seed: quick, document-whole runs."),
