@@ -29,7 +29,7 @@ class Splits:
     test: tuple[Record, ...]
 
     def ids(self) -> dict[str, list[str]]:
-        return {name: [r.id for r in getattr(self, name)] for name in ("train", "val", "test")}
+        return {name: [r.id for r in getattr(self, name)] for name in SPLIT_NAMES}
 
 
 def repeated_sources(spec: Spec, records: Iterable[Record], *, refusing: str = "") -> str | None:
