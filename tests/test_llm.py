@@ -544,7 +544,7 @@ def test_complete_on_a_loop_of_the_callers_own(fake_llm: FakeLLMServer, make_llm
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_the_embedded_models_queue_is_dropped_with_its_loop() -> None:
     """Keyed by the loop in a weak mapping, not by id(loop): a closed loop leaves nothing behind, and a new loop
-    that reuses the id never gets a dead loop's lock."""
+    that reuses the id never gets a dead loop's queue."""
     import gc
 
     from pytest_judgeopt import local_model
@@ -553,16 +553,16 @@ def test_the_embedded_models_queue_is_dropped_with_its_loop() -> None:
     handler = local_model.make_handler(import_litellm())
     answer = {"choices": [{"message": {"content": "4"}, "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
-    original = local_model.generate
-    local_model.generate = lambda messages, params: answer  # the queue is what is tested, not the model
+    original = local_model.generate_many
+    local_model.generate_many = lambda calls: [answer for _ in calls]  # the queue is what is tested, not the model
     try:
         for _ in range(3):
             response = asyncio.run(handler.acompletion("local/smollm2", [{"role": "user", "content": "q"}]))
             assert response.choices[0].message.content == "4"
             gc.collect()
-            assert len(handler._queue) == 0
+            assert len(handler._queues) == 0
     finally:
-        local_model.generate = original
+        local_model.generate_many = original
 
 
 def test_a_programming_error_in_a_call_is_raised_not_a_failed_call(fake_llm: FakeLLMServer, make_llm: MakeLLM) -> None:
