@@ -33,7 +33,7 @@ def test_a_trie_counts_the_tokens_no_earlier_prompt_holds_at_the_same_place() ->
 
 def test_groups_keep_the_order_and_count_a_shared_prefix_once() -> None:
     prefix = list(range(100))
-    calls = [request(prefix + [1000 + i]) for i in range(5)]
+    calls = [request([*prefix, 1000 + i]) for i in range(5)]
     # 100 shared + 5 own tokens + 5 x 10 reply tokens = 155 cells: one group in 160, two in 150
     assert list(groups(calls, held=0, positions=160, sequences=16)) == [[0, 1, 2, 3, 4]]
     assert list(groups(calls, held=0, positions=150, sequences=16)) == [[0, 1, 2, 3], [4]]
@@ -210,7 +210,7 @@ def test_calls_decoded_together_get_the_replies_they_get_alone_and_share_their_p
     evaluated_together = engine.evaluated - before
     # the five judge calls share source and summary: evaluated once, not five times
     assert evaluated_together < 0.5 * evaluated_alone, (evaluated_together, evaluated_alone)
-    for (messages, params), one, both in zip(calls, alone, together, strict=True):
+    for (_, params), one, both in zip(calls, alone, together, strict=True):
         assert isinstance(both, dict)
         assert both["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
         assert len(both["choices"]) == len(one["choices"]) == int(params.get("n") or 1)
