@@ -166,8 +166,8 @@ def embedded_note(rows: list[Row]) -> str:
     merged = "; ".join(f"{r.measure.split(', ')[1]} {fmt_rho(r.details['optimizer_test_before_merged'])} -> "
                        f"{fmt_rho(r.details['optimizer_test_after_merged'])} (n={r.details['merged_pairs']})" for r in rows[1:])
     failures = "; ".join(f"{r.measure.split(', ')[1]}: {r.details['failures_before']}" for r in rows[1:] if r.details["failures_before"])
-    return (f"{d['seconds_per_judgment']:.2f} s per judgment ({d['calls']} calls in {d['judge_pass_s']:.0f} s, one at a time: "
-            f"the model serves one generation at once). Optimization (SSS, 1 step, batch 2, samples per split "
+    return (f"{d['seconds_per_judgment']:.2f} s per judgment ({d['calls']} calls in {d['judge_pass_s']:.0f} s, up to 4 in flight, "
+            f"decoded together by the embedded model). Optimization (SSS, 1 step, batch 2, samples per split "
             f"{d.get('split_sizes')}): {d.get('optimize_s', 0):.0f} s for {d.get('optimize_calls')} calls ({usage}); the "
             f"loss, gradient and optimizer replies are long, so they dominate. Instructions the gate kept: "
             f"{', '.join(accepted) or 'none'}. The rho above is the regression items' protocol (separate prompts, the 2 "
