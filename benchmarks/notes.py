@@ -182,8 +182,12 @@ def example_note(rows: list[Row]) -> str:
     during = (f"mean {load['during_1min_mean']:.1f}, max {load['during_1min_max']:.1f}" if load["during_1min_mean"] is not None
               else f"{load['before_1min']:.1f} at the start")
     rhos = "; ".join(f"{r.measure.split(', ')[1].split(' ')[0]} {r.shown}" for r in rows[3:])
+    runs = d.get("runs") or []
+    spread = ("; the runs took " + ", ".join(f"{r['wall']:.0f} s ({r['cpu']:.0f} s of CPU)" for r in runs) +
+              ": the same work, so their CPU seconds say how fast the machine was at the time") if len(runs) > 1 else ""
     text = (f"A fresh pytest process from start to exit (imports, collection, the judge pass with each sample's merged call "
-            f"next to its separate ones, the jackknife intervals, the report), {d['cpu_s']:.0f} s of CPU in {rows[0].value:.0f} s: on "
+            f"next to its separate ones, the jackknife intervals, the report), from an empty answer cache each time"
+            f"{spread}. The median run: {d['cpu_s']:.0f} s of CPU in {rows[0].value:.0f} s: on "
             f"{load['cores']} cores the 1-minute load average was {load['before_1min']:.1f} before and {during} during the "
             "run (the run's own two llama.cpp threads count in it: about 2 means the cores were its own, well above 2 "
             "that other work shared them). Every reply is grammar-held JSON and every score is "
@@ -191,7 +195,7 @@ def example_note(rows: list[Row]) -> str:
             f"(separate / merged): {rhos}. SmolLM2-135M is a weak judge: these correlations are near zero and the items "
             "fail on them, as they should.")
     if rows[0].met is False and rows[0].value is not None and rows[0].value > 240:
-        text += (" The time target is missed on this run: nearly all of it is the model evaluating prompt tokens (the "
+        text += (" The time target is missed: nearly all of it is the model evaluating prompt tokens (the "
                  "README's example section says what was measured and tried).")
     return text
 
