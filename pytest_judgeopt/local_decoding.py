@@ -329,7 +329,10 @@ class Engine:
         self.evaluated = 0  # tokens evaluated since the model was loaded
 
     def close(self) -> None:
+        """Free the batch, then the context, then the model (the order ``Llama.close`` frees them in)."""
         self.batch.close()
+        self.ctx.close()
+        self.model.close()
 
     def piece(self, token: int) -> str:
         return self.model.detokenize([token]).decode("utf-8", errors="replace")
