@@ -1,7 +1,7 @@
 """Decoding on the embedded model: the replies of many calls at once, on one llama.cpp context.
 
 Why together: on two cores llama.cpp evaluates a batch of fewer than 64 tokens at 5-6 ms a token and
-one of 64 or more at about 3.4 (its flash-attention kernel tiles 64 queries at a time; measured on
+one of 64 or more at about 3.4 (with flash attention, which the large batches need; measured on
 SmolLM2-135M Q8_0 with 650 tokens held), and a separate judgment's own text (its criterion, the answer
 format) is about 50 tokens. So the calls waiting for the model are decoded as one: each reply is a
 sequence of the context's cache, the tokens their prompts share are evaluated once for all of them
@@ -29,6 +29,7 @@ import json
 import math
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 CONTINUOUS_DECIMALS = 2  # a continuous score is decoded to at most this many decimals
@@ -58,10 +59,15 @@ class Request:
     seed: int | None = None
     n: int = 1
 
+    @cached_property
+    def template(self) -> Template | None:
+        """The reply as fixed text and value slots, for the judge's schema; None for free text or another schema."""
+        return Template.of(self.schema) if self.schema is not None else None
+
     def budget(self) -> int:
         """The most cache cells one reply can add after its prompt: the judge's schema's longest reply in
         characters (no token is shorter than one), else ``max_tokens``."""
-        if self.schema is not None and Template.of(self.schema) is not None:
+        if self.schema is not None and self.template is not None:
             from .structured import longest_reply
 
             return len(longest_reply(self.schema))
@@ -175,7 +181,7 @@ class Reply:
         self.out = Decoded()
         self.bytes = b""
         self.output = -1  # the batch position whose logits draw the next token
-        template = Template.of(request.schema) if request.schema is not None else None
+        template = request.template
         if template is not None:
             grammar = grammar_for(template.grammar())
         elif request.schema is not None:

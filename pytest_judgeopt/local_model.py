@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .local_decoding import Decoded, Request
     from .spec import Model
 
 MODEL_NAME = "local/smollm2"
@@ -243,23 +244,16 @@ def generate_many(calls: Sequence[tuple[list[dict[str, str]], dict[str, Any]]]) 
 
     with _llama_lock:
         engine = load()
-        requests: list[Request] = []
-        out: list[dict[str, Any] | Exception | None] = []
+        requests: list[Request | ContextFull] = []
         for messages, params in calls:
             prompt = engine.model.tokenize(_formatter(messages=messages).prompt.encode(), add_bos=True, special=True)
-            if len(prompt) >= CONTEXT_TOKENS:
-                out.append(ContextFull(len(prompt) + 1, CONTEXT_TOKENS))
-                continue
-            requests.append(request_of(prompt, params))
-            out.append(None)
-        replies = iter(engine.decode(requests))
-        for i, done in enumerate(out):
-            if done is None:
-                out[i] = response_of(requests.pop(0), next(replies))
-        return [r for r in out if r is not None]
+            requests.append(ContextFull(len(prompt) + 1, CONTEXT_TOKENS) if len(prompt) >= CONTEXT_TOKENS
+                            else request_of(prompt, params))
+        replies = iter(engine.decode([r for r in requests if isinstance(r, Request)]))
+        return [response_of(r, next(replies)) if isinstance(r, Request) else r for r in requests]
 
 
-def request_of(prompt: Sequence[int], params: dict[str, Any]) -> Any:
+def request_of(prompt: Sequence[int], params: dict[str, Any]) -> Request:
     from .local_decoding import Request
 
     return Request(tuple(prompt), schema_of(params.get("response_format")),
@@ -269,7 +263,7 @@ def request_of(prompt: Sequence[int], params: dict[str, Any]) -> Any:
                    seed=None if params.get("seed") is None else int(params["seed"]), n=int(params.get("n") or 1))
 
 
-def response_of(request: Any, replies: Sequence[Any]) -> dict[str, Any]:
+def response_of(request: Request, replies: Sequence[Decoded]) -> dict[str, Any]:
     choices = []
     for reply in replies:
         choice: dict[str, Any] = {"message": {"content": reply.text}, "finish_reason": reply.finish_reason}
